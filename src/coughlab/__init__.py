@@ -1,0 +1,3 @@
+"""coughlab: public cough recordings -> COVID-19 cough classifier -> AWS Lambda."""
+
+LABELS = ("negative", "positive")

@@ -1,0 +1,124 @@
+"""Typed view of params.yaml.
+
+DVC's Hydra integration composes conf/ into params.yaml; the stages read params.yaml only,
+so `dvc repro` and `dvc exp run -S ...` see the same values. Merging into these dataclasses
+turns a typo such as `-S trian.epochs=3` into an error instead of a silently ignored key.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+PARAMS_FILE = Path("params.yaml")
+CONF_DIR = Path("conf")
+
+
+@dataclass
+class SplitConfig:
+    valid: float = 0.15
+    test: float = 0.15
+
+
+@dataclass
+class QualityConfig:
+    min_seconds: float = 0.3
+    silence_dbfs: float = -60.0
+    max_quarantine_fraction: float = 0.2
+
+
+@dataclass
+class DataConfig:
+    sources: list[str] = field(default_factory=lambda: ["local"])
+    local_dir: str = "data"
+    split: SplitConfig = field(default_factory=SplitConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    # Per-source settings (URLs, pinned sha256, thresholds); see conf/data/.
+    coughvid: dict = field(default_factory=dict)
+    coswara: dict = field(default_factory=dict)
+    virufy: dict = field(default_factory=dict)
+    covid19_cough: dict = field(default_factory=dict)
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 16000
+    clip_seconds: float = 3.0
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 64
+    f_min: float = 20.0
+    f_max: float = 7600.0
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "cnn"
+    width: int = 16
+    dropout: float = 0.2
+
+
+@dataclass
+class SpecAugmentConfig:
+    freq_mask: int = 8
+    time_mask: int = 16
+    n_masks: int = 2
+
+
+@dataclass
+class TrainConfig:
+    backend: str = "local"
+    epochs: int = 20
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    # SageMaker settings (only read when backend == "sagemaker"); see conf/train/sagemaker.yaml.
+    sagemaker: dict = field(default_factory=dict)
+
+
+@dataclass
+class Params:
+    seed: int = 42
+    lr: float = 3e-3
+    data: DataConfig = field(default_factory=DataConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read params.yaml and validate it against `Params`; unknown keys are errors."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run stages from the repository root")
+    merged = OmegaConf.merge(OmegaConf.structured(Params), OmegaConf.load(path))
+    return OmegaConf.to_object(merged)
+
+
+def compose(conf_dir: Path | str = CONF_DIR, overrides: list[str] | None = None) -> dict:
+    """Compose conf/ exactly as `dvc exp run` does (Hydra compose API, config.yaml)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=overrides or [])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Recompose params.yaml from conf/ (what `dvc exp run` does before running). "
+        "Use after editing conf/ by hand, then commit params.yaml.")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. lr=1e-3 model=resnet18")
+    parser.add_argument("--conf-dir", default=str(CONF_DIR))
+    parser.add_argument("--out", default=str(PARAMS_FILE))
+    args = parser.parse_args(argv)
+    from coughlab.atomic import atomic_write_text
+
+    atomic_write_text(Path(args.out), OmegaConf.to_yaml(compose(args.conf_dir, args.overrides)))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Where labelled recordings come from.
+
+A source is a function `fetch(dest, data_cfg) -> DataFrame`: it puts audio files under `dest`
+and returns one row per clip with the columns in `REQUIRED_COLUMNS` (plus optional ones such as
+`channel`), `path` relative to `dest`. The fetch stage validates every source's rows the same
+way (`validate_labels`) before anything downstream sees them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from coughlab import LABELS
+from coughlab.config import DataConfig
+
+REQUIRED_COLUMNS = ["path", "label", "subject_id", "source"]
+
+SourceFetch = Callable[[Path, DataConfig], pd.DataFrame]
+SOURCES: dict[str, SourceFetch] = {}
+
+
+class LabelsError(ValueError):
+    """labels.csv (or a source's metadata) is not usable; the message lists every problem."""
+
+
+def register(name: str):
+    def wrap(fn: SourceFetch) -> SourceFetch:
+        SOURCES[name] = fn
+        return fn
+    return wrap
+
+
+def get_source(name: str) -> SourceFetch:
+    try:
+        return SOURCES[name]
+    except KeyError:
+        known = ", ".join(sorted(SOURCES))
+        raise LabelsError(f"unknown data source {name!r}; known sources: {known}") from None
+
+
+def validate_labels(df: pd.DataFrame, root: Path, what: str = "labels.csv") -> pd.DataFrame:
+    """Check schema, label values, and that each path is a file inside `root`.
+
+    Paths that are absolute or climb out of `root` (`../`) are rejected, not resolved: a
+    labels file must never make the pipeline read outside its own data.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise LabelsError(f"{what}: missing column(s) {missing}; required: {REQUIRED_COLUMNS}")
+    df = df.copy()
+    for col in REQUIRED_COLUMNS:
+        df[col] = df[col].astype("string").str.strip()
+    problems = []
+    root = root.resolve()
+    for line, row in zip(range(2, len(df) + 2), df.itertuples(index=False)):
+        where = f"{what} line {line}"
+        if any(pd.isna(getattr(row, c)) or getattr(row, c) == "" for c in REQUIRED_COLUMNS):
+            problems.append(f"{where}: empty value in {REQUIRED_COLUMNS}")
+            continue
+        if row.label not in LABELS:
+            problems.append(f"{where}: label {row.label!r} is not one of {list(LABELS)}")
+        rel = Path(row.path)
+        if rel.is_absolute() or ".." in rel.parts:
+            problems.append(f"{where}: path {row.path!r} must be relative to the data folder "
+                            "without '..'")
+            continue
+        full = (root / rel).resolve()
+        if not full.is_relative_to(root):
+            problems.append(f"{where}: path {row.path!r} points outside the data folder")
+        elif not full.is_file():
+            problems.append(f"{where}: file {row.path!r} does not exist")
+    dupes = df["path"][df["path"].duplicated()].unique()
+    problems += [f"{what}: path {p!r} is listed more than once" for p in dupes[:10]]
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise LabelsError(f"{len(problems)} problem(s) in {what}:\n  {shown}{more}")
+    return df
+
+
+# Importing the modules registers their sources.
+from coughlab.sources import local  # noqa: E402,F401

@@ -1,0 +1,45 @@
+"""Stage fetch: gather every configured source into build/fetched/ with one validated labels.csv.
+
+Each source writes under build/fetched/<source>/; paths in labels.csv are relative to
+build/fetched/. The whole folder is replaced atomically, so a failed download or a bad
+labels file leaves the previous output (or none), never a half-written one.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from coughlab.atomic import atomic_dir
+from coughlab.config import load_params
+from coughlab.sources import get_source, validate_labels
+
+OUT = Path("build/fetched")
+
+
+def fetch(sources: list[str], data_cfg, out: Path = OUT) -> pd.DataFrame:
+    if not sources:
+        raise ValueError("data.sources is empty: name at least one source, e.g. [local]")
+    with atomic_dir(out) as tmp:
+        frames = []
+        for name in sources:
+            df = get_source(name)(tmp / name, data_cfg)
+            df["path"] = name + "/" + df["path"]
+            frames.append(df)
+            print(f"fetch: {name}: {len(df)} clips")
+        labels = validate_labels(pd.concat(frames, ignore_index=True), tmp, f"{out}/labels.csv")
+        labels.to_csv(tmp / "labels.csv", index=False)
+    return labels
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    params = load_params()
+    fetch(params.data.sources, params.data, args.out)
+
+
+if __name__ == "__main__":
+    main()

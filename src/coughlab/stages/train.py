@@ -1,0 +1,36 @@
+"""Stage train: fit the classifier on build/features and write build/model/model.pt.
+
+train.backend=local trains in this process (GPU if present). Checkpoints go to
+build/checkpoints/ after every epoch (a DVC `persist` output), so a killed run resumes where
+it stopped when re-run with the same params and features; per-epoch curves go to reports/train/.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from coughlab.config import load_params
+from coughlab.model import train_model
+
+FEATURES = Path("build/features")
+MODEL_DIR = Path("build/model")
+CHECKPOINT_DIR = Path("build/checkpoints")
+LIVE_DIR = Path("reports/train")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features", type=Path, default=FEATURES)
+    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR)
+    parser.add_argument("--checkpoint-dir", type=Path, default=CHECKPOINT_DIR)
+    parser.add_argument("--live-dir", type=Path, default=LIVE_DIR)
+    args = parser.parse_args(argv)
+    params = load_params()
+    if params.train.backend != "local":
+        raise SystemExit(f"train.backend={params.train.backend!r} is not supported; use local")
+    path = train_model(params, args.features, args.model_dir, args.checkpoint_dir, args.live_dir)
+    print(f"train: wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
