@@ -7,15 +7,18 @@ the same weights as one that was never interrupted.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision
+import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
 from fastai.callback.core import Callback
 from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
 from fastai.data.transforms import IndexSplitter
@@ -191,7 +194,9 @@ def train_model(params: Params, features_dir: Path, model_dir: Path, checkpoint_
                     report=None)
         cbs.append(LiveMetrics(live, start))
     if start < params.train.epochs:
-        learn.fit_one_cycle(params.train.epochs, params.lr, cbs=cbs, start_epoch=start)
+        # fastai's per-batch bars garble logs when not on a terminal; the epoch table stays.
+        with learn.no_bar() if not sys.stdout.isatty() else contextlib.nullcontext():
+            learn.fit_one_cycle(params.train.epochs, params.lr, cbs=cbs, start_epoch=start)
     if live is not None:
         live.end()
     return save_model(learn.model, params, Path(model_dir))

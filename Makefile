@@ -1,0 +1,37 @@
+# Two commands on a fresh machine:  make repro  |  make test
+# Both create .venv and install what they need first (idempotent: re-runs skip installs).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Stage commands in dvc.yaml call `python`; this makes it the project's.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: help install repro data params test test-fast
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)  ## create .venv and install coughlab with the dev extra
+
+data/labels.csv: | $(STAMP)
+	$(PY) -m coughlab.sample data
+
+data: data/labels.csv  ## regenerate the embedded sample in data/ if it is missing
+
+repro: install data  ## run the whole pipeline (dvc repro) on the embedded default
+	dvc repro
+	dvc metrics show
+
+params: install  ## recompose params.yaml from conf/ after editing conf/ by hand
+	$(PY) -m coughlab.config
+
+test: install  ## run the whole test suite, end-to-end runs included
+	$(PY) -m pytest
+
+test-fast: install  ## unit tests only (skips the fresh-clone end-to-end runs)
+	$(PY) -m pytest -m "not slow"

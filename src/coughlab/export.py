@@ -1,0 +1,63 @@
+"""Export the trained network, with its featurizer, as one framework-free ONNX graph.
+
+The graph's input is `waveform`: float32 `[batch, samples]`, mono, at the pipeline's sample
+rate, any length. Inside it: the same centre crop/pad and log-mel as featurize, then the
+network and a softmax. Its output is `p_positive` `[batch]`. The Lambda therefore needs only
+onnxruntime and numpy, and cannot drift from training in how it computes features.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from coughlab.audio import Featurizer
+from coughlab.config import AudioConfig
+
+INPUT_NAME = "waveform"
+OUTPUT_NAME = "p_positive"
+OPSET = 18
+
+
+class ServingModel(nn.Module):
+    """Waveform -> P(positive): featurizer + network + softmax, in eval mode."""
+
+    def __init__(self, net: nn.Module, audio: AudioConfig):
+        super().__init__()
+        self.featurizer = Featurizer(audio)
+        self.net = net
+        self.eval()
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(self.featurizer(waveform)), dim=-1)[:, 1]
+
+
+def export_onnx(net: nn.Module, audio: AudioConfig, path: Path) -> Path:
+    """Write `path` (atomically) and check it loads and runs in onnxruntime."""
+    import onnx
+
+    from coughlab.atomic import atomic_file
+
+    model = ServingModel(net, audio)
+    example = torch.zeros(2, int(audio.sample_rate * audio.clip_seconds) + 1234)
+    samples = torch.export.Dim("samples", min=1, max=audio.sample_rate * 600)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.onnx.export(
+        model, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME], dynamic_shapes={"waveform": {0: batch, 1: samples}},
+        verbose=False)
+    proto = program.model_proto
+    onnx.checker.check_model(proto)
+    with atomic_file(path) as fh:
+        fh.write(proto.SerializeToString())
+    return path
+
+
+def onnx_predict(path: Path, waveform: np.ndarray) -> np.ndarray:
+    """P(positive) from the ONNX graph for a `[batch, samples]` float32 waveform."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: waveform.astype(np.float32)})[0]
