@@ -13,10 +13,10 @@ help:  ## list targets
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,aws]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-install: $(STAMP)  ## create .venv and install coughlab with the dev extra
+install: $(STAMP)  ## create .venv and install coughlab with the dev and aws extras
 
 data/labels.csv: | $(STAMP)
 	$(PY) -m coughlab.sample data

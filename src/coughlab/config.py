@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import OmegaConf
 
@@ -30,16 +31,40 @@ class QualityConfig:
 
 
 @dataclass
+class RemoteArchive:
+    """Where a public source's archive lives; sha256 None = not pinned, so never downloaded."""
+    url: str = ""
+    sha256: Optional[str] = None
+
+
+@dataclass
+class CoughvidConfig(RemoteArchive):
+    min_cough_detected: float = 0.8
+
+
+@dataclass
+class CoswaraConfig(RemoteArchive):
+    recordings: list[str] = field(default_factory=lambda: ["cough-heavy", "cough-shallow"])
+
+
+@dataclass
+class VirufyConfig(RemoteArchive):
+    clips: str = "segmented"
+
+
+@dataclass
 class DataConfig:
     sources: list[str] = field(default_factory=lambda: ["local"])
     local_dir: str = "data"
     split: SplitConfig = field(default_factory=SplitConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    # Downloaded archives; $COUGHLAB_CACHE overrides, None means ~/.cache/coughlab/downloads.
+    cache_dir: Optional[str] = None
     # Per-source settings (URLs, pinned sha256, thresholds); see conf/data/.
-    coughvid: dict = field(default_factory=dict)
-    coswara: dict = field(default_factory=dict)
-    virufy: dict = field(default_factory=dict)
-    covid19_cough: dict = field(default_factory=dict)
+    coughvid: CoughvidConfig = field(default_factory=CoughvidConfig)
+    coswara: CoswaraConfig = field(default_factory=CoswaraConfig)
+    virufy: VirufyConfig = field(default_factory=VirufyConfig)
+    covid19_cough: RemoteArchive = field(default_factory=RemoteArchive)
 
 
 @dataclass
@@ -68,14 +93,29 @@ class SpecAugmentConfig:
 
 
 @dataclass
+class SageMakerConfig:
+    """Managed-spot job settings (only read when train.backend == "sagemaker").
+
+    Account-specific values (role, bucket, image, region) come from the environment instead,
+    so params.yaml stays the same in every account; see coughlab.sagemaker.
+    """
+    instance_type: str = "ml.g4dn.xlarge"
+    volume_size_gb: int = 30
+    max_run_seconds: int = 3600
+    # Training time plus time spent waiting for spot capacity; must exceed max_run_seconds.
+    max_wait_seconds: int = 7200
+    s3_prefix: str = "coughlab"
+
+
+@dataclass
 class TrainConfig:
     backend: str = "local"
     epochs: int = 20
     batch_size: int = 32
     weight_decay: float = 0.01
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
-    # SageMaker settings (only read when backend == "sagemaker"); see conf/train/sagemaker.yaml.
-    sagemaker: dict = field(default_factory=dict)
+    # See conf/train/sagemaker.yaml.
+    sagemaker: SageMakerConfig = field(default_factory=SageMakerConfig)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import hashlib
 import json
 import random
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -171,8 +172,12 @@ def resume_epoch(learn: Learner, checkpoint: Path, expected: str) -> int:
 
 
 def train_model(params: Params, features_dir: Path, model_dir: Path, checkpoint_dir: Path,
-                live_dir: Path | None = None) -> Path:
-    """Fit the configured network on build/features and save `model_dir/model.pt`."""
+                live_dir: Path | None = None, callbacks: Sequence[Callback] = ()) -> Path:
+    """Fit the configured network on build/features and save `model_dir/model.pt`.
+
+    `callbacks` are extra fastai callbacks, e.g. the SageMaker container's stop-on-SIGTERM,
+    which orders itself after EpochCheckpoint so it stops only once the epoch is saved.
+    """
     from dvclive import Live
 
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -193,6 +198,7 @@ def train_model(params: Params, features_dir: Path, model_dir: Path, checkpoint_
         live = Live(str(live_dir), resume=start > 0, dvcyaml=None, save_dvc_exp=False,
                     report=None)
         cbs.append(LiveMetrics(live, start))
+    cbs.extend(callbacks)
     if start < params.train.epochs:
         # fastai's per-batch bars garble logs when not on a terminal; the epoch table stays.
         with learn.no_bar() if not sys.stdout.isatty() else contextlib.nullcontext():

@@ -1,0 +1,98 @@
+"""`covid19-cough`: call-center and Telegram coughs (github.com/covid19-cough/dataset, CC0 1.0).
+
+metadata.json lists every recording raw/<uuid>.mp3 (1324 at the pinned commit):
+`covid19` (true -> positive, false -> negative), `source` (call-center: 8 kHz stereo,
+telegram: 48 kHz mono; kept as `channel`) and `verified` (PCR-confirmed, kept as a column).
+Some audio was uploaded more than once under different names. A group of
+byte-identical files whose labels disagree is dropped whole, since nothing says which label is
+right; a group that agrees keeps one copy (the first name in sorted order), so the same audio
+can never sit in two splits. There are no participant ids upstream: subject_id is
+`c19c-<uuid>` (the ids of the shared development copy of this dataset).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from coughlab.config import DataConfig
+from coughlab.download import fetch_archive
+from coughlab.sources import LabelsError, register
+from coughlab.sources.archive import Archive, clip_table, safe_name
+
+NAME = "covid19-cough"
+SUBJECT_PREFIX = "c19c-"
+CHANNELS = {"call-center", "telegram"}
+
+
+@register(NAME)
+def fetch_covid19_cough(dest: Path, cfg: DataConfig) -> pd.DataFrame:
+    with Archive(fetch_archive(NAME, cfg), NAME) as archive:
+        records = json.load(archive.open("metadata.json"))
+        present = set(archive.names())
+        rows, dropped = label_records(records, present)
+        digests = {row["path"]: _sha256(archive, row["path"])
+                   for row in tqdm(rows, desc=f"{NAME} hashing", unit="clip")}
+        rows, dropped_dupes = drop_duplicates(rows, digests)
+        for row in tqdm(rows, desc=NAME, unit="clip"):
+            archive.extract(row["path"], dest / row["path"])
+    dropped.update(dropped_dupes)
+    return clip_table(NAME, rows, dropped)
+
+
+def label_records(records: list[dict], present: set[str]) -> tuple[list[dict], Counter]:
+    """One row per metadata record whose audio is in the archive; reasons for the others."""
+    if not isinstance(records, list):
+        raise LabelsError(f"{NAME}: metadata.json should be a list of records")
+    rows, dropped = [], Counter()
+    for record in records:
+        filename = safe_name(str(record.get("filename", "")), "file name")
+        path = f"raw/{filename}"
+        if path not in present:
+            dropped["audio missing"] += 1
+            continue
+        if not isinstance(record.get("covid19"), bool):
+            dropped["no covid19 label"] += 1
+            continue
+        channel = record.get("source")
+        if channel not in CHANNELS:
+            raise LabelsError(f"{NAME}: {filename} has source {channel!r}, expected {CHANNELS}")
+        verified = record.get("verified")
+        rows.append({
+            "path": path,
+            "label": "positive" if record["covid19"] else "negative",
+            "subject_id": SUBJECT_PREFIX + Path(filename).stem,
+            "source": NAME,
+            "channel": channel,
+            "verified": "" if verified is None else str(bool(verified)),
+            "orig_name": filename,
+        })
+    return rows, dropped
+
+
+def drop_duplicates(rows: list[dict], digests: dict[str, str]) -> tuple[list[dict], Counter]:
+    """Drop byte-identical groups with disagreeing labels; keep one copy of agreeing groups."""
+    groups = defaultdict(list)
+    for row in rows:
+        groups[digests[row["path"]]].append(row)
+    kept, dropped = [], Counter()
+    for group in groups.values():
+        if len({row["label"] for row in group}) > 1:
+            dropped["identical audio, contradictory labels"] += len(group)
+            continue
+        kept.append(min(group, key=lambda row: row["path"]))
+        if len(group) > 1:
+            dropped["identical audio, extra copy"] += len(group) - 1
+    return sorted(kept, key=lambda row: row["path"]), dropped
+
+
+def _sha256(archive: Archive, name: str) -> str:
+    digest = hashlib.sha256()
+    with archive.open(name) as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,76 @@
+"""`virufy`: Virufy clinical coughs (github.com/virufy/virufy-data, CC BY 4.0).
+
+16 patients recorded in a hospital, each with a PCR result. clinical/labels.csv has one row
+per patient recording: `cough_filename` (e.g. `neg-0421-083-cough-m-53.mp3`, the recording in
+clinical/original/<pos|neg>/) and `corona_test` (the PCR result: positive -> positive,
+negative -> negative, anything else dropped). data.virufy.clips picks `segmented`
+(clinical/segmented/<pos|neg>/<recording>-<n>.mp3: the dataset's own cut of each recording at
+silences, non-cough segments removed; 121 clips) or `original` (the whole recordings).
+subject_id is `virufy-<recording>`: one recording per patient, so all of a patient's
+segments stay in one split.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from coughlab.config import DataConfig
+from coughlab.download import fetch_archive
+from coughlab.sources import LabelsError, register
+from coughlab.sources.archive import Archive, clip_table
+
+NAME = "virufy"
+CHANNEL = "virufy-clinical"
+LABELS_CSV = "clinical/labels.csv"
+PCR_LABELS = {"positive": "positive", "negative": "negative"}
+CLIPS = ("segmented", "original")
+AUDIO_SUFFIXES = {".mp3", ".wav"}
+
+
+@register(NAME)
+def fetch_virufy(dest: Path, cfg: DataConfig) -> pd.DataFrame:
+    clips = cfg.virufy.clips
+    if clips not in CLIPS:
+        raise LabelsError(f"{NAME}: data.virufy.clips is {clips!r}; choose one of {list(CLIPS)}")
+    with Archive(fetch_archive(NAME, cfg), NAME) as archive:
+        labels = pd.read_csv(archive.open(LABELS_CSV), dtype=str, keep_default_na=False)
+        recordings, dropped = recording_labels(labels)
+        audio = [n for n in archive.names() if n.startswith(f"clinical/{clips}/")
+                 and PurePosixPath(n).suffix.lower() in AUDIO_SUFFIXES]
+        rows = []
+        for name in audio:
+            recording = recording_of(PurePosixPath(name).stem, recordings)
+            if recording is None:
+                dropped["clip of an unlabelled recording"] += 1
+                continue
+            archive.extract(name, dest / name)
+            rows.append({"path": name, "label": recordings[recording],
+                         "subject_id": f"{NAME}-{recording}", "source": NAME,
+                         "channel": CHANNEL})
+    return clip_table(NAME, rows, dropped)
+
+
+def recording_labels(labels: pd.DataFrame) -> tuple[dict[str, str], Counter]:
+    """`recording stem -> label` from the PCR column; counts of the rows left out."""
+    missing = {"cough_filename", "corona_test"} - set(labels.columns)
+    if missing:
+        raise LabelsError(f"{NAME}: {LABELS_CSV} lacks column(s) {sorted(missing)}; "
+                          f"it has {list(labels.columns)}")
+    recordings, dropped = {}, Counter()
+    for filename, result in zip(labels["cough_filename"], labels["corona_test"]):
+        label = PCR_LABELS.get(result.strip().lower())
+        if label is None:
+            dropped[f"PCR result {result or '(blank)'}"] += 1
+        else:
+            recordings[PurePosixPath(filename.strip()).stem] = label
+    return recordings, dropped
+
+
+def recording_of(stem: str, recordings: dict[str, str]) -> str | None:
+    """The labelled recording a clip comes from: itself, or `<recording>-<n>` for a segment."""
+    if stem in recordings:
+        return stem
+    base, _, index = stem.rpartition("-")
+    return base if index.isdigit() and base in recordings else None

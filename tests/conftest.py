@@ -1,0 +1,106 @@
+"""Shared fixtures. AWS is always moto_server on loopback; real AWS is never called."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REALDATA = ROOT.parent / "shared" / "realdata" / "dev"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """A moto_server (S3, SageMaker, Lambda, IAM, ...) on 127.0.0.1; yields its endpoint URL.
+
+    Started as a subprocess and stopped by PID at the end of the session.
+    """
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
+    if exe is None:
+        pytest.fail("moto_server not installed: `pip install -e '.[dev]'`")
+    port = free_port()
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"moto_server did not start on {url}")
+            time.sleep(0.2)
+    yield url
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def aws_env(moto_server, monkeypatch):
+    """Point boto3 (and anything reading AWS_* env) at moto_server with fake credentials."""
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto_server,
+        "SAGEMAKER_VALIDATE_ROLE": "false",
+    }.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    # Each test gets an empty moto backend.
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"))
+    return moto_server
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory):
+    """Run the export-lambda stage on a small untrained CNN; yields build/-like paths.
+
+    Returns a dict with `model_pt`, `lambda_dir` (model.onnx + model.json) and `combined`.
+    """
+    import json
+
+    import numpy as np
+    import pandas as pd
+    import soundfile as sf
+    import torch
+
+    from coughlab.config import ModelConfig, Params
+    from coughlab.model import build_net, save_model
+    from coughlab.stages.export_lambda import export_lambda
+
+    root = tmp_path_factory.mktemp("exported")
+    torch.manual_seed(0)
+    params = Params(model=ModelConfig(width=8))
+    net = build_net(params.model).eval()
+    save_model(net, params, root / "model")
+    (root / "metrics.json").write_text(json.dumps({"threshold": 0.5, "test": {
+        "roc_auc": 0.95, "pr_auc": 0.9, "sensitivity": 0.9, "specificity": 0.8, "n": 2}}))
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, seconds in enumerate([0.7, 4.2]):
+        rel = f"clip{i}.wav"
+        (root / "combined" / "clips").mkdir(parents=True, exist_ok=True)
+        sf.write(root / "combined" / "clips" / rel, (rng.standard_normal(int(16000 * seconds)) * 0.1)
+                 .astype(np.float32), 16000, subtype="PCM_16")
+        rows.append({"path": rel, "split": "test"})
+    pd.DataFrame(rows).to_csv(root / "combined" / "manifest.csv", index=False)
+    export_lambda(root / "model", root / "metrics.json", root / "combined", root / "lambda")
+    return {"model_pt": root / "model" / "model.pt", "lambda_dir": root / "lambda",
+            "combined": root / "combined"}

@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from coughlab.config import QualityConfig, SplitConfig
+from coughlab.sample import wav_bytes
+from coughlab.stages.combine import TooManyQuarantined, combine, split_subjects
+
+from test_audio import tone
+
+QUALITY = QualityConfig(min_seconds=0.3, silence_dbfs=-60.0, max_quarantine_fraction=0.5)
+
+
+def fetched(root, clips):
+    """build/fetched layout: {relpath: bytes} plus labels.csv; labels alternate by subject."""
+    rows = []
+    for i, (rel, payload) in enumerate(clips.items()):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(payload)
+        rows.append({"path": rel, "label": "positive" if i % 2 else "negative",
+                     "subject_id": f"s{i // 2}", "source": rel.split("/")[0], "channel": "c"})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return root
+
+
+def nan_wav():
+    wave = tone()
+    wave[100] = np.nan
+    return wav_bytes_float(wave)
+
+
+def wav_bytes_float(wave, sr=16000):
+    import io
+    buf = io.BytesIO()
+    sf.write(buf, wave, sr, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+def test_bad_clips_are_quarantined_with_reasons_not_fatal(tmp_path):
+    src = fetched(tmp_path / "fetched", {
+        "a/good8k.wav": wav_bytes(tone(8000), 8000),
+        "a/good48k.wav": wav_bytes(np.stack([tone(48000), tone(48000)], 1), 48000),
+        "a/good16k.wav": wav_bytes(tone(16000), 16000),
+        "a/zero.wav": b"",
+        "a/corrupt.wav": b"RIFF1234WAVEjunk",
+        "a/nan.wav": nan_wav(),
+        "a/silent.wav": wav_bytes(np.zeros(16000, np.float32), 16000),
+        "a/short.wav": wav_bytes(tone(16000, 0.1), 16000),
+    })
+    summary = combine(src, tmp_path / "out", 16000, QualityConfig(max_quarantine_fraction=0.7),
+                      SplitConfig(0.0, 0.0), seed=1)
+    quarantine = pd.read_csv(tmp_path / "out" / "quarantine.csv")
+    assert dict(zip(quarantine["path"], quarantine["reason"])) == {
+        "a/zero.wav": "unreadable", "a/corrupt.wav": "unreadable", "a/nan.wav": "non_finite",
+        "a/silent.wav": "silent", "a/short.wav": "too_short"}
+    assert summary["quarantined"] == 5 and summary["clips"] == 3
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
+    assert sorted(manifest["orig_sr"]) == [8000, 16000, 48000]
+    for rel in manifest["path"]:
+        info = sf.info(tmp_path / "out" / "clips" / rel)
+        assert (info.samplerate, info.channels) == (16000, 1)
+        assert abs(info.frames - 16000) <= 1
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
+
+
+def test_too_many_quarantined_fails_and_writes_nothing(tmp_path):
+    src = fetched(tmp_path / "fetched", {"a/x.wav": b"", "a/y.wav": b"junk",
+                                         "a/ok.wav": wav_bytes(tone(), 16000)})
+    with pytest.raises(TooManyQuarantined, match="above data.quality.max_quarantine_fraction=0.5"):
+        combine(src, tmp_path / "out", 16000, QUALITY, SplitConfig(), seed=1)
+    assert not (tmp_path / "out").exists()
+
+
+def subjects_frame(n_subjects=40, clips=3):
+    return pd.DataFrame([{"subject_id": f"s{s}", "label": "positive" if s % 4 == 0 else "negative",
+                          "path": f"{s}_{c}.wav"} for s in range(n_subjects) for c in range(clips)])
+
+
+def test_split_is_subject_disjoint_stratified_and_seeded():
+    df = subjects_frame()
+    df["split"] = split_subjects(df, SplitConfig(valid=0.2, test=0.2), seed=7)
+    assert df.groupby("subject_id")["split"].nunique().max() == 1
+    for split in ("train", "valid", "test"):
+        assert set(df.loc[df.split == split, "label"]) == {"positive", "negative"}
+    positive_share = df[df.label == "positive"].groupby("split").subject_id.nunique()
+    assert positive_share["test"] == positive_share["valid"] == 2  # 20% of 10 positive subjects
+    again = split_subjects(df, SplitConfig(valid=0.2, test=0.2), seed=7)
+    other = split_subjects(df, SplitConfig(valid=0.2, test=0.2), seed=8)
+    assert again.equals(df["split"]) and not other.equals(df["split"])
+
+
+def test_subject_with_mixed_labels_stays_in_one_split():
+    df = subjects_frame(12, 2)
+    df.loc[0, "label"] = "negative"  # subject s0 now has one clip of each label
+    split = split_subjects(df, SplitConfig(valid=0.25, test=0.25), seed=0)
+    assert split[df.subject_id == "s0"].nunique() == 1
