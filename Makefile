@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Stage commands in dvc.yaml call `python`; this makes it the project's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install repro data params test test-fast
+.PHONY: help install repro data params test test-fast deploy-lambda push pull report
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
@@ -35,3 +35,16 @@ test: install  ## run the whole test suite, end-to-end runs included
 
 test-fast: install  ## unit tests only (skips the fresh-clone end-to-end runs)
 	$(PY) -m pytest -m "not slow"
+
+deploy-lambda: install  ## gate the model, build the python3.12 zip, publish it, move alias `live`
+	$(PY) -m coughlab.deploy
+
+push: install  ## upload data and pipeline outputs to the DVC remote (dvc push)
+	dvc push
+
+pull: install  ## fetch data and pipeline outputs from the DVC remote (dvc pull)
+	dvc pull
+
+BASE ?= main
+report: install  ## markdown metrics/params/plots diff against BASE (main) -> build/pr-report.md
+	$(PY) -m coughlab.report --base $(BASE) --out build/pr-report.md

@@ -9,6 +9,7 @@ from coughlab.config import QualityConfig, SplitConfig
 from coughlab.sample import wav_bytes
 from coughlab.stages.combine import TooManyQuarantined, combine, split_subjects
 
+from source_fixtures import encode
 from test_audio import tone
 
 QUALITY = QualityConfig(min_seconds=0.3, silence_dbfs=-60.0, max_quarantine_fraction=0.5)
@@ -97,3 +98,19 @@ def test_subject_with_mixed_labels_stays_in_one_split():
     df.loc[0, "label"] = "negative"  # subject s0 now has one clip of each label
     split = split_subjects(df, SplitConfig(valid=0.25, test=0.25), seed=0)
     assert split[df.subject_id == "s0"].nunique() == 1
+
+
+def test_compressed_sources_become_wav_clips_keeping_the_fetched_path(tmp_path):
+    src = fetched(tmp_path / "fetched", {
+        "c19/a.mp3": encode("mp3", seed=1, sr=48000, channels=2),
+        "cv/b.ogg": encode("ogg", seed=2, sr=48000),
+        "cv/c.webm": encode("webm", seed=3, sr=48000),
+        "loc/d.wav": wav_bytes(tone(8000), 8000),
+    })
+    combine(src, tmp_path / "out", 16000, QUALITY, SplitConfig(0.0, 0.0), seed=1)
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
+    assert dict(zip(manifest["fetched_path"], manifest["path"])) == {
+        "c19/a.mp3": "c19/a.mp3.wav", "cv/b.ogg": "cv/b.ogg.wav", "cv/c.webm": "cv/c.webm.wav",
+        "loc/d.wav": "loc/d.wav"}
+    for rel in manifest["path"]:
+        assert sf.info(tmp_path / "out" / "clips" / rel).samplerate == 16000

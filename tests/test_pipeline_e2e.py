@@ -65,7 +65,11 @@ def test_data_pipeline_runs_then_does_nothing(clone):
 
 
 def test_make_repro_then_an_lr_experiment(clone):
-    out = run(clone, "make", "repro", f"VENV={VENV_BIN.parent}")
+    # Reuse this test run's venv, already installed: a fresh stamp tells make to skip
+    # `pip install -e` from the clone, which would repoint the venv at a temp dir.
+    installed = clone.parent / "venv-installed"
+    installed.touch()
+    out = run(clone, "make", "repro", f"VENV={VENV_BIN.parent}", f"STAMP={installed}")
     # A clone has no DVC cache: the model is trained here. evaluate may be skipped when the
     # retrained model hashes equal to the committed dvc.lock (training is deterministic).
     assert {"train", "export-lambda"} <= stages_run(out)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from coughlab.config import ModelConfig, load_params
-from coughlab.model import CHECKPOINT_FILE, MODEL_FILE, build_net, load_model, train_model
+from coughlab.model import (CHECKPOINT_FILE, MODEL_FILE, build_net, epoch_line, load_model,
+                            train_model)
 
 from helpers import git_repo, make_features, write_params
 
@@ -19,7 +20,8 @@ TINY = ("train.epochs=6", "train.batch_size=8", "model.width=8")
 def run_train(workdir: Path, features: Path, tag: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "coughlab.stages.train", "--features", str(features),
            "--model-dir", f"model-{tag}", "--checkpoint-dir", f"ckpt-{tag}", "--live-dir", f"live-{tag}"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # One thread per run: two torch processes on two cores otherwise fight over OpenMP threads.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -74,3 +76,8 @@ def test_architectures_take_one_channel_log_mels(arch):
 def test_unknown_architecture_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model.arch 'vgg'"):
         build_net(ModelConfig(arch="vgg"))
+
+
+def test_epoch_line_names_every_value():
+    assert epoch_line(["epoch", "train_loss", "time"], [3, 0.512345, "00:01"]) == \
+        "epoch 3  train_loss 0.5123  time 00:01"

@@ -8,34 +8,40 @@ SageMaker runs `docker run <image> train` and talks to the container through fil
   checkpoints/                       synced to S3 by SageMaker, restored after a spot restart;
                                      checkpoint.pt plus the training curves in live/
   model/model.pt                     SageMaker packs model/ into model.tar.gz on success
+  output/data/                       the training curves, packed into output.tar.gz
   output/failure                     the reason SageMaker shows when the job fails
 
-A spot interruption (or StopTrainingJob) arrives as SIGTERM: training stops at once and exits
-143. Every epoch's checkpoint is written atomically, so what is on disk is always the last
-completed epoch, and the restarted job resumes from it with the same end result.
+A spot interruption (or StopTrainingJob, or MaxRuntime) arrives as SIGTERM, about two minutes
+before SIGKILL: training finishes the running epoch, checkpoints it and exits 143. Every
+checkpoint is written atomically, so even if SIGKILL comes first, what is on disk (and in S3)
+is the last completed epoch, and the restarted job resumes from it to the same end result.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import traceback
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+from fastai.callback.core import Callback
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from coughlab.atomic import atomic_write_text
+from coughlab.atomic import atomic_dir, atomic_write_text
 from coughlab.config import Params
+from coughlab.model import CHECKPOINT_FILE, LiveMetrics, train_model
 
 BASE_DIR_ENV = "SM_BASE_DIR"
 DEFAULT_BASE_DIR = Path("/opt/ml")
 CHANNEL = "features"
 TRAINING_SPLITS = ("train", "valid")
-LIVE_SUBDIR = "live"
-CHECKPOINT_FILE = "checkpoint.pt"  # coughlab.model.CHECKPOINT_FILE, named without importing torch
 # The Params sections training reads (model.pt records audio); data and the SageMaker job
 # settings stay on the launching side.
 TRAINING_SECTIONS = ("seed", "lr", "audio", "model", "train")
@@ -66,7 +72,11 @@ class Layout:
     @property
     def live(self) -> Path:
         """Curves live beside the checkpoint so a restarted job appends to them."""
-        return self.checkpoints / LIVE_SUBDIR
+        return self.checkpoints / "live"
+
+    @property
+    def output_data(self) -> Path:
+        return self.base / "output" / "data"
 
     @property
     def failure(self) -> Path:
@@ -111,7 +121,7 @@ def params_from_hyperparameters(values: dict[str, str]) -> Params:
         node[leaf] = value
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Params), nested))
-    except Exception as exc:
+    except OmegaConfBaseException as exc:
         raise ValueError(f"hyperparameters do not fit coughlab's params: {exc}") from None
 
 
@@ -129,53 +139,75 @@ def read_params(path: Path) -> Params:
 
 
 def check_features(features_dir: Path) -> None:
+    """Fail with the file's name, not a numpy error from deep inside training."""
     missing = [f"{split}.npz" for split in TRAINING_SPLITS
                if not (features_dir / f"{split}.npz").is_file()]
     if missing:
         raise FileNotFoundError(f"input channel {CHANNEL!r} ({features_dir}) lacks "
                                 f"{', '.join(missing)}: the job's InputDataConfig must point "
                                 "at the uploaded build/features")
+    for split in TRAINING_SPLITS:
+        path = features_dir / f"{split}.npz"
+        try:
+            with np.load(path) as npz:
+                arrays = set(npz.files)
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path} is not a features file from the featurize stage "
+                             f"({exc})") from None
+        if not {"x", "y"} <= arrays:
+            raise ValueError(f"{path} lacks the arrays x and y the featurize stage writes")
 
 
 class TerminationRequested(BaseException):
-    """Raised by the SIGTERM handler; a BaseException so no `except Exception` swallows it."""
+    """Ends training after a SIGTERM; a BaseException so no `except Exception` swallows it."""
 
 
-def raise_termination(signum, frame) -> None:
-    raise TerminationRequested
+class StopOnSigterm(Callback):
+    """Turn SIGTERM into a stop at the end of the running epoch, once its checkpoint is saved.
+
+    Stopping mid-epoch would throw that epoch away: checkpoints exist only at epoch ends,
+    where resuming gives bit-identical weights. After the last epoch it lets training finish,
+    since only saving model.pt is left.
+    """
+    order = LiveMetrics.order + 1  # after EpochCheckpoint and LiveMetrics
+
+    def __init__(self):
+        self.requested = False
+
+    def handle_sigterm(self, signum, frame) -> None:
+        self.requested = True
+
+    def after_epoch(self):
+        if self.requested and self.epoch < self.n_epoch - 1:
+            raise TerminationRequested
 
 
-def train(layout: Layout) -> Path:
+def publish_curves(layout: Layout) -> None:
+    """Copy the per-epoch curves to output/data, which SageMaker uploads as output.tar.gz."""
+    with atomic_dir(layout.output_data) as tmp:
+        shutil.copytree(layout.live, tmp, dirs_exist_ok=True)
+
+
+def train(layout: Layout, stopper: StopOnSigterm) -> Path:
     """Train on the channel's features, resuming from layout.checkpoints when it matches."""
     params = read_params(layout.hyperparameters)
     check_features(layout.features)
-    # torch and fastai take seconds to import: only after the cheap checks above passed.
-    from coughlab.model import train_model
+    path = train_model(params, layout.features, layout.model, layout.checkpoints, layout.live,
+                       callbacks=[stopper])
+    publish_curves(layout)
+    return path
 
-    return train_model(params, layout.features, layout.model, layout.checkpoints, layout.live)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Train coughlab inside a SageMaker training container (the image from "
-        "docker/train.Dockerfile). Reads hyperparameters and the 'features' channel, resumes "
-        "from the checkpoints dir, writes model/model.pt; on error writes output/failure and "
-        "exits 1; on SIGTERM (spot interruption) keeps the last epoch checkpoint and exits 143.")
-    parser.add_argument("command", choices=["train"], help="SageMaker starts the image with `train`")
-    parser.add_argument("--base-dir", type=Path,
-                        default=Path(os.environ.get(BASE_DIR_ENV, DEFAULT_BASE_DIR)),
-                        help=f"SageMaker's root directory (default ${BASE_DIR_ENV} or "
-                        f"{DEFAULT_BASE_DIR})")
-    args = parser.parse_args(argv)
-    layout = Layout(args.base_dir)
-    signal.signal(signal.SIGTERM, raise_termination)
+def run(layout: Layout) -> int:
+    """Train; the exit status and output/failure follow the SageMaker contract."""
+    stopper = StopOnSigterm()
+    previous = signal.signal(signal.SIGTERM, stopper.handle_sigterm)
     try:
-        path = train(layout)
+        path = train(layout, stopper)
     except TerminationRequested:
         checkpoint = layout.checkpoints / CHECKPOINT_FILE
-        kept = (f"{checkpoint} holds the last completed epoch; a restarted job resumes from it"
-                if checkpoint.exists() else "no epoch had completed; a restarted job starts over")
-        print(f"container: SIGTERM, training stopped: {kept}", file=sys.stderr, flush=True)
+        print(f"container: SIGTERM: stopped after saving {checkpoint}; a restarted job resumes "
+              "from it", file=sys.stderr, flush=True)
         return EXIT_TERMINATED
     except Exception as exc:
         traceback.print_exc()
@@ -183,8 +215,27 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(layout.failure, reason + "\n")
         print(f"container: training failed: {reason}", file=sys.stderr, flush=True)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"container: wrote {path}", flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Train coughlab inside a SageMaker training container (the image from "
+        "docker/train.Dockerfile). Reads hyperparameters and the 'features' channel, resumes "
+        "from the checkpoints dir, writes model/model.pt and the curves to output/data; on "
+        "error writes output/failure and exits 1; on SIGTERM (spot interruption) checkpoints "
+        "the running epoch and exits 143.")
+    parser.add_argument("command", choices=["train"],
+                        help="SageMaker starts the image with `train`")
+    parser.add_argument("--base-dir", type=Path,
+                        default=Path(os.environ.get(BASE_DIR_ENV, DEFAULT_BASE_DIR)),
+                        help=f"SageMaker's root directory (default ${BASE_DIR_ENV} or "
+                        f"{DEFAULT_BASE_DIR})")
+    args = parser.parse_args(argv)
+    return run(Layout(args.base_dir))
 
 
 if __name__ == "__main__":

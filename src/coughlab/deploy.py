@@ -48,7 +48,8 @@ WHEEL_PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1)]
     "manylinux2014_x86_64"]
 # Console scripts (their shebangs name this machine's python) and bytecode are useless there.
 SKIPPED_DEPENDENCY_PARTS = {"bin", "__pycache__"}
-UNZIPPED_LIMIT = 262_144_000  # Lambda's 250 MB cap on the unzipped deployment package
+MIB = 2**20
+UNZIPPED_LIMIT = 250 * MIB  # Lambda's "250 MB" cap on the unzipped deployment package
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: same inputs, same zip, same CodeSha256
 DEFAULT_MIN_ROC_AUC = 0.7
 
@@ -162,8 +163,8 @@ def build_zip(deps_dir: Path, handler: Path, model_dir: Path, out: Path,
     entries = package_entries(deps_dir, handler, model_dir, meta)
     unzipped = sum(path.stat().st_size for path in entries.values())
     if unzipped > max_unzipped_bytes:
-        raise DeployError(f"the package would unzip to {unzipped / 1e6:.1f} MB, over Lambda's "
-                          f"{max_unzipped_bytes / 1e6:.1f} MB limit; use the container image "
+        raise DeployError(f"the package would unzip to {unzipped / MIB:.1f} MiB, over Lambda's "
+                          f"{max_unzipped_bytes / MIB:.1f} MiB limit; use the container image "
                           "(docker/lambda.Dockerfile, --image-uri) instead")
     with (atomic_file(out) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf,
           tqdm(total=unzipped, desc="zip", unit="B", unit_scale=True, leave=False) as bar):
@@ -301,8 +302,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "default %(default)s)")
     parser.add_argument("--model-dir", type=Path, default=MODEL_DIR,
                         help="export-lambda's output (default %(default)s)")
-    parser.add_argument("--handler", type=Path, default=HANDLER, help="default %(default)s")
-    parser.add_argument("--requirements", type=Path, default=REQUIREMENTS, help="default %(default)s")
+    parser.add_argument("--handler", type=Path, default=HANDLER,
+                        help="the Lambda handler, zipped as handler.py (default %(default)s)")
+    parser.add_argument("--requirements", type=Path, default=REQUIREMENTS,
+                        help="pinned Lambda dependencies (default %(default)s)")
     parser.add_argument("--build-dir", type=Path, default=BUILD_DIR,
                         help="where the zip and the cached dependencies go (default %(default)s)")
     parser.add_argument("--deps-dir", type=Path,
@@ -333,8 +336,8 @@ def run(args: argparse.Namespace) -> str | None:
         return deploy_image(args.image_uri, meta, fn, args.region)
     deps = args.deps_dir or ensure_dependencies(args.requirements, args.build_dir)
     package = build_zip(deps, args.handler, args.model_dir, args.build_dir / "function.zip")
-    print(f"deploy: {package.path} {package.zipped_bytes / 1e6:.1f} MB zipped, "
-          f"{package.unzipped_bytes / 1e6:.1f} MB unzipped (limit {UNZIPPED_LIMIT / 1e6:.1f} MB)")
+    print(f"deploy: {package.path} {package.zipped_bytes / MIB:.1f} MiB zipped, "
+          f"{package.unzipped_bytes / MIB:.1f} MiB unzipped (limit {UNZIPPED_LIMIT / MIB:.0f} MiB)")
     if args.zip_only:
         return None
     return deploy_zip(package, meta, fn, args.bucket, args.prefix, args.region)

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from coughlab.config import DataConfig
+from coughlab.config import PARAMS_FILE, DataConfig, load_params
 
 DEFAULT_CACHE = Path("~/.cache/coughlab/downloads")
 CACHE_ENV = "COUGHLAB_CACHE"
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Download URL into the coughlab cache (resumable) and print its sha256, "
         "so it can be pinned as data.<source>.sha256 in conf/data/sample.yaml. The file is "
         "left where `dvc repro` will look for it, so fetch does not download it again.")
-    parser.add_argument("url")
+    parser.add_argument("url", help="the archive URL, as in data.<source>.url")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help=f"default: ${CACHE_ENV}, else data.cache_dir, else {DEFAULT_CACHE}")
     args = parser.parse_args(argv)
@@ -215,8 +215,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _data_config() -> DataConfig:
-    from coughlab.config import PARAMS_FILE, load_params
-
+    """data.cache_dir from params.yaml when run in the repository, else the defaults."""
     return load_params().data if PARAMS_FILE.exists() else DataConfig()
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import random
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
+
+# fastai.layers calls torch.jit.script at import time; torch 2.14 warns about it on every run.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
 from fastai.callback.core import Callback
 from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
@@ -200,12 +204,22 @@ def train_model(params: Params, features_dir: Path, model_dir: Path, checkpoint_
         cbs.append(LiveMetrics(live, start))
     cbs.extend(callbacks)
     if start < params.train.epochs:
-        # fastai's per-batch bars garble logs when not on a terminal; the epoch table stays.
-        with learn.no_bar() if not sys.stdout.isatty() else contextlib.nullcontext():
+        # fastai's per-batch bars garble logs when not on a terminal: print a line per epoch.
+        quiet = not sys.stdout.isatty()
+        if quiet:
+            learn.logger = lambda row: print(epoch_line(learn.recorder.metric_names, row), flush=True)
+        with learn.no_bar() if quiet else contextlib.nullcontext():
             learn.fit_one_cycle(params.train.epochs, params.lr, cbs=cbs, start_epoch=start)
     if live is not None:
         live.end()
     return save_model(learn.model, params, Path(model_dir))
+
+
+def epoch_line(names: Sequence[str], row: Sequence) -> str:
+    """`epoch 3  train_loss 0.5123  valid_loss 0.4811  roc_auc_score 0.9102  time 00:01`."""
+    cells = [f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
+             for name, value in zip(names, row)]
+    return "  ".join(cells)
 
 
 def save_model(net: nn.Module, params: Params, model_dir: Path) -> Path:

@@ -1,4 +1,8 @@
-"""`virufy`: Virufy clinical coughs (github.com/virufy/virufy-data, CC BY 4.0).
+"""`virufy`: Virufy clinical coughs (github.com/virufy/virufy-data).
+
+Licence: CC BY-NC-SA 4.0 with Virufy's addenda (no redistribution without their written
+approval; cite their paper, virufy.org/paper): use it for research, and never publish the
+fetched clips or commit them anywhere.
 
 16 patients recorded in a hospital, each with a PCR result. clinical/labels.csv has one row
 per patient recording: `cough_filename` (e.g. `neg-0421-083-cough-m-53.mp3`, the recording in

@@ -1,8 +1,9 @@
 """Stage combine: decode every fetched clip, mono, one sample rate, quality gate, split.
 
 Outputs (build/combined/):
-- clips/...wav      mono PCM-16 at audio.sample_rate, same relative paths as build/fetched/
-- manifest.csv      one row per kept clip: labels.csv columns + split, orig_sr, orig_channels, seconds
+- clips/...wav      mono PCM-16 at audio.sample_rate, at the build/fetched/ path (+ .wav if not wav)
+- manifest.csv      one row per kept clip: labels.csv columns (path -> the wav, fetched_path the
+                    original) + split, orig_sr, orig_channels, seconds
 - quarantine.csv    one row per rejected clip with its reason (unreadable, empty, silent, ...)
 - summary.json      counts per split x label x source, and quarantine counts per reason
 
@@ -55,6 +56,11 @@ def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int) -> pd.Series
     return df["subject_id"].map(assignment)
 
 
+def wav_path(fetched_path: str) -> str:
+    """Where a fetched clip's decoded copy goes: x.wav stays, x.mp3 becomes x.mp3.wav (no clashes)."""
+    return fetched_path if fetched_path.lower().endswith(".wav") else fetched_path + ".wav"
+
+
 def process_clip(src: Path, dst: Path, sample_rate: int, quality: QualityConfig) -> dict:
     """Decode, mix down, check and resample one clip; returns its stats or a quarantine reason."""
     try:
@@ -77,12 +83,13 @@ def combine(src_dir: Path, out: Path, sample_rate: int, quality: QualityConfig,
     with atomic_dir(out) as tmp:
         kept, quarantined = [], []
         for row in tqdm(labels.to_dict("records"), desc="combine", unit="clip"):
-            result = process_clip(src_dir / row["path"], tmp / "clips" / row["path"], sample_rate, quality)
+            clip = wav_path(row["path"])
+            result = process_clip(src_dir / row["path"], tmp / "clips" / clip, sample_rate, quality)
             if "reason" in result:
                 quarantined.append({"path": row["path"], "label": row["label"],
                                     "source": row["source"], **result})
             else:
-                kept.append({**row, **result})
+                kept.append({**row, "path": clip, "fetched_path": row["path"], **result})
         fraction = len(quarantined) / max(len(labels), 1)
         if fraction > quality.max_quarantine_fraction:
             raise TooManyQuarantined(

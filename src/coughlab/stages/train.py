@@ -3,6 +3,10 @@
 train.backend=local trains in this process (GPU if present). Checkpoints go to
 build/checkpoints/ after every epoch (a DVC `persist` output), so a killed run resumes where
 it stopped when re-run with the same params and features; per-epoch curves go to reports/train/.
+
+train.backend=sagemaker runs the same training as a SageMaker managed-spot job
+(coughlab.sagemaker; needs COUGHLAB_SM_ROLE, COUGHLAB_SM_BUCKET, COUGHLAB_SM_IMAGE) and
+writes the same build/model/ and reports/train/; its checkpoints stay in S3.
 """
 from __future__ import annotations
 
@@ -26,9 +30,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--live-dir", type=Path, default=LIVE_DIR)
     args = parser.parse_args(argv)
     params = load_params()
-    if params.train.backend != "local":
-        raise SystemExit(f"train.backend={params.train.backend!r} is not supported; use local")
-    path = train_model(params, args.features, args.model_dir, args.checkpoint_dir, args.live_dir)
+    if params.train.backend == "local":
+        path = train_model(params, args.features, args.model_dir, args.checkpoint_dir,
+                           args.live_dir)
+    elif params.train.backend == "sagemaker":
+        from coughlab.sagemaker import SageMakerError, train_on_sagemaker
+
+        try:
+            path = train_on_sagemaker(params, args.features, args.model_dir, args.live_dir)
+        except SageMakerError as exc:
+            raise SystemExit(f"train: {exc}") from None
+        # A DVC output of the stage; the job's own checkpoints are in S3.
+        args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        raise SystemExit(f"train.backend={params.train.backend!r} is unknown; "
+                         "use local or sagemaker")
     print(f"train: wrote {path}")
 
 

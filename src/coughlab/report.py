@@ -1,0 +1,123 @@
+"""Markdown report of what the workspace changes against a base revision: metrics, params, plots.
+
+CI posts it as a pull-request comment (.github/workflows/pr.yml, after `dvc repro`). The
+metric and parameter tables are `dvc metrics diff --md` and `dvc params diff --md` as DVC
+prints them. A comment cannot hold DVC's interactive plots, so the plots section says which
+plots changed and how many rows each revision has; `dvc plots diff <base>` renders them (CI
+uploads that as the `dvc-plots` artifact).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from coughlab.atomic import atomic_write_text
+
+OUT = Path("build/pr-report.md")
+WORKSPACE = "workspace"  # DVC's name for the files on disk
+
+
+class ReportError(Exception):
+    """The report cannot be made; the message says why."""
+
+
+def dvc(repo: Path, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise ReportError(f"`dvc {' '.join(args)}` failed (exit {result.returncode}):\n"
+                          f"{result.stderr.strip()}")
+    return result.stdout
+
+
+def short_commit(repo: Path, rev: str) -> str:
+    """The abbreviated commit `rev` names; a clear error if it does not exist here."""
+    result = subprocess.run(["git", "rev-parse", "--short", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                            cwd=repo, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ReportError(f"base revision {rev!r} not found in {repo}; fetch it first "
+                          "(in CI: actions/checkout with fetch-depth: 0)")
+    return result.stdout.strip()
+
+
+def table_or(text: str, nothing: str) -> str:
+    """DVC's markdown table, or `nothing` where it has no rows below the header."""
+    rows = [line for line in text.strip().splitlines() if line.startswith("|")]
+    return text.strip() if len(rows) > 2 else f"_{nothing}_"
+
+
+def plot_rows(content: dict) -> dict[str, list[str]]:
+    """Each revision's data rows in one vega plot, as comparable text without the `rev` column."""
+    rows: dict[str, list[str]] = {}
+    for row in content["data"]["values"]:
+        rows.setdefault(row["rev"], []).append(
+            json.dumps({k: v for k, v in row.items() if k != "rev"}, sort_keys=True))
+    return rows
+
+
+def plots_changes(repo: Path, base: str) -> list[tuple[str, int, int, str]]:
+    """(plot, rows in base, rows in workspace, change) for every plot DVC knows of."""
+    plots = json.loads(dvc(repo, "plots", "diff", base, "--json")).get("data", {})
+    changes = []
+    for name, renders in plots.items():
+        rows: dict[str, list[str]] = {}
+        for render in renders:
+            if render["type"] == "vega":
+                for rev, values in plot_rows(render["content"]).items():
+                    rows.setdefault(rev, []).extend(values)
+        old, new = rows.get(base), rows.get(WORKSPACE)
+        if old is None and new is None:
+            continue
+        change = ("added" if old is None else "removed" if new is None
+                  else "changed" if sorted(old) != sorted(new) else "same")
+        changes.append((name, len(old or []), len(new or []), change))
+    return changes
+
+
+def plots_table(changes: list[tuple[str, int, int, str]], base: str) -> str:
+    if not changes:
+        return "_No plots._"
+    lines = [f"| Plot | {base} rows | {WORKSPACE} rows | Change |", "|---|---|---|---|"]
+    lines += [f"| {name} | {old} | {new} | {change} |" for name, old, new, change in changes]
+    return "\n".join(lines)
+
+
+def render_report(repo: Path, base: str) -> str:
+    base_commit = short_commit(repo, base)
+    head_commit = short_commit(repo, "HEAD")
+    metrics = dvc(repo, "metrics", "diff", base, "--md")
+    params = dvc(repo, "params", "diff", base, "--md")
+    plots = plots_changes(repo, base)
+    return "\n\n".join([
+        f"## coughlab: {WORKSPACE} (HEAD {head_commit}) vs {base} ({base_commit})",
+        "### Metrics", table_or(metrics, "No metric changed."),
+        "### Params", table_or(params, "No parameter changed."),
+        "### Plots", plots_table(plots, base),
+        f"Render them with `dvc plots diff {base}` (CI: the `dvc-plots` artifact of this run).",
+    ]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m coughlab.report", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default="main",
+                        help="git revision to compare the workspace with (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=OUT, help="markdown file (default %(default)s)")
+    parser.add_argument("--repo", type=Path, default=Path("."),
+                        help="repository root (default: the current directory)")
+    args = parser.parse_args(argv)
+    try:
+        report = render_report(args.repo, args.base)
+    except ReportError as err:
+        sys.exit(f"report: {err}")
+    out = args.out if args.out.is_absolute() else args.repo / args.out
+    atomic_write_text(out, report)
+    print(f"report: wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""train.backend=sagemaker: run the train stage as a SageMaker managed-spot training job.
+
+The stage uploads build/features/{train,valid}.npz, starts a job on our image
+(docker/train.Dockerfile, entrypoint coughlab.container) with the training params as
+hyperparameters, follows it, and unpacks the job's model.tar.gz into build/model and its
+curves (output.tar.gz) into reports/train: the same files the local backend writes, so
+dvc.lock records the stage the same way whichever backend ran it.
+
+It talks to the API with boto3, not the SageMaker SDK: the request below is exactly what
+AWS receives (tests pin it), and boto3 is a few MB where the SDK is about 1 GB.
+
+Account-specific settings come from the environment, never from params.yaml:
+COUGHLAB_SM_ROLE (execution role ARN), COUGHLAB_SM_BUCKET, COUGHLAB_SM_IMAGE (ECR image URI),
+AWS_REGION (else boto3's default); credentials from the usual boto3 chain. S3 layout under
+s3://$COUGHLAB_SM_BUCKET/<train.sagemaker.s3_prefix>/:
+  input/<job>/features/      the uploaded train.npz and valid.npz
+  checkpoints/<fingerprint>/ epoch checkpoints, shared by every job with the same params and
+                             features, so a re-run after a failed or stopped job resumes
+  output/<job>/output/       model.tar.gz and output.tar.gz
+"""
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tqdm import tqdm
+
+from coughlab.atomic import atomic_dir
+from coughlab.config import Params, SageMakerConfig
+from coughlab.container import CHANNEL, TRAINING_SPLITS, check_features, hyperparameters
+from coughlab.model import MODEL_FILE, fingerprint
+
+ENV_ROLE = "COUGHLAB_SM_ROLE"
+ENV_BUCKET = "COUGHLAB_SM_BUCKET"
+ENV_IMAGE = "COUGHLAB_SM_IMAGE"
+CONTAINER_CHECKPOINTS = "/opt/ml/checkpoints"
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+TERMINAL_STATUSES = ("Completed", "Failed", "Stopped")
+POLL_SECONDS = 30
+CURVES_FILE = "metrics.json"  # dvclive's summary; output.tar.gz must hold it
+
+
+class SageMakerError(Exception):
+    """The job cannot be started or did not produce a model; the message says why."""
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    role: str
+    bucket: str
+    image: str
+    region: str | None
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """One job's name and S3 locations."""
+    name: str
+    input_uri: str
+    checkpoint_uri: str
+    output_uri: str
+
+
+@dataclass(frozen=True)
+class Clients:
+    s3: object
+    sagemaker: object
+    logs: object
+
+
+def settings_from_env(env=os.environ) -> AwsSettings:
+    missing = [name for name in (ENV_ROLE, ENV_BUCKET, ENV_IMAGE) if not env.get(name)]
+    if missing:
+        raise SageMakerError(f"train.backend=sagemaker needs {', '.join(missing)} in the "
+                             "environment (README: Training on SageMaker managed spot)")
+    role = env[ENV_ROLE]
+    if not role.startswith("arn:"):
+        raise SageMakerError(f"{ENV_ROLE}={role!r} must be an IAM role ARN "
+                             "(arn:aws:iam::<account>:role/<name>)")
+    return AwsSettings(role=role, bucket=env[ENV_BUCKET], image=env[ENV_IMAGE],
+                       region=env.get("AWS_REGION"))
+
+
+def make_clients(region: str | None) -> Clients:
+    import boto3
+
+    session = boto3.session.Session(region_name=region)
+    return Clients(session.client("s3"), session.client("sagemaker"), session.client("logs"))
+
+
+def validate_job_config(cfg: SageMakerConfig) -> None:
+    """Reject settings SageMaker would refuse (or that defeat spot) before uploading anything."""
+    problems = []
+    if not cfg.instance_type.startswith("ml."):
+        problems.append(f"instance_type {cfg.instance_type!r} is not a SageMaker type (ml.*)")
+    if cfg.volume_size_gb < 1:
+        problems.append(f"volume_size_gb must be at least 1, not {cfg.volume_size_gb}")
+    if cfg.max_run_seconds < 1:
+        problems.append(f"max_run_seconds must be at least 1, not {cfg.max_run_seconds}")
+    if cfg.max_wait_seconds <= cfg.max_run_seconds:
+        problems.append(f"max_wait_seconds ({cfg.max_wait_seconds}) must exceed max_run_seconds "
+                        f"({cfg.max_run_seconds}): the difference is the time a spot job may "
+                        "wait for capacity and restart after interruptions")
+    if problems:
+        raise SageMakerError("train.sagemaker: " + "; ".join(problems))
+
+
+def job_name(fingerprint_hex: str, now: datetime | None = None) -> str:
+    """Unique per launch, 37 characters (SageMaker allows 63), traceable to the params."""
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    return f"coughlab-{fingerprint_hex[:12]}-{stamp}"
+
+
+def job_paths(name: str, fingerprint_hex: str, bucket: str, prefix: str) -> JobPaths:
+    root = f"s3://{bucket}/{prefix.strip('/')}"
+    return JobPaths(name=name, input_uri=f"{root}/input/{name}/{CHANNEL}/",
+                    checkpoint_uri=f"{root}/checkpoints/{fingerprint_hex}/",
+                    output_uri=f"{root}/output/")
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise SageMakerError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return bucket, key
+
+
+def training_job_request(job: JobPaths, params: Params, settings: AwsSettings,
+                         fingerprint_hex: str) -> dict:
+    """The CreateTrainingJob request: our image, spot with checkpoints, params as strings."""
+    cfg = params.train.sagemaker
+    return {
+        "TrainingJobName": job.name,
+        "RoleArn": settings.role,
+        "AlgorithmSpecification": {"TrainingImage": settings.image, "TrainingInputMode": "File"},
+        "HyperParameters": hyperparameters(params),
+        "InputDataConfig": [{
+            "ChannelName": CHANNEL,
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": job.input_uri,
+                                            "S3DataDistributionType": "FullyReplicated"}},
+            "InputMode": "File",
+        }],
+        "OutputDataConfig": {"S3OutputPath": job.output_uri},
+        "ResourceConfig": {"InstanceType": cfg.instance_type, "InstanceCount": 1,
+                           "VolumeSizeInGB": cfg.volume_size_gb},
+        "StoppingCondition": {"MaxRuntimeInSeconds": cfg.max_run_seconds,
+                              "MaxWaitTimeInSeconds": cfg.max_wait_seconds},
+        "EnableManagedSpotTraining": True,
+        "CheckpointConfig": {"S3Uri": job.checkpoint_uri, "LocalPath": CONTAINER_CHECKPOINTS},
+        "Tags": [{"Key": "coughlab:fingerprint", "Value": fingerprint_hex}],
+    }
+
+
+def upload_features(s3, features_dir: Path, input_uri: str) -> None:
+    """Upload only the splits training reads; the test split never leaves the machine."""
+    bucket, prefix = split_s3_uri(input_uri)
+    for split in TRAINING_SPLITS:
+        path = features_dir / f"{split}.npz"
+        with tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
+                  desc=f"upload {path.name}") as bar:
+            s3.upload_file(str(path), bucket, f"{prefix}{path.name}", Callback=bar.update)
+
+
+class LogTail:
+    """Print a job's new CloudWatch log lines; quiet until its streams exist.
+
+    Logs are a convenience: without access to them (or under moto, where the job never logs)
+    the status lines alone still follow the job.
+    """
+
+    def __init__(self, logs, job: str):
+        self.logs, self.job = logs, job
+        self.tokens: dict[str, str] = {}
+        self.readable = True
+
+    def poll(self) -> None:
+        from botocore.exceptions import ClientError
+
+        if not self.readable:
+            return
+        try:
+            streams = self.logs.describe_log_streams(
+                logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self.job}/")["logStreams"]
+            for stream in streams:
+                self.print_new_events(stream["logStreamName"])
+        except ClientError as exc:
+            code = exc.response["Error"]["Code"]
+            if code != "ResourceNotFoundException":  # not yet: the job has not logged
+                print(f"sagemaker: cannot read CloudWatch logs ({code}); following status only")
+                self.readable = False
+
+    def print_new_events(self, stream: str) -> None:
+        host = stream.removeprefix(f"{self.job}/")
+        while True:
+            request = {"logGroupName": LOG_GROUP, "logStreamName": stream, "startFromHead": True}
+            if stream in self.tokens:
+                request["nextToken"] = self.tokens[stream]
+            page = self.logs.get_log_events(**request)
+            for event in page["events"]:
+                print(f"[{host}] {event['message'].rstrip()}")
+            token = page["nextForwardToken"]
+            done = not page["events"] or token == self.tokens.get(stream)
+            self.tokens[stream] = token
+            if done:
+                return
+
+
+def progress_line(desc: dict, elapsed: float) -> str:
+    transitions = desc.get("SecondaryStatusTransitions") or [{}]
+    message = transitions[-1].get("StatusMessage", "")
+    return (f"sagemaker: {desc['TrainingJobName']} {desc['TrainingJobStatus']}/"
+            f"{desc['SecondaryStatus']} after {elapsed:.0f}s" + (f": {message}" if message else ""))
+
+
+def wait_for_job(clients: Clients, job: str, poll_seconds: float = POLL_SECONDS,
+                 sleep=time.sleep) -> dict:
+    """Poll until the job ends, printing each status change and the job's log lines."""
+    tail = LogTail(clients.logs, job)
+    started, last_state = time.monotonic(), None
+    while True:
+        desc = clients.sagemaker.describe_training_job(TrainingJobName=job)
+        state = (desc["TrainingJobStatus"], desc["SecondaryStatus"])
+        if state != last_state:
+            print(progress_line(desc, time.monotonic() - started), flush=True)
+            last_state = state
+        tail.poll()
+        if desc["TrainingJobStatus"] in TERMINAL_STATUSES:
+            return desc
+        sleep(poll_seconds)
+
+
+def follow_job(clients: Clients, job: JobPaths, poll_seconds: float = POLL_SECONDS,
+               sleep=time.sleep) -> dict:
+    """`wait_for_job`, except that Ctrl-C also stops the job: a job nobody follows still bills."""
+    try:
+        return wait_for_job(clients, job.name, poll_seconds, sleep)
+    except KeyboardInterrupt:
+        clients.sagemaker.stop_training_job(TrainingJobName=job.name)
+        print(f"sagemaker: interrupted: asked SageMaker to stop {job.name}; re-running the stage "
+              f"resumes from {job.checkpoint_uri}", flush=True)
+        raise
+
+
+def check_outcome(desc: dict, job: JobPaths) -> None:
+    status = desc["TrainingJobStatus"]
+    if status == "Completed":
+        return
+    if status == "Failed":
+        raise SageMakerError(f"training job {job.name} failed: "
+                             f"{desc.get('FailureReason', 'no reason given')}. Its log: "
+                             f"CloudWatch {LOG_GROUP}, streams {job.name}/algo-1-*")
+    raise SageMakerError(f"training job {job.name} ended {status}/{desc['SecondaryStatus']}; "
+                         f"its checkpoints stay in {job.checkpoint_uri} and re-running the "
+                         "stage with the same params and features resumes from them")
+
+
+def cost_line(desc: dict) -> str | None:
+    """Billed vs. trained seconds: what managed spot saved on this job."""
+    trained, billed = desc.get("TrainingTimeInSeconds"), desc.get("BillableTimeInSeconds")
+    if not trained or billed is None:
+        return None
+    return (f"sagemaker: {trained}s of training, {billed}s billed "
+            f"(managed spot saved {1 - billed / trained:.0%})")
+
+
+def download_tar(s3, uri: str, dest: Path, required: str) -> None:
+    """Unpack the tar.gz at `uri` into `dest`, replacing it in one rename."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3_uri(uri)
+    try:
+        size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    except ClientError as exc:
+        raise SageMakerError(f"cannot read {uri}: {exc}") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=dest.parent) as tmp:
+        archive = Path(tmp) / Path(key).name
+        with tqdm(total=size, unit="B", unit_scale=True, desc=f"download {archive.name}") as bar:
+            s3.download_file(bucket, key, str(archive), Callback=bar.update)
+        with atomic_dir(dest) as out, tarfile.open(archive) as tar:
+            tar.extractall(out, filter="data")  # refuses absolute paths, .. and devices
+            if not (out / required).is_file():
+                raise SageMakerError(f"{uri} has no {required}; {dest} left as it was")
+
+
+def run_training_job(params: Params, features_dir: Path, model_dir: Path, live_dir: Path,
+                     settings: AwsSettings, clients: Clients, name: str | None = None,
+                     poll_seconds: float = POLL_SECONDS) -> Path:
+    """Upload, start, follow, download; returns model_dir/model.pt."""
+    validate_job_config(params.train.sagemaker)
+    check_features(features_dir)
+    fp = fingerprint(params, features_dir)
+    job = job_paths(name or job_name(fp), fp, settings.bucket, params.train.sagemaker.s3_prefix)
+    upload_features(clients.s3, features_dir, job.input_uri)
+    clients.sagemaker.create_training_job(**training_job_request(job, params, settings, fp))
+    print(f"sagemaker: started {job.name} (checkpoints in {job.checkpoint_uri})", flush=True)
+    desc = follow_job(clients, job, poll_seconds)
+    check_outcome(desc, job)
+    if line := cost_line(desc):
+        print(line)
+    model_uri = desc["ModelArtifacts"]["S3ModelArtifacts"]
+    download_tar(clients.s3, model_uri, model_dir, MODEL_FILE)
+    download_tar(clients.s3, model_uri.rsplit("/", 1)[0] + "/output.tar.gz", live_dir,
+                 CURVES_FILE)
+    return model_dir / MODEL_FILE
+
+
+def train_on_sagemaker(params: Params, features_dir: Path, model_dir: Path,
+                       live_dir: Path) -> Path:
+    """The train stage's sagemaker backend: settings from the environment, real AWS."""
+    settings = settings_from_env()
+    return run_training_job(params, features_dir, model_dir, live_dir, settings,
+                            make_clients(settings.region))

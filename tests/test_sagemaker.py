@@ -1,0 +1,309 @@
+"""SageMaker dispatch: the exact request, following the job, and unpacking what it made.
+
+Never real AWS: moto_server on loopback (which completes a job at once and writes nothing,
+so these tests put the job's artifacts in S3 themselves), or botocore's Stubber.
+"""
+import copy
+import io
+import re
+import tarfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from botocore.stub import Stubber
+
+from coughlab.config import (AudioConfig, ModelConfig, Params, SageMakerConfig,
+                             SpecAugmentConfig, TrainConfig, compose, load_params)
+from coughlab.model import build_net, fingerprint, save_model
+from coughlab.sagemaker import (LOG_GROUP, AwsSettings, Clients, JobPaths, SageMakerError,
+                                check_outcome, cost_line, follow_job, job_name, job_paths,
+                                make_clients, run_training_job, settings_from_env,
+                                training_job_request, validate_job_config, wait_for_job)
+from coughlab.stages import train as train_stage
+
+from helpers import make_features, write_params
+
+ROOT = Path(__file__).resolve().parents[1]
+ROLE = "arn:aws:iam::123456789012:role/coughlab-training"
+BUCKET = "coughlab-test"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/coughlab-train:3f2a9c1"
+SETTINGS = AwsSettings(role=ROLE, bucket=BUCKET, image=IMAGE, region="us-east-1")
+JOB = "coughlab-test-job"
+PARAMS = Params(
+    seed=7, lr=0.01,
+    audio=AudioConfig(sample_rate=16000, clip_seconds=3.0, n_fft=1024, hop_length=256, n_mels=64,
+                      f_min=20.0, f_max=7600.0),
+    model=ModelConfig(arch="cnn", width=8, dropout=0.1),
+    train=TrainConfig(backend="sagemaker", epochs=3, batch_size=8, weight_decay=0.02,
+                      spec_augment=SpecAugmentConfig(freq_mask=4, time_mask=8, n_masks=1),
+                      sagemaker=SageMakerConfig(instance_type="ml.m5.xlarge", volume_size_gb=10,
+                                                max_run_seconds=600, max_wait_seconds=1200,
+                                                s3_prefix="exp/coughlab")),
+)
+
+
+def expected_request(fp: str) -> dict:
+    """Written out by hand: what AWS must receive for PARAMS and SETTINGS."""
+    root = f"s3://{BUCKET}/exp/coughlab"
+    return {
+        "TrainingJobName": JOB,
+        "RoleArn": ROLE,
+        "AlgorithmSpecification": {"TrainingImage": IMAGE, "TrainingInputMode": "File"},
+        "HyperParameters": {
+            "seed": "7", "lr": "0.01",
+            "audio.sample_rate": "16000", "audio.clip_seconds": "3.0", "audio.n_fft": "1024",
+            "audio.hop_length": "256", "audio.n_mels": "64", "audio.f_min": "20.0",
+            "audio.f_max": "7600.0",
+            "model.arch": '"cnn"', "model.width": "8", "model.dropout": "0.1",
+            "train.backend": '"sagemaker"', "train.epochs": "3", "train.batch_size": "8",
+            "train.weight_decay": "0.02", "train.spec_augment.freq_mask": "4",
+            "train.spec_augment.time_mask": "8", "train.spec_augment.n_masks": "1",
+        },
+        "InputDataConfig": [{
+            "ChannelName": "features",
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                            "S3Uri": f"{root}/input/{JOB}/features/",
+                                            "S3DataDistributionType": "FullyReplicated"}},
+            "InputMode": "File",
+        }],
+        "OutputDataConfig": {"S3OutputPath": f"{root}/output/"},
+        "ResourceConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1,
+                           "VolumeSizeInGB": 10},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 600, "MaxWaitTimeInSeconds": 1200},
+        "EnableManagedSpotTraining": True,
+        "CheckpointConfig": {"S3Uri": f"{root}/checkpoints/{fp}/",
+                             "LocalPath": "/opt/ml/checkpoints"},
+        "Tags": [{"Key": "coughlab:fingerprint", "Value": fp}],
+    }
+
+
+def tar_gz(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def job_artifacts(tmp_path: Path) -> dict[str, bytes]:
+    """What the container leaves in /opt/ml/model and /opt/ml/output/data."""
+    model_pt = save_model(build_net(PARAMS.model), PARAMS, tmp_path / "job-model").read_bytes()
+    curves = {"metrics.json": b'{"train_loss": 0.2, "step": 2}',
+              "plots/metrics/train_loss.tsv": b"step\ttrain_loss\n0\t0.5\n1\t0.3\n2\t0.2\n"}
+    return {"model.tar.gz": tar_gz({"model.pt": model_pt}), "output.tar.gz": tar_gz(curves),
+            "model.pt": model_pt, **curves}
+
+
+def put_job_output(s3, artifacts: dict[str, bytes]) -> None:
+    for name in ("model.tar.gz", "output.tar.gz"):
+        s3.put_object(Bucket=BUCKET, Key=f"exp/coughlab/output/{JOB}/output/{name}",
+                      Body=artifacts[name])
+
+
+def put_job_log(logs, lines: list[str]) -> None:
+    stream = f"{JOB}/algo-1-1767225600"
+    logs.create_log_group(logGroupName=LOG_GROUP)
+    logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
+    now_ms = int(time.time() * 1000)  # CloudWatch drops events older than 14 days
+    logs.put_log_events(logGroupName=LOG_GROUP, logStreamName=stream, logEvents=[
+        {"timestamp": now_ms + i, "message": line} for i, line in enumerate(lines)])
+
+
+def record_requests(client, operation: str) -> list[dict]:
+    sent: list[dict] = []
+    client.meta.events.register(f"provide-client-params.{client.meta.service_model.service_name}"
+                                f".{operation}",
+                                lambda params, **_: sent.append(copy.deepcopy(params)))
+    return sent
+
+
+def test_dispatch_sends_the_exact_request_and_unpacks_the_model(aws_env, tmp_path, capsys):
+    clients = make_clients("us-east-1")
+    clients.s3.create_bucket(Bucket=BUCKET)
+    sent = record_requests(clients.sagemaker, "CreateTrainingJob")
+    features = make_features(tmp_path / "features")
+    artifacts = job_artifacts(tmp_path)
+    put_job_output(clients.s3, artifacts)
+    put_job_log(clients.logs, ["epoch 0 train_loss 0.5", "epoch 2 train_loss 0.2"])
+    model_dir, live_dir = tmp_path / "build" / "model", tmp_path / "reports" / "train"
+    model_dir.mkdir(parents=True)
+    (model_dir / "stale.pt").write_bytes(b"from an earlier run")
+
+    path = run_training_job(PARAMS, features, model_dir, live_dir, SETTINGS, clients, name=JOB,
+                            poll_seconds=0)
+
+    assert sent == [expected_request(fingerprint(PARAMS, features))]
+    uploaded = clients.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"exp/coughlab/input/{JOB}/")
+    assert {o["Key"].rsplit("/", 1)[1] for o in uploaded["Contents"]} == {"train.npz", "valid.npz"}
+    body = clients.s3.get_object(Bucket=BUCKET, Key=f"exp/coughlab/input/{JOB}/features/train.npz")
+    assert body["Body"].read() == (features / "train.npz").read_bytes()
+    assert path == model_dir / "model.pt"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["model.pt"]  # replaced, not merged
+    assert path.read_bytes() == artifacts["model.pt"]
+    assert (live_dir / "metrics.json").read_bytes() == artifacts["metrics.json"]
+    assert ((live_dir / "plots" / "metrics" / "train_loss.tsv").read_bytes()
+            == artifacts["plots/metrics/train_loss.tsv"])
+    out = capsys.readouterr().out
+    assert f"sagemaker: {JOB} Completed/Completed" in out
+    assert "[algo-1-1767225600] epoch 2 train_loss 0.2" in out
+
+
+def test_artifact_without_model_leaves_the_previous_model(aws_env, tmp_path):
+    clients = make_clients("us-east-1")
+    clients.s3.create_bucket(Bucket=BUCKET)
+    put_job_output(clients.s3, {**job_artifacts(tmp_path),
+                                "model.tar.gz": tar_gz({"notes.txt": b"no model here"})})
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.pt").write_bytes(b"previous")
+    with pytest.raises(SageMakerError, match=r"model.tar.gz has no model.pt"):
+        run_training_job(PARAMS, make_features(tmp_path / "features"), model_dir,
+                         tmp_path / "live", SETTINGS, clients, name=JOB, poll_seconds=0)
+    assert (model_dir / "model.pt").read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def stubbed(service: str) -> tuple[object, Stubber]:
+    client = boto3.client(service, region_name="us-east-1", aws_access_key_id="x",
+                          aws_secret_access_key="x")
+    return client, Stubber(client)
+
+
+def test_request_passes_botocore_validation_for_create_training_job(tmp_path):
+    sm, stub = stubbed("sagemaker")
+    features = make_features(tmp_path / "features")
+    fp = fingerprint(PARAMS, features)
+    request = training_job_request(job_paths(JOB, fp, BUCKET, "exp/coughlab"), PARAMS, SETTINGS, fp)
+    assert request == expected_request(fp)
+    stub.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:us-east-1:"
+                                              f"123456789012:training-job/{JOB}"},
+                      expected_params=expected_request(fp))
+    with stub:
+        sm.create_training_job(**request)  # botocore validates it against the API model
+    stub.assert_no_pending_responses()
+
+
+def described(status: str, secondary: str, message: str = "", **extra) -> dict:
+    return {"TrainingJobName": JOB, "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:1:t/{JOB}",
+            "ModelArtifacts": {"S3ModelArtifacts": f"s3://{BUCKET}/o/{JOB}/output/model.tar.gz"},
+            "TrainingJobStatus": status, "SecondaryStatus": secondary,
+            "StoppingCondition": {"MaxRuntimeInSeconds": 600},
+            "CreationTime": datetime(2026, 1, 1, tzinfo=timezone.utc),
+            "SecondaryStatusTransitions": [{"Status": secondary, "StartTime": datetime(2026, 1, 1),
+                                            "StatusMessage": message}], **extra}
+
+
+def test_wait_prints_each_status_change_and_gives_up_on_unreadable_logs(capsys):
+    sm, sm_stub = stubbed("sagemaker")
+    logs, logs_stub = stubbed("logs")
+    for desc in (described("InProgress", "Starting", "Preparing the instances for training"),
+                 described("InProgress", "Starting", "Preparing the instances for training"),
+                 described("InProgress", "Interrupted", "Spot capacity reclaimed"),
+                 described("Completed", "Completed", "Training job completed")):
+        sm_stub.add_response("describe_training_job", desc, {"TrainingJobName": JOB})
+    logs_stub.add_client_error("describe_log_streams", "ResourceNotFoundException")
+    logs_stub.add_client_error("describe_log_streams", "AccessDeniedException")
+    with sm_stub, logs_stub:  # a third logs call would fail: none is stubbed
+        desc = wait_for_job(Clients(None, sm, logs), JOB, poll_seconds=0, sleep=lambda s: None)
+    assert desc["TrainingJobStatus"] == "Completed"
+    lines = capsys.readouterr().out.splitlines()
+    status_lines = [re.sub(r"after \d+s", "after Ns", line) for line in lines if "after" in line]
+    assert status_lines == [
+        f"sagemaker: {JOB} InProgress/Starting after Ns: Preparing the instances for training",
+        f"sagemaker: {JOB} InProgress/Interrupted after Ns: Spot capacity reclaimed",
+        f"sagemaker: {JOB} Completed/Completed after Ns: Training job completed"]
+    assert lines.count("sagemaker: cannot read CloudWatch logs (AccessDeniedException); "
+                       "following status only") == 1
+
+
+def test_ctrl_c_while_waiting_stops_the_job():
+    sm, stub = stubbed("sagemaker")
+    stub.add_response("describe_training_job", described("InProgress", "Training"),
+                      {"TrainingJobName": JOB})
+    stub.add_response("stop_training_job", {}, {"TrainingJobName": JOB})
+    logs, logs_stub = stubbed("logs")
+    logs_stub.add_client_error("describe_log_streams", "ResourceNotFoundException")
+
+    def interrupted_sleep(seconds):
+        raise KeyboardInterrupt
+
+    job = job_paths(JOB, "ab" * 32, BUCKET, "coughlab")
+    with stub, logs_stub, pytest.raises(KeyboardInterrupt):
+        follow_job(Clients(None, sm, logs), job, poll_seconds=30, sleep=interrupted_sleep)
+    stub.assert_no_pending_responses()
+
+
+def test_failed_and_stopped_jobs_say_why_and_where_the_checkpoints_are():
+    job = JobPaths(JOB, "s3://b/in/", "s3://b/checkpoints/ab/", "s3://b/out/")
+    failed = described("Failed", "Failed", FailureReason="AlgorithmError: ValueError: bad npz")
+    with pytest.raises(SageMakerError, match=f"{JOB} failed: AlgorithmError: ValueError: bad npz"):
+        check_outcome(failed, job)
+    with pytest.raises(SageMakerError,
+                       match=r"Stopped/MaxWaitTimeExceeded; .* s3://b/checkpoints/ab/"):
+        check_outcome(described("Stopped", "MaxWaitTimeExceeded"), job)
+    check_outcome(described("Completed", "Completed"), job)
+
+
+def test_cost_line_reports_the_spot_saving():
+    desc = described("Completed", "Completed", TrainingTimeInSeconds=1000,
+                     BillableTimeInSeconds=300)
+    assert cost_line(desc) == ("sagemaker: 1000s of training, 300s billed "
+                               "(managed spot saved 70%)")
+    assert cost_line(described("Completed", "Completed")) is None
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"max_wait_seconds": 3600}, r"max_wait_seconds \(3600\) must exceed max_run_seconds \(3600\)"),
+    ({"instance_type": "g4dn.xlarge"}, "not a SageMaker type"),
+    ({"volume_size_gb": 0}, "volume_size_gb must be at least 1"),
+])
+def test_job_settings_are_checked_before_anything_is_sent(tmp_path, change, problem):
+    params = copy.deepcopy(PARAMS)
+    params.train.sagemaker = SageMakerConfig(**{"max_run_seconds": 3600, **change})
+    with pytest.raises(SageMakerError, match=problem):
+        # no client at all: a request would fail with AttributeError, not SageMakerError
+        run_training_job(params, tmp_path, tmp_path / "m", tmp_path / "l", SETTINGS,
+                         Clients(None, None, None))
+
+
+def test_settings_come_from_the_environment_and_name_what_is_missing():
+    with pytest.raises(SageMakerError, match="COUGHLAB_SM_ROLE, COUGHLAB_SM_IMAGE"):
+        settings_from_env({"COUGHLAB_SM_BUCKET": BUCKET})
+    with pytest.raises(SageMakerError, match="must be an IAM role ARN"):
+        settings_from_env({"COUGHLAB_SM_ROLE": "coughlab", "COUGHLAB_SM_BUCKET": BUCKET,
+                           "COUGHLAB_SM_IMAGE": IMAGE})
+    assert settings_from_env({"COUGHLAB_SM_ROLE": ROLE, "COUGHLAB_SM_BUCKET": BUCKET,
+                              "COUGHLAB_SM_IMAGE": IMAGE, "AWS_REGION": "us-east-1"}) == SETTINGS
+
+
+def test_job_name_is_a_valid_sagemaker_name():
+    name = job_name("0123456789abcdef" * 4, datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+    assert name == "coughlab-0123456789ab-20260102-030405"
+    assert re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", name)
+
+
+def test_sagemaker_group_trains_like_the_local_one_and_passes_validation():
+    local, remote = (compose(ROOT / "conf", [f"train={group}"])["train"]
+                     for group in ("local", "sagemaker"))
+    assert remote.pop("backend") == "sagemaker" and local.pop("backend") == "local"
+    validate_job_config(SageMakerConfig(**remote.pop("sagemaker")))
+    assert remote == local
+
+
+def test_train_stage_with_sagemaker_backend_needs_the_aws_settings(tmp_path, monkeypatch):
+    write_params(tmp_path, "train=sagemaker")
+    monkeypatch.chdir(tmp_path)
+    for name in ("COUGHLAB_SM_ROLE", "COUGHLAB_SM_BUCKET", "COUGHLAB_SM_IMAGE"):
+        monkeypatch.delenv(name, raising=False)
+    assert load_params().train.backend == "sagemaker"
+    with pytest.raises(SystemExit, match="train: train.backend=sagemaker needs COUGHLAB_SM_ROLE"):
+        train_stage.main([])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"backend": "kubernetes"}}))
+    with pytest.raises(SystemExit, match="'kubernetes' is unknown; use local or sagemaker"):
+        train_stage.main([])
