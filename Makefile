@@ -25,7 +25,7 @@ data: data/labels.csv  ## regenerate the embedded sample in data/ if it is missi
 
 repro: install data  ## run the whole pipeline (dvc repro) on the embedded default
 	dvc repro
-	dvc metrics show
+	@echo "Test metrics: reports/metrics.json (dvc metrics show); plots: dvc plots show"
 
 params: install  ## recompose params.yaml from conf/ after editing conf/ by hand
 	$(PY) -m coughlab.config

@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads()},
+                    "torch_threads": torch.get_num_threads(),
+                    "load_average_after": os.getloadavg()[0]},
         "seconds": time.perf_counter() - started,
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
