@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +29,7 @@ import torch
 from coughlab.atomic import atomic_write_text
 from coughlab.audio import Featurizer, fit_length, load_audio, resample, to_mono
 from coughlab.config import AudioConfig
+from machine import load_average, machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata" / "dev"
@@ -185,13 +184,6 @@ def print_table(result: dict) -> None:
     print(f"max |log-mel difference| on identical input: {result['max_abs_logmel_diff']:.2e}")
 
 
-def load_average() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except OSError:
-        return float("nan")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -236,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch,
         "audio": vars(cfg),
         "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
+        **machine_info(),
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "paths": summary,

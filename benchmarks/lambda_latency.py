@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import load_average, machine_info
+
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata" / "dev"
 SAMPLE = REPO / "data"
@@ -39,7 +41,7 @@ REQUIREMENTS = REPO / "lambda" / "requirements.txt"
 DEPS_CACHE = REPO / "build" / "deploy"  # shared with `python -m coughlab.deploy`
 RESULT = REPO / "benchmarks" / "results" / "lambda_latency.json"
 TARGETS = {"onnx_cold_s": 0.5, "cold_speedup": 8.0, "zipped_mb": 50.0}
-MB = 1024 * 1024
+MB = 1024 * 1024  # MiB, the unit of Lambda's size limits
 
 
 def child_onnx(clip: Path, spawned_at: float, n_warm: int) -> dict:
@@ -202,13 +204,6 @@ def target_checks(result: dict) -> dict[str, bool]:
     return checks
 
 
-def load_average() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except OSError:
-        return float("nan")
-
-
 def print_table(result: dict) -> None:
     paths = result["paths"]
     print(f"\n10 s clip at {result['clip_sample_rate']} Hz, {result['cold_repeats']} cold "
@@ -275,14 +270,11 @@ def main(argv: list[str] | None = None) -> int:
               "(run `python -m coughlab.sample data`)")
         return 0
 
-    import platform
-
     from coughlab.atomic import atomic_write_text
 
     result = {"benchmark": "lambda_latency", "dataset": str(dataset),
               "clip_sample_rate": args.clip_rate, "cold_repeats": args.cold,
-              "warm_calls": args.warm, "threads": args.threads, "cpu_count": os.cpu_count(),
-              "platform": platform.platform(), "python": platform.python_version(),
+              "warm_calls": args.warm, "threads": args.threads, **machine_info(),
               "load_average_before": load_average(), "targets": TARGETS}
     with tempfile.TemporaryDirectory() as tmp:
         clip = make_clip(dataset, Path(tmp) / "request.wav", 10.0, args.clip_rate)

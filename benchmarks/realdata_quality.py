@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -36,10 +35,10 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 import coughlab
-
 from coughlab.atomic import atomic_write_text
 from coughlab.config import compose
 from coughlab.metrics import binary_metrics, grouped_metrics, youden_threshold
+from machine import load_average, machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata" / "dev"
@@ -200,10 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         "reference_valid_roc_auc": REFERENCE_VALID_AUC,
         "summary": aggregate([headline(run) for run in runs]),
         "runs": runs,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "cpu_count": os.cpu_count(),
+        "machine": {**machine_info(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads(),
-                    "load_average_after": os.getloadavg()[0]},
+                    "load_average_after": load_average()},
         "seconds": time.perf_counter() - started,
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
