@@ -1,5 +1,3 @@
-import io
-
 import av
 import numpy as np
 import pytest

@@ -10,6 +10,7 @@ from coughlab.audio import load_audio
 from coughlab.config import DataConfig, load_params
 from coughlab.download import CACHE_ENV, ChecksumError, UnpinnedSourceError
 from coughlab.sources import LabelsError, get_source
+from coughlab.sources.coughvid import label_rows as coughvid_label_rows
 from coughlab.sources.covid19_cough import label_records
 from coughlab.stages.fetch import fetch
 
@@ -185,3 +186,10 @@ def test_sources_are_selected_with_a_hydra_override_and_refuse_unpinned_archives
     with pytest.raises(UnpinnedSourceError, match="data.covid19_cough.sha256 is not pinned"):
         fetch(params.data.sources, params.data, tmp_path / "fetched")
     assert not (tmp_path / "fetched").exists()
+
+
+def test_metadata_without_a_needed_column_names_it():
+    metadata = pd.DataFrame({"uuid": ["a"], "status": ["healthy"]})
+    with pytest.raises(LabelsError, match=r"coughvid: metadata_compiled.csv: missing column\(s\) "
+                                          r"\['cough_detected'\]"):
+        coughvid_label_rows(metadata, {"a": "a.webm"}, 0.8)

@@ -128,13 +128,18 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+def params_from(tree) -> Params:
+    """Validate a params tree (dict or OmegaConf) against `Params`; unknown keys, wrong types
+    are OmegaConf errors, missing keys take the defaults."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Params), tree))
+
+
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     """Read params.yaml and validate it against `Params`; unknown keys are errors."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run stages from the repository root")
-    merged = OmegaConf.merge(OmegaConf.structured(Params), OmegaConf.load(path))
-    return OmegaConf.to_object(merged)
+    return params_from(OmegaConf.load(path))
 
 
 def compose(conf_dir: Path | str = CONF_DIR, overrides: list[str] | None = None) -> dict:

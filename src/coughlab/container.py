@@ -31,11 +31,10 @@ from pathlib import Path
 
 import numpy as np
 from fastai.callback.core import Callback
-from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from coughlab.atomic import atomic_dir, atomic_write_text
-from coughlab.config import Params
+from coughlab.config import Params, params_from
 from coughlab.model import CHECKPOINT_FILE, LiveMetrics, train_model
 
 BASE_DIR_ENV = "SM_BASE_DIR"
@@ -120,7 +119,7 @@ def params_from_hyperparameters(values: dict[str, str]) -> Params:
             node = node.setdefault(parent, {})
         node[leaf] = value
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Params), nested))
+        return params_from(nested)
     except OmegaConfBaseException as exc:
         raise ValueError(f"hyperparameters do not fit coughlab's params: {exc}") from None
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from coughlab.atomic import atomic_dir, atomic_file
+from coughlab.digest import model_version, sha256_file
 
 MODEL_DIR = Path("build/lambda")
 HANDLER = Path("lambda/handler.py")
@@ -98,7 +99,7 @@ def check_release(model_dir: Path, meta: dict, min_roc_auc: float) -> None:
     onnx_path = model_dir / meta["onnx_file"]
     if not onnx_path.is_file():
         raise DeployRefused(f"{onnx_path} not found: run `make repro` (or `make pull`) first")
-    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:12]
+    digest = model_version(onnx_path)
     if digest != meta.get("version"):
         raise DeployRefused(f"{onnx_path} (sha256 {digest}) is not the model {model_dir}/model.json "
                             f"describes (version {meta.get('version')}); re-run `make repro`")
@@ -176,8 +177,7 @@ def build_zip(deps_dir: Path, handler: Path, model_dir: Path, out: Path,
             with path.open("rb") as src, zf.open(info, "w") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
             bar.update(path.stat().st_size)
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    return Package(out, digest, out.stat().st_size, unzipped)
+    return Package(out, sha256_file(out), out.stat().st_size, unzipped)
 
 
 def upload(s3, package: Package, bucket: str, key: str) -> None:

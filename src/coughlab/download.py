@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from coughlab.config import PARAMS_FILE, DataConfig, load_params
+from coughlab.digest import sha256_file
 
 DEFAULT_CACHE = Path("~/.cache/coughlab/downloads")
 CACHE_ENV = "COUGHLAB_CACHE"
@@ -70,14 +71,6 @@ def cache_path(cache: Path, url: str) -> Path:
     name = Path(urlparse(url).path).name or "download"
     name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
     return cache / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch_archive(source: str, data_cfg: DataConfig) -> Path:

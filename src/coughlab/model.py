@@ -38,6 +38,7 @@ from coughlab import LABELS
 from coughlab.atomic import atomic_file
 from coughlab.audio import SpecAugment
 from coughlab.config import AudioConfig, ModelConfig, Params, SpecAugmentConfig
+from coughlab.digest import sha256_file
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -156,7 +157,7 @@ def fingerprint(params: Params, features_dir: Path) -> str:
     digest.update(json.dumps({"seed": params.seed, "lr": params.lr, "model": asdict(params.model),
                               "train": train}, sort_keys=True).encode())
     for split in ("train", "valid"):
-        digest.update(hashlib.sha256((Path(features_dir) / f"{split}.npz").read_bytes()).digest())
+        digest.update(bytes.fromhex(sha256_file(Path(features_dir) / f"{split}.npz")))
     return digest.hexdigest()
 
 

@@ -40,15 +40,21 @@ def get_source(name: str) -> SourceFetch:
         raise LabelsError(f"unknown data source {name!r}; known sources: {known}") from None
 
 
+def require_columns(df: pd.DataFrame, columns: list[str], what: str) -> None:
+    """Fail naming every missing column, before a KeyError from deep inside a loop would."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise LabelsError(f"{what}: missing column(s) {missing}; required: {columns}; "
+                          f"found: {list(df.columns)}")
+
+
 def validate_labels(df: pd.DataFrame, root: Path, what: str = "labels.csv") -> pd.DataFrame:
     """Check schema, label values, and that each path is a file inside `root`.
 
     Paths that are absolute or climb out of `root` (`../`) are rejected, not resolved: a
     labels file must never make the pipeline read outside its own data.
     """
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise LabelsError(f"{what}: missing column(s) {missing}; required: {REQUIRED_COLUMNS}")
+    require_columns(df, REQUIRED_COLUMNS, what)
     df = df.copy()
     for col in REQUIRED_COLUMNS:
         df[col] = df[col].astype("string").str.strip()

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from coughlab.config import DataConfig
 from coughlab.download import fetch_archive
-from coughlab.sources import LabelsError, register
+from coughlab.sources import register, require_columns
 from coughlab.sources.archive import Archive, clip_table, safe_name
 
 NAME = "coswara"
@@ -56,9 +56,7 @@ def fetch_coswara(dest: Path, cfg: DataConfig) -> pd.DataFrame:
 
 def participant_labels(metadata: pd.DataFrame) -> tuple[dict[str, str], Counter]:
     """`id -> label` for the participants with a usable status; counts of dropped statuses."""
-    missing = {"id", "covid_status"} - set(metadata.columns)
-    if missing:
-        raise LabelsError(f"{NAME}: {METADATA} lacks column(s) {sorted(missing)}")
+    require_columns(metadata, ["id", "covid_status"], f"{NAME}: {METADATA}")
     labels, dropped = {}, Counter()
     for pid, status in zip(metadata["id"], metadata["covid_status"]):
         if status.startswith(POSITIVE_PREFIX):

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from coughlab.config import DataConfig
 from coughlab.download import fetch_archive
-from coughlab.sources import LabelsError, register
+from coughlab.sources import register, require_columns
 from coughlab.sources.archive import Archive, clip_table
 
 NAME = "coughvid"
@@ -47,9 +47,7 @@ def audio_by_uuid(names: list[str]) -> dict[str, str]:
 def label_rows(metadata: pd.DataFrame, audio: dict[str, str],
                min_cough_detected: float) -> tuple[list[dict], Counter]:
     """One row per usable recording; counts of the others by reason."""
-    missing = {"uuid", "cough_detected", "status"} - set(metadata.columns)
-    if missing:
-        raise LabelsError(f"{NAME}: {METADATA} lacks column(s) {sorted(missing)}")
+    require_columns(metadata, ["uuid", "cough_detected", "status"], f"{NAME}: {METADATA}")
     scores = pd.to_numeric(metadata["cough_detected"], errors="coerce")
     rows, dropped = [], Counter()
     for uuid, status, score in zip(metadata["uuid"], metadata["status"], scores):

@@ -11,7 +11,6 @@ can never sit in two splits. There are no participant ids upstream: subject_id i
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -20,6 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from coughlab.config import DataConfig
+from coughlab.digest import sha256_stream
 from coughlab.download import fetch_archive
 from coughlab.sources import LabelsError, register
 from coughlab.sources.archive import Archive, clip_table, safe_name
@@ -35,7 +35,7 @@ def fetch_covid19_cough(dest: Path, cfg: DataConfig) -> pd.DataFrame:
         records = json.load(archive.open("metadata.json"))
         present = set(archive.names())
         rows, dropped = label_records(records, present)
-        digests = {row["path"]: _sha256(archive, row["path"])
+        digests = {row["path"]: member_sha256(archive, row["path"])
                    for row in tqdm(rows, desc=f"{NAME} hashing", unit="clip")}
         rows, dropped_dupes = drop_duplicates(rows, digests)
         for row in tqdm(rows, desc=NAME, unit="clip"):
@@ -90,9 +90,6 @@ def drop_duplicates(rows: list[dict], digests: dict[str, str]) -> tuple[list[dic
     return sorted(kept, key=lambda row: row["path"]), dropped
 
 
-def _sha256(archive: Archive, name: str) -> str:
-    digest = hashlib.sha256()
+def member_sha256(archive: Archive, name: str) -> str:
     with archive.open(name) as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_stream(fh)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from coughlab.config import DataConfig
 from coughlab.download import fetch_archive
-from coughlab.sources import LabelsError, register
+from coughlab.sources import LabelsError, register, require_columns
 from coughlab.sources.archive import Archive, clip_table
 
 NAME = "virufy"
@@ -58,10 +58,7 @@ def fetch_virufy(dest: Path, cfg: DataConfig) -> pd.DataFrame:
 
 def recording_labels(labels: pd.DataFrame) -> tuple[dict[str, str], Counter]:
     """`recording stem -> label` from the PCR column; counts of the rows left out."""
-    missing = {"cough_filename", "corona_test"} - set(labels.columns)
-    if missing:
-        raise LabelsError(f"{NAME}: {LABELS_CSV} lacks column(s) {sorted(missing)}; "
-                          f"it has {list(labels.columns)}")
+    require_columns(labels, ["cough_filename", "corona_test"], f"{NAME}: {LABELS_CSV}")
     recordings, dropped = {}, Counter()
     for filename, result in zip(labels["cough_filename"], labels["corona_test"]):
         label = PCR_LABELS.get(result.strip().lower())

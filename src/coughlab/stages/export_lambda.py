@@ -8,7 +8,6 @@ the stage, so a broken graph never becomes a DVC artifact.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 
 from coughlab import LABELS
 from coughlab.atomic import atomic_dir
+from coughlab.digest import model_version
 from coughlab.export import INPUT_NAME, OUTPUT_NAME, ServingModel, export_onnx, onnx_predict
 from coughlab.model import MODEL_FILE, load_model
 
@@ -54,7 +54,7 @@ def export_lambda(model_dir: Path, metrics_json: Path, combined: Path, out: Path
                                f"(tolerance {PARITY_TOLERANCE:g}); not exporting")
         meta = {
             "onnx_file": "model.onnx",
-            "version": hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:12],
+            "version": model_version(onnx_path),
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,
             "sample_rate": audio.sample_rate,
