@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from coughlab.export import ServingModel, onnx_predict
+from coughlab.export import ServingModel, onnx_predict, onnx_session
 from coughlab.model import load_model
 
 
@@ -15,7 +15,7 @@ def test_onnx_matches_pytorch(exported_model, batch, samples):
     wave = (np.random.default_rng(samples).standard_normal((batch, samples)) * 0.1).astype(np.float32)
     with torch.inference_mode():
         expected = ServingModel(net, audio)(torch.from_numpy(wave)).numpy()
-    got = onnx_predict(exported_model["lambda_dir"] / "model.onnx", wave)
+    got = onnx_predict(onnx_session(exported_model["lambda_dir"] / "model.onnx"), wave)
     assert got.shape == (batch,)
     assert np.abs(got - expected).max() <= 1e-4
 

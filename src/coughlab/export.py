@@ -55,9 +55,13 @@ def export_onnx(net: nn.Module, audio: AudioConfig, path: Path) -> Path:
     return path
 
 
-def onnx_predict(path: Path, waveform: np.ndarray) -> np.ndarray:
-    """P(positive) from the ONNX graph for a `[batch, samples]` float32 waveform."""
+def onnx_session(path: Path):
+    """Load the graph once; every prediction reuses the session, as the Lambda does."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def onnx_predict(session, waveform: np.ndarray) -> np.ndarray:
+    """P(positive) from the ONNX session for a `[batch, samples]` float32 waveform."""
     return session.run([OUTPUT_NAME], {INPUT_NAME: waveform.astype(np.float32)})[0]

@@ -19,7 +19,8 @@ import torch
 from coughlab import LABELS
 from coughlab.atomic import atomic_dir
 from coughlab.digest import model_version
-from coughlab.export import INPUT_NAME, OUTPUT_NAME, ServingModel, export_onnx, onnx_predict
+from coughlab.export import (INPUT_NAME, OUTPUT_NAME, ServingModel, export_onnx, onnx_predict,
+                            onnx_session)
 from coughlab.model import MODEL_FILE, load_model
 
 MODEL_DIR = Path("build/model")
@@ -32,11 +33,11 @@ PARITY_CLIPS = 32
 
 def parity(onnx_path: Path, model: ServingModel, waves: list[np.ndarray]) -> float:
     """Largest |P_onnx - P_torch| over the clips, each run at its own length as the Lambda does."""
-    worst = 0.0
+    session, worst = onnx_session(onnx_path), 0.0
     for wave in waves:
         with torch.inference_mode():
             expected = model(torch.from_numpy(wave[None, :])).numpy()
-        worst = max(worst, float(np.abs(onnx_predict(onnx_path, wave[None, :]) - expected).max()))
+        worst = max(worst, float(np.abs(onnx_predict(session, wave[None, :]) - expected).max()))
     return worst
 
 
