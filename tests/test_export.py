@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -36,3 +38,14 @@ def test_onnx_graph_needs_no_torch_ops(exported_model):
     assert domains <= {"", "ai.onnx"}, domains
     assert [i.name for i in graph.input] == ["waveform"]
     assert [o.name for o in graph.output] == ["p_positive"]
+
+
+def test_export_is_byte_identical_across_processes(exported_model, tmp_path):
+    """So DVC sees the same model.onnx hash for the same model.pt, run after run."""
+    script = ("import sys; from pathlib import Path; from coughlab.model import load_model; "
+              "from coughlab.export import export_onnx; net, audio = load_model(Path(sys.argv[1])); "
+              "export_onnx(net, audio, Path(sys.argv[2]))")
+    for name in ("a.onnx", "b.onnx"):
+        subprocess.run([sys.executable, "-c", script, str(exported_model["model_pt"]),
+                        str(tmp_path / name)], check=True, capture_output=True)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()

@@ -49,6 +49,10 @@ def export_onnx(net: nn.Module, audio: AudioConfig, path: Path) -> Path:
         output_names=[OUTPUT_NAME], dynamic_shapes={"waveform": {0: batch, 1: samples}},
         verbose=False)
     proto = program.model_proto
+    # The exporter's per-node debug metadata holds memory addresses ("<function sym_min at
+    # 0x7f..>"): dropping it makes the same model.pt export to the same bytes in any process.
+    for node in [*proto.graph.node, *(n for f in proto.functions for n in f.node)]:
+        del node.metadata_props[:]
     onnx.checker.check_model(proto)
     with atomic_file(path) as fh:
         fh.write(proto.SerializeToString())
