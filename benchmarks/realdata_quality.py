@@ -1,214 +1,157 @@
-"""Real-data quality: the pipeline's ROC-AUC on real covid19-cough clips, overall and per channel.
+"""Real-data quality: which modelling option hears coughs rather than phone lines.
 
-Runs the real stages (fetch, combine, featurize, train, evaluate) on ../shared/realdata/dev in
-a temporary workspace outside the repository: a params.yaml composed from conf/ with
-data.sources=[local], data.local_dir=<that folder> and the seed, then
-`python -m coughlab.stages.<stage>` with the workspace as working directory. Splits are
-subject-disjoint (combine); the test threshold is chosen on valid (evaluate).
+On ../shared/realdata/dev (888 real covid19-cough clips: call-center 8 kHz stereo, mostly
+positive; telegram 48 kHz mono, mostly negative) every option is scored by subject-grouped,
+channel x label stratified 5-fold cross-validation: each clip is scored once, by a model that
+never saw its subject. Each fold trains with the pipeline's own code (combine's decode, quality
+gate and resampler, featurize's windows, train_model) on the other folds, of which 15 % of
+subjects are held out as the valid split that picks the threshold, as evaluate does.
 
-Next to the model, in the same run and on the same splits, a deliberately trivial
-"format-only" classifier: each clip scores the train-split positive rate of clips with the
-same original sample rate and channel count. It never hears a cough, so its AUC is what the
-recording-channel confound alone buys (call-center clips are 8 kHz stereo and mostly
-positive, telegram clips 48 kHz mono and mostly negative). The per-channel AUCs are the
-figures that say whether the model heard coughs rather than phone lines.
+Two phases, so the expensive one runs once:
+  run     trains every option x seed x fold; writes out-of-fold predictions to
+          benchmarks/results/realdata_oof/<option>-seed<seed>.csv
+  report  reads them and writes benchmarks/results/realdata_quality.json and a table:
+          within-channel ROC-AUC, per-channel AUCs with subject-bootstrap CIs, channel
+          leakage per label, the metadata-only baseline and the threshold's sd across seeds.
 
-Reference: the hobby pipeline this project replaces reported 0.74 validation ROC-AUC with
-participants leaked across its splits. Here subject_id is the recording UUID (the dataset
-has no participant ids), so that leak cannot happen; the channel confound is the trap.
 Exits 0 with a message when the data folder is absent.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shlex
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
+from sklearn.model_selection import StratifiedGroupKFold
 
-import coughlab
-from coughlab.atomic import atomic_write_text
-from coughlab.config import compose
-from coughlab.metrics import binary_metrics, grouped_metrics, youden_threshold
-from machine import load_average, machine_info
+from coughlab import LABELS
+from coughlab.audio import AudioDecodeError, load_audio, quality_problem, resample, to_mono
+from coughlab.config import compose, params_from
+from coughlab.model import load_model, predict_proba, train_model
+from coughlab.stages.featurize import featurize_waves
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata" / "dev"
-RESULT = REPO / "benchmarks" / "results" / "realdata_quality.json"
-REFERENCE_VALID_AUC = 0.74  # hobby pipeline, participants leaked across splits
-PER_SEED_STAGES = ("combine", "featurize", "train", "evaluate")
+RESULTS = REPO / "benchmarks" / "results"
+OOF_DIR = RESULTS / "realdata_oof"
+TELEPHONE = ["audio.sample_rate=8000", "audio.n_fft=512", "audio.hop_length=128",
+             "audio.n_mels=40", "audio.f_min=300", "audio.f_max=3400",
+             "audio.band_mean_norm=true"]
+# Each option is a set of Hydra overrides on conf/, exactly as `dvc exp run -S` would take them.
+OPTIONS = {
+    "baseline": [],
+    "telephone": TELEPHONE,
+    "balanced": ["train.balance=channel_label"],
+    "telephone+balanced": TELEPHONE + ["train.balance=channel_label"],
+}
+FOLDS = 5
+VALID_FRACTION = 0.15
 
 
-def write_params(workdir: Path, data_dir: Path, seed: int, epochs: int | None) -> dict:
-    """Compose conf/ as `dvc exp run -S` would, with the real-data overrides; write params.yaml."""
-    overrides = ["data.sources=[local]", f"data.local_dir={data_dir.resolve()}", f"seed={seed}"]
-    if epochs is not None:
-        overrides.append(f"train.epochs={epochs}")
-    params = compose(REPO / "conf", overrides)
-    atomic_write_text(workdir / "params.yaml", OmegaConf.to_yaml(params))
-    return params
+def load_clips(data_dir: Path, quality) -> pd.DataFrame:
+    """Decode and quality-gate every clip as combine does; one row per kept clip, with `wave`."""
+    labels = pd.read_csv(data_dir / "labels.csv", dtype=str, keep_default_na=False)
+    rows = []
+    for row in labels.to_dict("records"):
+        try:
+            wave, sr = load_audio(data_dir / row["path"])
+        except AudioDecodeError:
+            continue
+        mono = to_mono(wave)
+        if quality_problem(mono, sr, quality) is None:
+            rows.append({**row, "orig_sr": sr, "orig_channels": wave.shape[0], "wave": mono})
+    return pd.DataFrame(rows)
 
 
-def run_stage(stage: str, workdir: Path) -> None:
-    """One pipeline stage as dvc.yaml runs it; its output goes to stderr to keep stdout a table.
-
-    The stage runs the very coughlab this process imported, whatever the workspace's cwd.
-    """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(Path(coughlab.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", f"coughlab.stages.{stage}"], cwd=workdir,
-                          env=env, stdout=sys.stderr)
-    if proc.returncode != 0:
-        raise SystemExit(f"stage {stage} failed (exit {proc.returncode}) in {workdir}")
+def folds(clips: pd.DataFrame, seed: int) -> np.ndarray:
+    """Fold number per clip: subject-grouped, stratified by channel x label."""
+    strata = clips["channel"] + "/" + clips["label"]
+    fold = np.empty(len(clips), dtype=int)
+    splitter = StratifiedGroupKFold(n_splits=FOLDS, shuffle=True, random_state=seed)
+    for k, (_, test) in enumerate(splitter.split(clips, strata, clips["subject_id"])):
+        fold[test] = k
+    return fold
 
 
-def format_only_scores(manifest: pd.DataFrame) -> pd.Series:
-    """P(positive) from the recording format alone, learnt on the train split."""
-    fmt = manifest["orig_sr"].astype(str) + " Hz x" + manifest["orig_channels"].astype(str)
-    positive = (manifest["label"] == "positive").astype(float)
-    train = manifest["split"] == "train"
-    rate = positive[train].groupby(fmt[train]).mean()
-    return fmt.map(rate).fillna(positive[train].mean())
+def hold_out_valid(clips: pd.DataFrame, seed: int) -> np.ndarray:
+    """True for the ~15 % of subjects (stratified like the folds) that form the valid split."""
+    strata = clips["channel"] + "/" + clips["label"]
+    splitter = StratifiedGroupKFold(n_splits=round(1 / VALID_FRACTION), shuffle=True,
+                                    random_state=seed)
+    _, valid = next(splitter.split(clips, strata, clips["subject_id"]))
+    mask = np.zeros(len(clips), dtype=bool)
+    mask[valid] = True
+    return mask
 
 
-def format_only_metrics(manifest: pd.DataFrame) -> dict:
-    """The format-only classifier scored like the model: threshold on valid, metrics on test."""
-    frame = manifest.assign(y=(manifest["label"] == "positive").astype(int),
-                            p=format_only_scores(manifest))
-    valid, test = frame[frame["split"] == "valid"], frame[frame["split"] == "test"]
-    threshold = youden_threshold(valid["y"].to_numpy(), valid["p"].to_numpy())
-    return {"threshold": threshold,
-            "valid": binary_metrics(valid["y"], valid["p"], threshold),
-            "test": binary_metrics(test["y"], test["p"], threshold),
-            "test_by_channel": grouped_metrics(test, "channel", threshold)}
+def write_split(path: Path, x: np.ndarray, clips: pd.DataFrame) -> None:
+    np.savez(path, x=x, y=clips["label"].map(LABELS.index).to_numpy(np.int8),
+             path=clips["path"].to_numpy(str), channel=clips["channel"].to_numpy(str))
 
 
-def run_seed(workdir: Path, data_dir: Path, seed: int, epochs: int | None) -> dict:
-    """combine -> featurize -> train -> evaluate for one seed (split and training both seeded)."""
-    start = time.perf_counter()
-    write_params(workdir, data_dir, seed, epochs)
-    for stage in PER_SEED_STAGES:
-        print(f"seed {seed}: {stage} ...", file=sys.stderr)
-        run_stage(stage, workdir)
-    manifest = pd.read_csv(workdir / "build/combined/manifest.csv", dtype={"subject_id": str})
-    summary = json.loads((workdir / "build/combined/summary.json").read_text())
-    return {"seed": seed,
-            "clips": summary["clips"],
-            "quarantined_by_reason": summary["quarantined_by_reason"],
-            "by_split_label": summary["by_split_label"],
-            "model": json.loads((workdir / "reports/metrics.json").read_text()),
-            "format_only": format_only_metrics(manifest),
-            "seconds": time.perf_counter() - start}
+def run_option(clips: pd.DataFrame, overrides: list[str], seed: int) -> pd.DataFrame:
+    """Out-of-fold P(positive) for every clip, plus each fold's valid-split predictions."""
+    params = params_from(compose(REPO / "conf", overrides + [f"seed={seed}"]))
+    audio = params.audio
+    waves = [resample(w, sr, audio.sample_rate) for w, sr in zip(clips["wave"], clips["orig_sr"])]
+    x = featurize_waves(waves, audio, desc=f"featurize {audio.sample_rate} Hz")
+    fold = folds(clips, seed)
+    scored = []
+    for k in range(FOLDS):
+        start = time.perf_counter()
+        test = fold == k
+        rest = clips[~test].reset_index(drop=True)
+        valid = hold_out_valid(rest, seed)
+        x_rest = x[~test]
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            write_split(tmp / "train.npz", x_rest[~valid], rest[~valid])
+            write_split(tmp / "valid.npz", x_rest[valid], rest[valid])
+            train_model(params, tmp, tmp / "model", tmp / "checkpoints")
+            net, _ = load_model(tmp / "model" / "model.pt")
+        for part, mask_x, frame in (("test", x[test], clips[test]),
+                                    ("valid", x_rest[valid], rest[valid])):
+            scored.append(frame.drop(columns="wave").assign(
+                fold=k, part=part, seed=seed, p=predict_proba(net, mask_x)))
+        print(f"seed {seed} fold {k}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return pd.concat(scored, ignore_index=True)
 
 
-def headline(run: dict) -> dict[str, float | None]:
-    """The figures the table shows for one seed: ROC-AUCs of both classifiers."""
-    row = {"model valid": run["model"]["valid"]["roc_auc"],
-           "model test": run["model"]["test"]["roc_auc"]}
-    for channel, m in run["model"]["test_by_channel"].items():
-        row[f"model test {channel}"] = m["roc_auc"]
-    row["format-only valid"] = run["format_only"]["valid"]["roc_auc"]
-    row["format-only test"] = run["format_only"]["test"]["roc_auc"]
-    return row
+def run(options: list[str], seeds: list[int]) -> None:
+    params = params_from(compose(REPO / "conf"))
+    clips = load_clips(REALDATA, params.data.quality)
+    print(f"{len(clips)} clips decoded", file=sys.stderr)
+    OOF_DIR.mkdir(parents=True, exist_ok=True)
+    for name in options:
+        for seed in seeds:
+            out = OOF_DIR / f"{name}-seed{seed}.csv"
+            if out.exists():
+                print(f"{out.name}: done already", file=sys.stderr)
+                continue
+            frame = run_option(clips, OPTIONS[name], seed)
+            tmp = out.with_suffix(".tmp")
+            frame.to_csv(tmp, index=False)
+            tmp.replace(out)
 
 
-def aggregate(rows: list[dict[str, float | None]]) -> dict[str, dict]:
-    """Mean, sd, min, max of each figure over seeds (a missing AUC, one-class test, is skipped)."""
-    out = {}
-    for key in rows[0]:
-        values = [r[key] for r in rows if r.get(key) is not None]
-        if values:
-            out[key] = {"mean": statistics.mean(values),
-                        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-                        "min": min(values), "max": max(values), "n": len(values)}
-    return out
-
-
-def print_table(result: dict) -> None:
-    rows = [headline(run) for run in result["runs"]]
-    keys = list(result["summary"])
-    width = max(len(k) for k in keys) + 2
-    print(f"\nROC-AUC on {result['dataset']} ({result['runs'][0]['clips']} clips kept), "
-          f"subject-disjoint splits, seeds {result['seeds']}")
-    print(f"{'':<{width}}" + "".join(f"{'seed ' + str(s):>10}" for s in result["seeds"])
-          + f"{'mean ± sd':>16}")
-    for key in keys:
-        cells = "".join(f"{r[key]:>10.3f}" if r.get(key) is not None else f"{'-':>10}"
-                        for r in rows)
-        agg = result["summary"][key]
-        print(f"{key:<{width}}{cells}{agg['mean']:>9.3f} ± {agg['sd']:.3f}")
-    test = result["runs"][0]["model"]["test_by_channel"]
-    sizes = ", ".join(f"{c} {m['n']} clips / {m['positives']} positive" for c, m in test.items())
-    print(f"test split (seed {result['seeds'][0]}): {sizes}")
-    print(f"reference: hobby pipeline valid ROC-AUC {REFERENCE_VALID_AUC} "
-          "(participants leaked across splits)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REALDATA,
-                        help="folder with labels.csv (path,label,subject_id,source,channel) and "
-                        "the clips (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44],
-                        help="one full combine..evaluate run per seed; the seed sets both the "
-                        "split and training (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="override train.epochs (default: conf/'s value)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="keep the workspace (build/, reports/) here instead of a temp dir; "
-                        "must be outside the repository")
-    parser.add_argument("--out", type=Path, default=RESULT,
-                        help="JSON result file (default: %(default)s)")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("phase", choices=["run", "report"])
+    parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     args = parser.parse_args(argv)
-
-    if not (args.data / "labels.csv").is_file():
-        print(f"skipped: {args.data}/labels.csv not found (the real covid19-cough dev set is "
-              "not on this machine)")
-        return 0
-    if args.workdir and args.workdir.resolve().is_relative_to(REPO):
-        parser.error(f"--workdir {args.workdir} is inside the repository; real data must never "
-                     "be copied into it")
-
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="coughlab-realdata-") as tmp:
-        workdir = args.workdir or Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        params = write_params(workdir, args.data, args.seeds[0], args.epochs)
-        print("fetch ...", file=sys.stderr)
-        run_stage("fetch", workdir)
-        runs = [run_seed(workdir, args.data, seed, args.epochs) for seed in args.seeds]
-
-    import torch
-
-    result = {
-        "benchmark": "realdata_quality",
-        "command": shlex.join(["python", "benchmarks/realdata_quality.py", *(argv or sys.argv[1:])]),
-        "dataset": str(args.data.resolve()),
-        "seeds": args.seeds,
-        "params": {k: params[k] for k in ("audio", "model", "train", "lr")},
-        "reference_valid_roc_auc": REFERENCE_VALID_AUC,
-        "summary": aggregate([headline(run) for run in runs]),
-        "runs": runs,
-        "machine": {**machine_info(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads(),
-                    "load_average_after": load_average()},
-        "seconds": time.perf_counter() - started,
-    }
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print_table(result)
-    print(f"wrote {args.out} in {result['seconds']:.0f} s")
-    return 0
+    if not (REALDATA / "labels.csv").exists():
+        print(f"no real data at {REALDATA}; nothing to benchmark")
+        return
+    if args.phase == "run":
+        run(args.options, args.seeds)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -68,11 +68,19 @@ def aws_env(moto_server, monkeypatch):
     return moto_server
 
 
+# Original recordings as the public sources ship them: (file, rate, channels, seconds).
+ORIGINAL_FORMATS = [("call.mp3", 8000, 2, 2.3), ("telegram.mp3", 48000, 1, 4.2),
+                    ("app.wav", 44100, 1, 0.7)]
+
+
 @pytest.fixture(scope="session")
 def exported_model(tmp_path_factory):
-    """Run the export-lambda stage on a small untrained CNN; yields build/-like paths.
+    """Run combine, featurize and export-lambda on original files with a small untrained CNN.
 
-    Returns a dict with `model_pt`, `lambda_dir` (model.onnx + model.json) and `combined`.
+    The originals are an 8 kHz stereo mp3, a 48 kHz mono mp3 and a 44.1 kHz wav, so the
+    export's handler-vs-pipeline parity gate runs on every path a real source takes.
+    Returns a dict with `model_pt`, `lambda_dir` (model.onnx + model.json), `combined`,
+    `features`, `fetched` and `originals` (manifest path -> original file).
     """
     import json
 
@@ -81,9 +89,11 @@ def exported_model(tmp_path_factory):
     import soundfile as sf
     import torch
 
-    from coughlab.config import ModelConfig, Params
+    from coughlab.config import AudioConfig, ModelConfig, Params, QualityConfig
     from coughlab.model import build_net, save_model
+    from coughlab.stages.combine import process_clip, wav_path
     from coughlab.stages.export_lambda import export_lambda
+    from coughlab.stages.featurize import featurize
 
     root = tmp_path_factory.mktemp("exported")
     torch.manual_seed(0)
@@ -91,16 +101,25 @@ def exported_model(tmp_path_factory):
     net = build_net(params.model).eval()
     save_model(net, params, root / "model")
     (root / "metrics.json").write_text(json.dumps({"threshold": 0.5, "test": {
-        "roc_auc": 0.95, "pr_auc": 0.9, "sensitivity": 0.9, "specificity": 0.8, "n": 2}}))
+        "roc_auc": 0.95, "pr_auc": 0.9, "sensitivity": 0.9, "specificity": 0.8, "n": 3}}))
     rng = np.random.default_rng(0)
     rows = []
-    for i, seconds in enumerate([0.7, 4.2]):
-        rel = f"clip{i}.wav"
-        (root / "combined" / "clips").mkdir(parents=True, exist_ok=True)
-        sf.write(root / "combined" / "clips" / rel, (rng.standard_normal(int(16000 * seconds)) * 0.1)
-                 .astype(np.float32), 16000, subtype="PCM_16")
-        rows.append({"path": rel, "split": "test"})
+    (root / "fetched").mkdir()
+    for name, rate, channels, seconds in ORIGINAL_FORMATS:
+        t = np.arange(int(rate * seconds)) / rate
+        burst = np.sin(2 * np.pi * 440 * t) * np.exp(-3 * t) * 0.5
+        wave = np.stack([burst + rng.standard_normal(t.size) * 0.02 for _ in range(channels)], 1)
+        sf.write(root / "fetched" / name, wave.astype(np.float32), rate)
+        clip = wav_path(name)
+        stats = process_clip(root / "fetched" / name, root / "combined" / "clips" / clip,
+                             params.audio.sample_rate, QualityConfig())
+        rows.append({"path": clip, "fetched_path": name, "label": "positive", "subject_id": name,
+                     "source": "sample", "split": "test", **stats})
     pd.DataFrame(rows).to_csv(root / "combined" / "manifest.csv", index=False)
-    export_lambda(root / "model", root / "metrics.json", root / "combined", root / "lambda")
+    featurize(root / "combined", root / "features", AudioConfig())
+    export_lambda(root / "model", root / "metrics.json", root / "combined", root / "features",
+                  root / "fetched", ROOT / "lambda" / "handler.py", QualityConfig(), root / "lambda")
     return {"model_pt": root / "model" / "model.pt", "lambda_dir": root / "lambda",
-            "combined": root / "combined"}
+            "combined": root / "combined", "features": root / "features",
+            "fetched": root / "fetched",
+            "originals": {r["path"]: root / "fetched" / r["fetched_path"] for r in rows}}

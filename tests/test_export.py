@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,8 @@ import torch
 
 from coughlab.export import ServingModel, onnx_predict, onnx_session
 from coughlab.model import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("batch,samples", [(1, 1), (1, 800), (2, 48000), (3, 48001), (1, 160000)])
@@ -22,12 +25,53 @@ def test_onnx_matches_pytorch(exported_model, batch, samples):
     assert np.abs(got - expected).max() <= 1e-4
 
 
-def test_model_json_records_parity_threshold_and_rate(exported_model):
+def test_model_json_records_parity_threshold_rate_and_rules(exported_model):
     meta = json.loads((exported_model["lambda_dir"] / "model.json").read_text())
     assert meta["sample_rate"] == 16000 and meta["threshold"] == 0.5
-    assert meta["parity"]["clips"] == 2
+    assert meta["parity"]["clips"] == 3
     assert meta["parity"]["max_abs_diff"] <= meta["parity"]["tolerance"] == 1e-4
+    assert meta["input_seconds"] == 3.0
+    assert meta["quality"] == {"min_seconds": 0.3, "silence_dbfs": -60.0}
     assert len(meta["version"]) == 12
+
+
+def test_handler_hears_what_the_pipeline_heard_from_the_original_files(exported_model):
+    """mp3 8 kHz stereo, mp3 48 kHz mono, wav 44.1 kHz: lambda/handler.py on the original bytes
+    gives the pipeline's P(positive) (fetch -> combine -> featurize -> network) within 1e-4."""
+    from coughlab.stages.export_lambda import lambda_handler, pipeline_scores
+
+    net, _ = load_model(exported_model["model_pt"])
+    originals = exported_model["originals"]
+    expected = pipeline_scores(net, exported_model["features"], list(originals))
+    assert set(expected) == set(originals)
+    with lambda_handler(ROOT / "lambda" / "handler.py", exported_model["lambda_dir"]) as handler:
+        for path, original in originals.items():
+            got = handler.predict(original.read_bytes())["p_positive"]
+            assert abs(got - expected[path]) <= 1e-4, (path, got, expected[path])
+
+
+def test_export_refuses_a_model_the_handler_hears_differently(exported_model, tmp_path):
+    """Training on 16-bit clips (what combine used to write) while the Lambda feeds float
+    samples is train/serve skew: the parity gate must stop the export, leaving no output."""
+    import shutil
+
+    import soundfile as sf
+
+    from coughlab.config import AudioConfig, QualityConfig
+    from coughlab.stages.export_lambda import export_lambda
+    from coughlab.stages.featurize import featurize
+
+    combined = tmp_path / "combined"
+    shutil.copytree(exported_model["combined"], combined)
+    for clip in (combined / "clips").iterdir():
+        wave, sr = sf.read(clip, dtype="float32")
+        sf.write(clip, np.round(wave * 64) / 64, sr, subtype="FLOAT")  # coarse quantisation
+    featurize(combined, tmp_path / "features", AudioConfig())
+    with pytest.raises(RuntimeError, match="disagree"):
+        export_lambda(exported_model["model_pt"].parent, exported_model["lambda_dir"].parent /
+                      "metrics.json", combined, tmp_path / "features", exported_model["fetched"],
+                      ROOT / "lambda" / "handler.py", QualityConfig(), tmp_path / "lambda")
+    assert not (tmp_path / "lambda").exists()
 
 
 def test_onnx_graph_needs_no_torch_ops(exported_model):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 import torchaudio
 from torch import nn
@@ -67,11 +68,15 @@ def to_mono(wave: np.ndarray) -> np.ndarray:
 
 
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Band-limited (sinc, Hann window) resampling of a mono float32 signal."""
+    """Band-limited resampling of a mono float32 signal with soxr (HQ).
+
+    lambda/handler.py makes the very same call, so the Lambda feeds the graph the samples
+    training saw; soxr's memory and time stay bounded for any rate ratio.
+    """
     if orig_sr == target_sr:
         return wave.astype(np.float32, copy=False)
-    tensor = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-    return torchaudio.functional.resample(tensor, orig_sr, target_sr).numpy()
+    return soxr.resample(np.ascontiguousarray(wave, dtype=np.float32), orig_sr, target_sr,
+                         quality="HQ")
 
 
 def quality_problem(wave: np.ndarray, sr: int, quality: QualityConfig) -> str | None:
@@ -118,9 +123,13 @@ class LogMel(nn.Module):
             f_max=cfg.f_max,
             power=2.0,
         )
+        self.band_mean_norm = cfg.band_mean_norm
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return torch.log(self.mel(wave) + 1e-6).unsqueeze(1)
+        spec = torch.log(self.mel(wave) + 1e-6)
+        if self.band_mean_norm:
+            spec = spec - spec.mean(dim=-1, keepdim=True)
+        return spec.unsqueeze(1)
 
 
 class Featurizer(nn.Module):

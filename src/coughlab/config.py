@@ -76,6 +76,9 @@ class AudioConfig:
     n_mels: int = 64
     f_min: float = 20.0
     f_max: float = 7600.0
+    # Subtract each mel band's mean over the window (cepstral mean normalisation): removes a
+    # recording channel's fixed frequency response and the recording level.
+    band_mean_norm: bool = False
 
 
 @dataclass
@@ -114,6 +117,9 @@ class TrainConfig:
     batch_size: int = 32
     weight_decay: float = 0.01
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    # label: class-weighted loss. channel_label: batches drawn evenly from every
+    # channel x label cell, so the recording channel predicts nothing about the label.
+    balance: str = "label"
     # See conf/train/sagemaker.yaml.
     sagemaker: SageMakerConfig = field(default_factory=SageMakerConfig)
 

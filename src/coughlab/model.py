@@ -24,6 +24,7 @@ import torchvision
 # fastai.layers calls torch.jit.script at import time; torch 2.14 warns about it on every run.
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
+import fastai.callback.data  # noqa: F401  (patches DataBlock.weighted_dataloaders)
 from fastai.callback.core import Callback
 from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
 from fastai.data.transforms import IndexSplitter
@@ -76,8 +77,20 @@ def load_split(features_dir: Path, split: str) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in npz.files}
 
 
-def dataloaders(features_dir: Path, batch_size: int, seed: int):
-    """fastai DataLoaders over the featurized train and valid splits."""
+def cell_weights(cells: list[np.ndarray]) -> np.ndarray:
+    """Per-clip weights that give every combination of `cells` values the same total weight."""
+    keys = np.array(["|".join(map(str, values)) for values in zip(*cells)])
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    return 1.0 / (len(counts) * counts[inverse])
+
+
+def dataloaders(features_dir: Path, batch_size: int, seed: int, balance: str = "label"):
+    """fastai DataLoaders over the featurized train and valid splits, and the loss's class weights.
+
+    balance="label" weights the loss by inverse class frequency. balance="channel_label" draws
+    training batches evenly from every channel x label cell instead: in the data the model
+    sees, the recording channel then says nothing about the label, so learning it cannot pay.
+    """
     train, valid = load_split(features_dir, "train"), load_split(features_dir, "valid")
     x = np.concatenate([train["x"], valid["x"]])
     y = np.concatenate([train["y"], valid["y"]])
@@ -91,7 +104,18 @@ def dataloaders(features_dir: Path, batch_size: int, seed: int):
         splitter=IndexSplitter(range(n_train, len(y))),
     )
     set_seed(seed)
-    return block.dataloaders(list(range(len(y))), bs=batch_size, num_workers=0), train["y"]
+    items = list(range(len(y)))
+    if balance == "label":
+        counts = np.bincount(train["y"], minlength=len(LABELS)).astype(np.float32)
+        class_weights = counts.sum() / (len(LABELS) * np.maximum(counts, 1))
+        dls = block.dataloaders(items, bs=batch_size, num_workers=0)
+    elif balance == "channel_label":
+        wgts = np.concatenate([cell_weights([train["channel"], train["y"]]), np.ones(len(valid["y"]))])
+        class_weights = np.ones(len(LABELS), np.float32)
+        dls = block.weighted_dataloaders(items, wgts, bs=batch_size, num_workers=0)
+    else:
+        raise ValueError(f"train.balance={balance!r} is unknown; use label or channel_label")
+    return dls, torch.tensor(class_weights, dtype=torch.float32)
 
 
 class EpochSeed(Callback):
@@ -186,9 +210,8 @@ def train_model(params: Params, features_dir: Path, model_dir: Path, checkpoint_
     from dvclive import Live
 
     torch.use_deterministic_algorithms(True, warn_only=True)
-    dls, y_train = dataloaders(features_dir, params.train.batch_size, params.seed)
-    counts = np.bincount(y_train, minlength=len(LABELS)).astype(np.float32)
-    class_weights = torch.tensor(counts.sum() / (len(LABELS) * np.maximum(counts, 1)))
+    dls, class_weights = dataloaders(features_dir, params.train.batch_size, params.seed,
+                                     params.train.balance)
     set_seed(params.seed)
     learn = Learner(dls, build_net(params.model),
                     loss_func=CrossEntropyLossFlat(weight=class_weights.to(dls.device)),

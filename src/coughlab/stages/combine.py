@@ -1,7 +1,8 @@
 """Stage combine: decode every fetched clip, mono, one sample rate, quality gate, split.
 
 Outputs (build/combined/):
-- clips/...wav      mono PCM-16 at audio.sample_rate, at the build/fetched/ path (+ .wav if not wav)
+- clips/...wav      mono 32-bit float at audio.sample_rate (the Lambda feeds float samples to
+                    the graph: 16-bit clips would make training see other numbers), at the build/fetched/ path (+ .wav if not wav)
 - manifest.csv      one row per kept clip: labels.csv columns (path -> the wav, fetched_path the
                     original) + split, orig_sr, orig_channels, seconds
 - quarantine.csv    one row per rejected clip with its reason (unreadable, empty, silent, ...)
@@ -73,7 +74,7 @@ def process_clip(src: Path, dst: Path, sample_rate: int, quality: QualityConfig)
         return {"reason": reason, "detail": f"{mono.size} samples at {sr} Hz"}
     out = resample(mono, sr, sample_rate)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(dst, np.clip(out, -1.0, 1.0), sample_rate, subtype="PCM_16")
+    sf.write(dst, out, sample_rate, subtype="FLOAT")
     return {"orig_sr": sr, "orig_channels": wave.shape[0], "seconds": round(mono.size / sr, 3)}
 
 

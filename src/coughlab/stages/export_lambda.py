@@ -1,58 +1,89 @@
 """Stage export-lambda: build/lambda/{model.onnx, model.json} for the Lambda handler.
 
 model.json carries what the handler needs (sample rate, tensor names, the decision threshold
-chosen on valid by evaluate) and what deploy checks before publishing: the test metrics and
-the measured ONNX-vs-PyTorch parity on real test clips. Parity beyond PARITY_TOLERANCE fails
-the stage, so a broken graph never becomes a DVC artifact.
+chosen on valid by evaluate, the span of audio the graph reads, combine's quality rules) and
+what deploy checks before publishing: the test metrics and the measured parity.
+
+Parity is end to end, from the original recordings: test clips' fetched files (mp3, wav, webm,
+as the sources ship them) go through lambda/handler.py with the new model, and their
+P(positive) must equal the pipeline's (fetch -> combine -> featurize -> trained network)
+within PARITY_TOLERANCE. Anything that makes the Lambda hear other numbers than training did
+(decoding, mixdown, resampling, sample format, features) fails the stage, so such a graph
+never becomes a DVC artifact.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
-import torch
 
 from coughlab import LABELS
 from coughlab.atomic import atomic_dir
 from coughlab.digest import model_version
-from coughlab.export import (INPUT_NAME, OUTPUT_NAME, ServingModel, export_onnx, onnx_predict,
-                            onnx_session)
-from coughlab.model import MODEL_FILE, load_model
+from coughlab.config import QualityConfig, load_params
+from coughlab.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from coughlab.model import MODEL_FILE, load_model, load_split, predict_proba
 
 MODEL_DIR = Path("build/model")
 METRICS = Path("reports/metrics.json")
 COMBINED = Path("build/combined")
+FEATURES = Path("build/features")
+FETCHED = Path("build/fetched")
+HANDLER = Path("lambda/handler.py")
 OUT = Path("build/lambda")
 PARITY_TOLERANCE = 1e-4
 PARITY_CLIPS = 32
 
 
-def parity(onnx_path: Path, model: ServingModel, waves: list[np.ndarray]) -> float:
-    """Largest |P_onnx - P_torch| over the clips, each run at its own length as the Lambda does."""
-    session, worst = onnx_session(onnx_path), 0.0
-    for wave in waves:
-        with torch.inference_mode():
-            expected = model(torch.from_numpy(wave[None, :])).numpy()
-        worst = max(worst, float(np.abs(onnx_predict(session, wave[None, :]) - expected).max()))
+@contextlib.contextmanager
+def lambda_handler(handler_py: Path, model_dir: Path):
+    """lambda/handler.py imported as the Lambda runtime would, serving the model in `model_dir`."""
+    saved = os.environ.get("MODEL_DIR")
+    os.environ["MODEL_DIR"] = str(model_dir)
+    try:
+        spec = importlib.util.spec_from_file_location("coughlab_lambda_handler", handler_py)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        if saved is None:
+            os.environ.pop("MODEL_DIR", None)
+        else:
+            os.environ["MODEL_DIR"] = saved
+
+
+def pipeline_scores(net, features: Path, paths: list[str]) -> dict[str, float]:
+    """P(positive) of test clips as evaluate computes it: featurize's window, the trained network."""
+    test = load_split(features, "test")
+    wanted = np.isin(test["path"], paths)
+    return dict(zip(test["path"][wanted], map(float, predict_proba(net, test["x"][wanted]))))
+
+
+def handler_parity(handler, originals: dict[str, Path], expected: dict[str, float]) -> float:
+    """Largest |P_handler - P_pipeline| over the original files; a refused file is a failure."""
+    worst = 0.0
+    for path, original in originals.items():
+        answer = handler.predict(original.read_bytes())
+        worst = max(worst, abs(answer["p_positive"] - expected[path]))
     return worst
 
 
-def export_lambda(model_dir: Path, metrics_json: Path, combined: Path, out: Path) -> dict:
+def export_lambda(model_dir: Path, metrics_json: Path, combined: Path, features: Path,
+                  fetched: Path, handler_py: Path, quality: QualityConfig, out: Path) -> dict:
     net, audio = load_model(model_dir / MODEL_FILE)
     metrics = json.loads(metrics_json.read_text())
     manifest = pd.read_csv(combined / "manifest.csv", dtype={"subject_id": str})
-    test_paths = manifest.loc[manifest["split"] == "test", "path"].head(PARITY_CLIPS)
-    waves = [sf.read(combined / "clips" / p, dtype="float32")[0] for p in test_paths]
+    test = manifest.loc[manifest["split"] == "test"].head(PARITY_CLIPS)
+    originals = dict(zip(test["path"], (fetched / p for p in test["fetched_path"])))
+    expected = pipeline_scores(net, features, list(originals))
     with atomic_dir(out) as tmp:
         onnx_path = export_onnx(net, audio, tmp / "model.onnx")
-        worst = parity(onnx_path, ServingModel(net, audio), waves)
-        if worst > PARITY_TOLERANCE:
-            raise RuntimeError(f"ONNX and PyTorch disagree by {worst:.2e} on test clips "
-                               f"(tolerance {PARITY_TOLERANCE:g}); not exporting")
         meta = {
             "onnx_file": "model.onnx",
             "version": model_version(onnx_path),
@@ -60,15 +91,27 @@ def export_lambda(model_dir: Path, metrics_json: Path, combined: Path, out: Path
             "output": OUTPUT_NAME,
             "sample_rate": audio.sample_rate,
             "clip_seconds": audio.clip_seconds,
+            # The graph centre-crops this many seconds: the handler resamples only those.
+            "input_seconds": audio.clip_seconds,
+            # combine's quarantine rules: the Lambda refuses what training never saw.
+            "quality": {"min_seconds": quality.min_seconds, "silence_dbfs": quality.silence_dbfs},
             "labels": list(LABELS),
             "threshold": metrics["threshold"],
             "test_metrics": {k: metrics["test"][k] for k in ("roc_auc", "pr_auc", "sensitivity",
                                                               "specificity", "n")},
-            "parity": {"max_abs_diff": worst, "clips": len(waves), "tolerance": PARITY_TOLERANCE},
         }
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"export-lambda: {out}/model.onnx version {meta['version']}, "
-          f"parity {worst:.1e} on {len(waves)} test clips")
+        with lambda_handler(handler_py, tmp) as handler:
+            worst = handler_parity(handler, originals, expected)
+        if worst > PARITY_TOLERANCE:
+            raise RuntimeError(f"lambda/handler.py and the pipeline disagree by {worst:.2e} on "
+                               f"original test files (tolerance {PARITY_TOLERANCE:g}); not exporting")
+        meta["parity"] = {"max_abs_diff": worst, "clips": len(originals),
+                          "tolerance": PARITY_TOLERANCE,
+                          "compared": "original files: lambda/handler.py vs the pipeline"}
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"export-lambda: {out}/model.onnx version {meta['version']}, handler-vs-pipeline "
+          f"parity {worst:.1e} on {len(originals)} original test files")
     return meta
 
 
@@ -77,9 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", type=Path, default=MODEL_DIR)
     parser.add_argument("--metrics", type=Path, default=METRICS)
     parser.add_argument("--combined", type=Path, default=COMBINED)
+    parser.add_argument("--features", type=Path, default=FEATURES)
+    parser.add_argument("--fetched", type=Path, default=FETCHED)
+    parser.add_argument("--handler", type=Path, default=HANDLER)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    export_lambda(args.model_dir, args.metrics, args.combined, args.out)
+    export_lambda(args.model_dir, args.metrics, args.combined, args.features, args.fetched,
+                  args.handler, load_params().data.quality, args.out)
 
 
 if __name__ == "__main__":

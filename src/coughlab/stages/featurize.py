@@ -1,7 +1,9 @@
 """Stage featurize: one fixed-length, centre-cropped log-mel window per clip, per split.
 
-Writes build/features/{train,valid,test}.npz with `x` (float16 [n, 1, n_mels, frames]),
-`y` (0 = negative, 1 = positive) and `path` (the manifest path, to join back source/channel).
+Writes build/features/{train,valid,test}.npz with `x` (float32 [n, 1, n_mels, frames]: float16
+would move P(positive) by more than the Lambda parity gate allows), `y` (0 = negative,
+1 = positive), `path` (the manifest path, to join back source/channel) and `channel` (the
+recording channel, or the source where there is none: train can balance over it).
 The window is the same centre crop/pad the exported Lambda model applies, so offline metrics
 are the metrics of the deployed graph.
 """
@@ -28,29 +30,45 @@ BATCH = 64
 
 
 @torch.inference_mode()
-def featurize_clips(paths: list[Path], cfg: AudioConfig, desc: str = "featurize") -> np.ndarray:
+def featurize_waves(waves: list[np.ndarray], cfg: AudioConfig, desc: str = "featurize") -> np.ndarray:
+    """Log-mel windows `[n, 1, n_mels, frames]` of mono clips already at `cfg.sample_rate`."""
     featurizer = Featurizer(cfg).eval()
     chunks = []
-    for start in tqdm(range(0, len(paths), BATCH), desc=desc, unit="batch"):
-        waves = []
-        for path in paths[start : start + BATCH]:
-            wave, sr = sf.read(path, dtype="float32")
-            if sr != cfg.sample_rate:
-                raise ValueError(f"{path}: {sr} Hz, expected {cfg.sample_rate} Hz from combine")
-            waves.append(fit_length(torch.from_numpy(wave), featurizer.length))
-        chunks.append(featurizer.logmel(torch.stack(waves)).numpy().astype(np.float16))
-    return np.concatenate(chunks) if chunks else np.zeros((0, 1, cfg.n_mels, 0), np.float16)
+    for start in tqdm(range(0, len(waves), BATCH), desc=desc, unit="batch"):
+        batch = [fit_length(torch.from_numpy(w), featurizer.length) for w in waves[start : start + BATCH]]
+        chunks.append(featurizer.logmel(torch.stack(batch)).numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, 1, cfg.n_mels, 0), np.float32)
+
+
+def read_clip(path: Path, cfg: AudioConfig) -> np.ndarray:
+    wave, sr = sf.read(path, dtype="float32")
+    if sr != cfg.sample_rate:
+        raise ValueError(f"{path}: {sr} Hz, expected {cfg.sample_rate} Hz from combine")
+    return wave
+
+
+def featurize_clips(paths: list[Path], cfg: AudioConfig, desc: str = "featurize") -> np.ndarray:
+    return featurize_waves([read_clip(p, cfg) for p in paths], cfg, desc)
+
+
+def channels(manifest: pd.DataFrame) -> pd.Series:
+    """Each clip's recording channel; the source stands in where a source has no channels."""
+    if "channel" not in manifest.columns:
+        return manifest["source"].astype(str)
+    return manifest["channel"].fillna(manifest["source"]).astype(str)
 
 
 def featurize(src: Path, out: Path, cfg: AudioConfig) -> dict[str, int]:
     manifest = pd.read_csv(src / "manifest.csv", dtype={"subject_id": str})
+    manifest["channel"] = channels(manifest)
     counts = {}
     with atomic_dir(out) as tmp:
         for split in SPLITS:
             rows = manifest[manifest["split"] == split]
             x = featurize_clips([src / "clips" / p for p in rows["path"]], cfg, f"featurize {split}")
             y = rows["label"].map(LABELS.index).to_numpy(np.int8)
-            np.savez_compressed(tmp / f"{split}.npz", x=x, y=y, path=rows["path"].to_numpy(str))
+            np.savez_compressed(tmp / f"{split}.npz", x=x, y=y, path=rows["path"].to_numpy(str),
+                                channel=rows["channel"].to_numpy(str))
             counts[split] = len(rows)
     print(f"featurize: {counts}")
     return counts
