@@ -119,3 +119,32 @@ def test_remote_from_the_environment_is_kept_out_of_git(aws_env, tmp_path):
     assert s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/")["KeyCount"] > 0
     assert URL in (repo / ".dvc" / "config.local").read_text()
     assert URL not in (repo / ".dvc" / "config").read_text()
+
+
+def test_ci_reaches_the_remote_only_from_a_job_that_runs_no_pr_code():
+    """Long-lived keys in env reach every step, PR code included; OIDC in one job does not."""
+    import yaml
+
+    text = (ROOT / ".github" / "workflows" / "pr.yml").read_text()
+    assert "AWS_ACCESS_KEY_ID" not in text and "AWS_SECRET_ACCESS_KEY" not in text
+    workflow = yaml.safe_load(text)
+    assert workflow["permissions"] == {}
+    jobs = workflow["jobs"]
+    with_aws = {name for name, job in jobs.items()
+                if job.get("permissions", {}).get("id-token") == "write"}
+    assert with_aws == {"dvc-cache"}
+    cache = jobs["dvc-cache"]
+    assert "github.event.pull_request.head.repo.full_name == github.repository" in cache["if"]
+    assume = [step for step in cache["steps"]
+              if step.get("uses", "").startswith("aws-actions/configure-aws-credentials@")]
+    assert [step["with"]["role-to-assume"] for step in assume] == ["${{ vars.AWS_DVC_ROLE_ARN }}"]
+    runs = " ".join(step.get("run", "") for step in cache["steps"])
+    assert "make" not in runs and "pip install ." not in runs and "repro" not in runs
+    assert all(step.get("with", {}).get("persist-credentials") is False
+               for step in cache["steps"] if step.get("uses", "").startswith("actions/checkout@"))
+    for name, job in jobs.items():  # the jobs that run PR code or post to the PR hold no AWS
+        if name != "dvc-cache":
+            assert "id-token" not in job.get("permissions", {})
+            assert not any(step.get("uses", "").startswith("aws-actions/")
+                           for step in job["steps"])
+    assert "repro" in " ".join(step.get("run", "") for step in jobs["report"]["steps"])
