@@ -241,3 +241,26 @@ def test_curves_are_copied_into_output_data_without_renaming_it(tmp_path, monkey
     publish_curves(layout)
     assert (layout.output_data / "metrics.json").read_text() == '{"step": 3}'
     assert (layout.output_data / "plots" / "metrics" / "train_loss.tsv").is_file()
+
+
+def test_training_image_installs_the_project_torch_pins_built_for_cuda_12_6():
+    """The image swaps PyPI's CUDA 13 torch for the CUDA 12.6 build of the same versions."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    pins = dict(dep.split("==") for dep in tomllib.loads((root / "pyproject.toml").read_text())
+                ["project"]["dependencies"] if dep.startswith(("torch==", "torchvision==")))
+    dockerfile = (root / "docker" / "train.Dockerfile").read_text()
+    assert re.search(r"--index-url \"\$\{TORCH_INDEX\}\" torch==(\S+)\+cu126 "
+                     r"torchvision==(\S+)\+cu126", dockerfile).groups() == (
+        pins["torch"], pins["torchvision"])
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cu126" in dockerfile
+
+
+@pytest.mark.parametrize("name", ["train.Dockerfile", "lambda.Dockerfile"])
+def test_image_build_lines_make_a_single_platform_amd64_image(name):
+    """Lambda rejects the OCI index (with attestations) that BuildKit pushes by default."""
+    text = (Path(__file__).resolve().parents[1] / "docker" / name).read_text()
+    builds = re.findall(r"docker buildx build [^\n]*", text)
+    assert builds and all("--platform linux/amd64 --provenance=false" in b for b in builds)
+    assert "docker build " not in text
