@@ -255,7 +255,7 @@ def check_device(layout: Layout) -> None:
     on_gpu_instance = bool(itype and GPU_INSTANCE.match(itype)) or report["GPUs visible"] > 0
     if on_gpu_instance and not report["CUDA available"]:
         raise DeviceError(
-            f"{itype or 'this host'} has {report['GPUs visible'] or 'a'} GPU(s) but torch "
+            f"{itype or 'this host'} ({report['GPUs visible']} GPUs visible to the driver): torch "
             f"{report['torch']} (CUDA {report['torch CUDA']}) cannot use CUDA with NVIDIA driver "
             f"{report['driver'] or 'unknown'}; refusing to train on the CPU of a GPU instance. "
             "The image's CUDA needs a newer host driver (docker/train.Dockerfile says which), "
@@ -266,8 +266,8 @@ def publish_curves(layout: Layout) -> None:
     """Copy the per-epoch curves into output/data, which SageMaker uploads as output.tar.gz.
 
     Into the existing directory, never by renaming it: SageMaker (and its local mode) may
-    mount it, and a mount point cannot be renamed. output/data is uploaded only after the
-    container exits 0, so a copy that fails half-way fails the job and is never published.
+    mount it, and a mount point cannot be renamed. A copy that fails half-way fails the job
+    (exit 1), and the stage downloads output.tar.gz only from a Completed job.
     """
     layout.output_data.mkdir(parents=True, exist_ok=True)
     shutil.copytree(layout.live, layout.output_data, dirs_exist_ok=True)
