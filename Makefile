@@ -39,10 +39,26 @@ test-fast: install  ## unit tests only (skips the fresh-clone end-to-end runs)
 deploy-lambda: install  ## gate the model, build the python3.12 zip, publish it, move alias `live`
 	$(PY) -m coughlab.deploy
 
-push: install  ## upload data and pipeline outputs to the DVC remote (dvc push)
+# The DVC remote is the user's own: none is committed. $COUGHLAB_DVC_REMOTE (an S3 URL) sets it
+# for this clone (.dvc/config.local); without it and without a configured remote, say how.
+define use_dvc_remote
+	@if [ -n "$$COUGHLAB_DVC_REMOTE" ]; then \
+		dvc remote add --local --force --default storage "$$COUGHLAB_DVC_REMOTE"; \
+	elif ! dvc remote default >/dev/null 2>&1; then \
+		echo "No DVC remote is configured: this project ships none, so your data goes only" >&2; \
+		echo "to a bucket you own. Add one once (README: Remote storage):" >&2; \
+		echo "    dvc remote add -d storage s3://<your-bucket>/coughlab" >&2; \
+		echo "or export COUGHLAB_DVC_REMOTE=s3://<your-bucket>/coughlab (kept in .dvc/config.local)" >&2; \
+		exit 2; \
+	fi
+endef
+
+push: install  ## upload data and pipeline outputs to your DVC remote (dvc push)
+	$(use_dvc_remote)
 	dvc push
 
-pull: install  ## fetch data and pipeline outputs from the DVC remote (dvc pull)
+pull: install  ## fetch data and pipeline outputs from your DVC remote (dvc pull)
+	$(use_dvc_remote)
 	dvc pull
 
 BASE ?= main

@@ -1,11 +1,22 @@
 # Container-image alternative to the zip `make deploy-lambda` ships (for when the package
 # outgrows Lambda's 250 MB unzipped limit). Same pins, same handler, same model layout:
 #   python -m coughlab.deploy --check-only                 # the release gate, on build/lambda
-#   docker build -f docker/lambda.Dockerfile -t coughlab-lambda .
+#   docker buildx build --platform linux/amd64 --provenance=false --load \
+#       -f docker/lambda.Dockerfile -t coughlab-lambda .
 #   docker tag/push to ECR, then
 #   python -m coughlab.deploy --image-uri <account>.dkr.ecr.<region>.amazonaws.com/coughlab:<tag>
+# --platform linux/amd64: the function is x86_64 whatever machine builds it. --provenance=false:
+# current BuildKit otherwise pushes an OCI image index with an attestation manifest, which
+# Lambda rejects ("image manifest, config or layer media type ... is not supported").
 # docker/lambda.Dockerfile.dockerignore keeps the build context to the four files used.
-FROM public.ecr.aws/lambda/python:3.12
+#
+# Base image: pin it by digest for a reproducible build, e.g.
+#   --build-arg BASE_IMAGE=public.ecr.aws/lambda/python:3.12@$(docker buildx imagetools inspect \
+#       public.ecr.aws/lambda/python:3.12 --format '{{json .Manifest.Digest}}' | jq -r .)
+# No digest is committed: the machines this repository is developed on cannot pull images, and
+# a digest copied from elsewhere could not be checked here (README: Container images).
+ARG BASE_IMAGE=public.ecr.aws/lambda/python:3.12
+FROM ${BASE_IMAGE}
 
 COPY lambda/requirements.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir --no-compile -r /tmp/requirements.txt --target "${LAMBDA_TASK_ROOT}" \

@@ -1,4 +1,5 @@
 """The SageMaker container entrypoint, run on a temp dir laid out like /opt/ml (no Docker)."""
+import errno
 import json
 import os
 import re
@@ -11,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from coughlab import container
 from coughlab.config import ModelConfig, Params, SageMakerConfig, TrainConfig
 from coughlab.container import (EXIT_TERMINATED, Layout, hyperparameters, main,
-                                params_from_hyperparameters)
+                                params_from_hyperparameters, publish_curves)
 from coughlab.model import CHECKPOINT_FILE, MODEL_FILE, load_model
 
 from helpers import make_features
@@ -58,10 +60,12 @@ def last_step(layout: Layout) -> int:
     return json.loads((layout.output_data / "metrics.json").read_text())["step"]
 
 
-def test_sigterm_then_restart_ends_with_the_uninterrupted_weights(tmp_path, one_thread):
+def test_sigterm_then_restart_ends_with_the_uninterrupted_weights(tmp_path, one_thread, capsys):
     straight = opt_ml(tmp_path / "straight", hyperparameters(TINY))
     assert main(["train", "--base-dir", str(straight.base)]) == 0  # in-process: no torch import
     assert not straight.failure.exists()
+    assert re.search(r"container: torch: \S+, torch CUDA: \S+, CUDA available: False, "
+                     r"device: cpu, driver: None, GPUs visible: 0", capsys.readouterr().out)
 
     spot = opt_ml(tmp_path / "spot", hyperparameters(TINY))
     victim = start_container(spot, via_env=True)
@@ -134,3 +138,129 @@ def test_hyperparameters_are_strings_that_rebuild_the_training_params():
     assert rebuilt.train.sagemaker == SageMakerConfig()  # job settings stay on the launching side
     rebuilt.train.sagemaker = params.train.sagemaker
     assert rebuilt == params
+
+
+def test_checkpoint_name_matches_the_model_module():
+    assert container.CHECKPOINT_FILE == CHECKPOINT_FILE
+
+
+def test_sigterm_handler_is_installed_before_torch_and_fastai_load(tmp_path):
+    """As PID 1 an unhandled SIGTERM is ignored: the handler must be in before the slow imports."""
+    probe = f"""
+import signal, sys
+heavy_at_install = []
+real = signal.signal
+def spy(signum, handler):
+    if signum == signal.SIGTERM and not heavy_at_install:
+        heavy_at_install.append(sorted(m for m in ("torch", "fastai") if m in sys.modules))
+    return real(signum, handler)
+signal.signal = spy
+from coughlab.container import main
+main(["train", "--base-dir", {str(tmp_path)!r}])  # fails fast: no hyperparameters
+print(heavy_at_install)
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[[]]"
+
+
+def test_sigterm_while_starting_exits_143_without_training(tmp_path, monkeypatch):
+    layout = opt_ml(tmp_path, hyperparameters(TINY))
+    real = signal.signal
+
+    def sigterm_right_after_install(signum, handler):
+        previous = real(signum, handler)
+        if signum == signal.SIGTERM and callable(handler):
+            handler(signum, None)  # arrives while torch and fastai are still loading
+        return previous
+
+    monkeypatch.setattr(container.signal, "signal", sigterm_right_after_install)
+    assert main(["train", "--base-dir", str(tmp_path)]) == EXIT_TERMINATED
+    assert not (layout.checkpoints / CHECKPOINT_FILE).exists()
+    assert not (layout.model / MODEL_FILE).exists()
+    assert not layout.failure.exists()
+
+
+def fake_gpu_host(root: Path, gpus: int) -> Path:
+    """/proc/driver/nvidia as the NVIDIA driver lays it out on a host with `gpus` GPUs."""
+    (root / "gpus").mkdir(parents=True)
+    for i in range(gpus):
+        (root / "gpus" / f"0000:00:1{i}.0").mkdir()
+    (root / "version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  470.256.02  "
+                                  "Thu May  2 14:37:44 UTC 2024\nGCC version:  gcc 10.5.0\n")
+    return root
+
+
+@pytest.mark.parametrize("instance, gpus", [("ml.g4dn.xlarge", 0), ("ml.p3.2xlarge", 0),
+                                            ("ml.m5.xlarge", 1), (None, 4)])
+def test_gpu_host_without_cuda_fails_instead_of_training_on_the_cpu(tmp_path, monkeypatch,
+                                                                     instance, gpus):
+    layout = opt_ml(tmp_path / "opt_ml", hyperparameters(TINY))
+    if instance:
+        layout.resource_config.write_text(json.dumps({
+            "current_host": "algo-1", "current_instance_type": instance, "hosts": ["algo-1"]}))
+    monkeypatch.setattr(container, "NVIDIA_PROC", fake_gpu_host(tmp_path / "nvidia", gpus))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # e.g. driver too old
+    assert main(["train", "--base-dir", str(layout.base)]) == 1
+    reason = layout.failure.read_text()
+    assert re.search(r"cannot use CUDA with NVIDIA driver 470\.256\.02; refusing to train on "
+                     r"the CPU of a GPU instance", reason), reason
+    assert (instance or "this host") in reason
+    assert not (layout.checkpoints / CHECKPOINT_FILE).exists()
+
+
+def test_cpu_instance_type_is_not_a_gpu_instance(tmp_path):
+    layout = Layout(tmp_path)
+    for itype, gpu in [("ml.g4dn.xlarge", True), ("ml.g5.2xlarge", True), ("ml.gr6.4xlarge", True),
+                       ("ml.p4d.24xlarge", True), ("ml.m5.xlarge", False), ("ml.c7g.xlarge", False),
+                       ("ml.trn1.2xlarge", False)]:
+        layout.resource_config.parent.mkdir(parents=True, exist_ok=True)
+        layout.resource_config.write_text(json.dumps({"current_instance_type": itype}))
+        assert bool(container.GPU_INSTANCE.match(container.instance_type(layout))) == gpu, itype
+
+
+def test_curves_are_copied_into_output_data_without_renaming_it(tmp_path, monkeypatch):
+    """SageMaker local mode mounts output/data: renaming a mount point fails with EBUSY."""
+    layout = Layout(tmp_path)
+    (layout.live / "plots" / "metrics").mkdir(parents=True)
+    (layout.live / "metrics.json").write_text('{"step": 3}')
+    (layout.live / "plots" / "metrics" / "train_loss.tsv").write_text("step\ttrain_loss\n")
+    layout.output_data.mkdir(parents=True)  # SageMaker creates it before starting the container
+    mount = layout.output_data.resolve()
+
+    def guard(real):
+        def rename(src, dst, *args, **kwargs):
+            if Path(src).resolve() == mount:
+                raise OSError(errno.EBUSY, "Device or resource busy", str(src))
+            return real(src, dst, *args, **kwargs)
+        return rename
+
+    monkeypatch.setattr(os, "rename", guard(os.rename))
+    monkeypatch.setattr(os, "replace", guard(os.replace))
+    publish_curves(layout)
+    assert (layout.output_data / "metrics.json").read_text() == '{"step": 3}'
+    assert (layout.output_data / "plots" / "metrics" / "train_loss.tsv").is_file()
+
+
+def test_training_image_installs_the_project_torch_pins_built_for_cuda_12_6():
+    """The image swaps PyPI's CUDA 13 torch for the CUDA 12.6 build of the same versions."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    pins = dict(dep.split("==") for dep in tomllib.loads((root / "pyproject.toml").read_text())
+                ["project"]["dependencies"] if dep.startswith(("torch==", "torchvision==")))
+    dockerfile = (root / "docker" / "train.Dockerfile").read_text()
+    assert re.search(r"--index-url \"\$\{TORCH_INDEX\}\" torch==(\S+)\+cu126 "
+                     r"torchvision==(\S+)\+cu126", dockerfile).groups() == (
+        pins["torch"], pins["torchvision"])
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cu126" in dockerfile
+
+
+@pytest.mark.parametrize("name", ["train.Dockerfile", "lambda.Dockerfile"])
+def test_image_build_lines_make_a_single_platform_amd64_image(name):
+    """Lambda rejects the OCI index (with attestations) that BuildKit pushes by default."""
+    text = (Path(__file__).resolve().parents[1] / "docker" / name).read_text()
+    builds = re.findall(r"docker buildx build [^\n]*", text)
+    assert builds and all("--platform linux/amd64 --provenance=false" in b for b in builds)
+    assert "docker build " not in text

@@ -5,6 +5,7 @@ so these tests put the job's artifacts in S3 themselves), or botocore's Stubber.
 """
 import copy
 import io
+import json
 import re
 import tarfile
 import time
@@ -63,6 +64,8 @@ def expected_request(fp: str) -> dict:
             "train.weight_decay": "0.02", "train.spec_augment.freq_mask": "4",
             "train.spec_augment.time_mask": "8", "train.spec_augment.n_masks": "1",
         },
+        # The container's checkpoint fingerprint includes it: new code never resumes old weights.
+        "Environment": {"COUGHLAB_TRAINING_IMAGE": IMAGE},
         "InputDataConfig": [{
             "ChannelName": "features",
             "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
@@ -222,21 +225,105 @@ def test_wait_prints_each_status_change_and_gives_up_on_unreadable_logs(capsys):
                        "following status only") == 1
 
 
-def test_ctrl_c_while_waiting_stops_the_job():
+def interrupt_once():
+    """A sleep that is Ctrl-C'd the first time and records the later calls."""
+    calls = []
+
+    def sleep(seconds):
+        calls.append(seconds)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    return sleep, calls
+
+
+def test_ctrl_c_while_waiting_stops_the_job_and_waits_until_it_has_stopped(capsys):
     sm, stub = stubbed("sagemaker")
     stub.add_response("describe_training_job", described("InProgress", "Training"),
                       {"TrainingJobName": JOB})
     stub.add_response("stop_training_job", {}, {"TrainingJobName": JOB})
+    for status, secondary in [("Stopping", "Stopping"), ("Stopping", "Stopping"),
+                              ("Stopped", "Stopped")]:
+        stub.add_response("describe_training_job", described(status, secondary),
+                          {"TrainingJobName": JOB})
     logs, logs_stub = stubbed("logs")
     logs_stub.add_client_error("describe_log_streams", "ResourceNotFoundException")
-
-    def interrupted_sleep(seconds):
-        raise KeyboardInterrupt
+    sleep, calls = interrupt_once()
 
     job = job_paths(JOB, "ab" * 32, BUCKET, "coughlab")
     with stub, logs_stub, pytest.raises(KeyboardInterrupt):
-        follow_job(Clients(None, sm, logs), job, poll_seconds=30, sleep=interrupted_sleep)
+        follow_job(Clients(None, sm, logs), job, poll_seconds=30, sleep=sleep)
     stub.assert_no_pending_responses()
+    assert calls == [30, 30, 30]  # the interrupted poll, then two while Stopping
+    out = capsys.readouterr().out
+    assert f"sagemaker: {JOB} is Stopped; re-running the stage resumes from {job.checkpoint_uri}" in out
+
+
+def test_ctrl_c_after_the_job_ended_still_raises_the_interrupt(capsys):
+    """StopTrainingJob on a finished job is a ValidationException: it must not hide Ctrl-C."""
+    sm, stub = stubbed("sagemaker")
+    stub.add_response("describe_training_job", described("InProgress", "Uploading"),
+                      {"TrainingJobName": JOB})
+    stub.add_client_error("stop_training_job", "ValidationException",
+                          "The job status is Completed", expected_params={"TrainingJobName": JOB})
+    stub.add_response("describe_training_job", described("Completed", "Completed"),
+                      {"TrainingJobName": JOB})
+    logs, logs_stub = stubbed("logs")
+    logs_stub.add_client_error("describe_log_streams", "ResourceNotFoundException")
+    sleep, calls = interrupt_once()
+
+    job = job_paths(JOB, "ab" * 32, BUCKET, "coughlab")
+    with stub, logs_stub, pytest.raises(KeyboardInterrupt):
+        follow_job(Clients(None, sm, logs), job, poll_seconds=30, sleep=sleep)
+    stub.assert_no_pending_responses()
+    out = capsys.readouterr().out
+    assert re.search(rf"could not stop {JOB} \(.*The job status is Completed\); it is Completed", out)
+
+
+def test_log_tail_keeps_going_after_throttling(capsys):
+    sm, sm_stub = stubbed("sagemaker")
+    logs, logs_stub = stubbed("logs")
+    for status in ("InProgress", "InProgress", "InProgress", "Completed"):
+        sm_stub.add_response("describe_training_job", described(status, "Training"),
+                             {"TrainingJobName": JOB})
+    stream = f"{JOB}/algo-1-1767225600"
+    streams = {"logStreams": [{"logStreamName": stream}]}
+    where = {"logGroupName": LOG_GROUP, "logStreamNamePrefix": f"{JOB}/"}
+    logs_stub.add_response("describe_log_streams", streams, where)  # poll 1: reads a line
+    logs_stub.add_response("get_log_events", {
+        "events": [{"timestamp": 1, "message": "epoch 0"}], "nextForwardToken": "f/1"},
+        {"logGroupName": LOG_GROUP, "logStreamName": stream, "startFromHead": True})
+    logs_stub.add_response("get_log_events", {"events": [], "nextForwardToken": "f/1"},
+                           {"logGroupName": LOG_GROUP, "logStreamName": stream,
+                            "startFromHead": True, "nextToken": "f/1"})
+    logs_stub.add_client_error("describe_log_streams", "ThrottlingException", "Rate exceeded",
+                               expected_params=where)  # poll 2; poll 3 is skipped
+    logs_stub.add_response("describe_log_streams", streams, where)  # poll 4: goes on from f/1
+    logs_stub.add_response("get_log_events", {
+        "events": [{"timestamp": 2, "message": "epoch 1"}], "nextForwardToken": "f/2"},
+        {"logGroupName": LOG_GROUP, "logStreamName": stream, "startFromHead": True,
+         "nextToken": "f/1"})
+    logs_stub.add_response("get_log_events", {"events": [], "nextForwardToken": "f/2"},
+                           {"logGroupName": LOG_GROUP, "logStreamName": stream,
+                            "startFromHead": True, "nextToken": "f/2"})
+    with sm_stub, logs_stub:
+        wait_for_job(Clients(None, sm, logs), JOB, poll_seconds=0, sleep=lambda s: None)
+    logs_stub.assert_no_pending_responses()
+    out = capsys.readouterr().out
+    assert "[algo-1-1767225600] epoch 0" in out and "[algo-1-1767225600] epoch 1" in out
+    assert "ThrottlingException; retrying in 2 polls" in out
+    assert "following status only" not in out
+
+
+def test_tar_filter_needs_a_python_that_has_it():
+    """download_tar uses tarfile's `filter=`, added in 3.11.4: pip must refuse older Pythons."""
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    spec = SpecifierSet(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+                        ["requires-python"])
+    assert "3.11.3" not in spec and "3.11.4" in spec and "3.12.0" in spec
 
 
 def test_failed_and_stopped_jobs_say_why_and_where_the_checkpoints_are():
@@ -307,3 +394,37 @@ def test_train_stage_with_sagemaker_backend_needs_the_aws_settings(tmp_path, mon
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"backend": "kubernetes"}}))
     with pytest.raises(SystemExit, match="'kubernetes' is unknown; use local or sagemaker"):
         train_stage.main([])
+
+
+def readme_policies() -> dict[str, list[dict]]:
+    """The README's IAM policy documents, grouped under the bold heading above them."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## AWS permissions (IAM)"):]
+    section = section[:section.index("\n## ", 1)]
+    return {chunk.split("**", 1)[0]: [json.loads(block) for block in
+                                      re.findall(r"```json\n(.*?)```", chunk, re.S)]
+            for chunk in section.split("\n**")[1:]}
+
+
+def allowed(policies: list[dict]) -> set[str]:
+    return {action for policy in policies for statement in policy["Statement"]
+            if statement["Effect"] == "Allow"
+            for action in ([statement["Action"]] if isinstance(statement["Action"], str)
+                           else statement["Action"])}
+
+
+def test_readme_policies_grant_what_the_code_calls():
+    policies = readme_policies()
+    caller = allowed(next(p for h, p in policies.items() if h.startswith("You (or CI)")))
+    assert {"sagemaker:CreateTrainingJob", "sagemaker:AddTags", "sagemaker:DescribeTrainingJob",
+            "sagemaker:StopTrainingJob", "iam:PassRole", "s3:PutObject", "s3:GetObject",
+            "s3:ListBucket", "logs:DescribeLogStreams", "logs:GetLogEvents"} <= caller
+    role = allowed(next(p for h, p in policies.items() if h.startswith("The SageMaker execution")))
+    assert {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+            "cloudwatch:PutMetricData", "logs:CreateLogStream", "logs:PutLogEvents",
+            "ecr:GetAuthorizationToken", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"} <= role
+    deployer = allowed(next(p for h, p in policies.items() if h.startswith("The Lambda deployer")))
+    assert {"s3:PutObject", "lambda:GetFunction", "lambda:CreateFunction",
+            "lambda:UpdateFunctionCode", "lambda:UpdateFunctionConfiguration",
+            "lambda:GetFunctionConfiguration", "lambda:PublishVersion", "lambda:GetAlias",
+            "lambda:CreateAlias", "lambda:UpdateAlias", "iam:PassRole"} <= deployer

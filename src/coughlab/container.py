@@ -15,12 +15,19 @@ A spot interruption (or StopTrainingJob, or MaxRuntime) arrives as SIGTERM, abou
 before SIGKILL: training finishes the running epoch, checkpoints it and exits 143. Every
 checkpoint is written atomically, so even if SIGKILL comes first, what is on disk (and in S3)
 is the last completed epoch, and the restarted job resumes from it to the same end result.
+The SIGTERM handler goes in before torch and fastai are imported (seconds): as PID 1 in the
+container, a signal without a handler would be ignored, not fatal.
+
+Before training it logs the device it got and, on a GPU instance type, refuses to train on
+the CPU (output/failure says why: usually a host driver too old for the image's CUDA).
 """
 from __future__ import annotations
 
+# Only light imports at module level: `main` installs the SIGTERM handler before torch/fastai.
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -29,13 +36,10 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-from fastai.callback.core import Callback
 from omegaconf.errors import OmegaConfBaseException
 
-from coughlab.atomic import atomic_dir, atomic_write_text
+from coughlab.atomic import atomic_write_text
 from coughlab.config import Params, params_from
-from coughlab.model import CHECKPOINT_FILE, LiveMetrics, train_model
 
 BASE_DIR_ENV = "SM_BASE_DIR"
 DEFAULT_BASE_DIR = Path("/opt/ml")
@@ -45,6 +49,11 @@ TRAINING_SPLITS = ("train", "valid")
 # settings stay on the launching side.
 TRAINING_SECTIONS = ("seed", "lr", "audio", "model", "train")
 EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+CHECKPOINT_FILE = "checkpoint.pt"  # coughlab.model's name for it, without importing torch
+# The NVIDIA kernel driver's view: its version, and one entry per GPU the container can see.
+NVIDIA_PROC = Path("/proc/driver/nvidia")
+# SageMaker's CUDA instance families: ml.g4dn, ml.g5, ml.g6, ml.g6e, ml.gr6, ml.p3, ml.p4d, ml.p5...
+GPU_INSTANCE = re.compile(r"ml\.(g|gr|p)\d")
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,11 @@ class Layout:
     @property
     def hyperparameters(self) -> Path:
         return self.base / "input" / "config" / "hyperparameters.json"
+
+    @property
+    def resource_config(self) -> Path:
+        """SageMaker's description of the host: current_host, current_instance_type, hosts."""
+        return self.base / "input" / "config" / "resourceconfig.json"
 
     @property
     def features(self) -> Path:
@@ -139,6 +153,8 @@ def read_params(path: Path) -> Params:
 
 def check_features(features_dir: Path) -> None:
     """Fail with the file's name, not a numpy error from deep inside training."""
+    import numpy as np
+
     missing = [f"{split}.npz" for split in TRAINING_SPLITS
                if not (features_dir / f"{split}.npz").is_file()]
     if missing:
@@ -161,52 +177,126 @@ class TerminationRequested(BaseException):
     """Ends training after a SIGTERM; a BaseException so no `except Exception` swallows it."""
 
 
-class StopOnSigterm(Callback):
-    """Turn SIGTERM into a stop at the end of the running epoch, once its checkpoint is saved.
-
-    Stopping mid-epoch would throw that epoch away: checkpoints exist only at epoch ends,
-    where resuming gives bit-identical weights. After the last epoch it lets training finish,
-    since only saving model.pt is left.
-    """
-    order = LiveMetrics.order + 1  # after EpochCheckpoint and LiveMetrics
+class SigtermFlag:
+    """The SIGTERM handler: it only records the request, for training to act on at an epoch end."""
 
     def __init__(self):
         self.requested = False
 
-    def handle_sigterm(self, signum, frame) -> None:
+    def __call__(self, signum, frame) -> None:
         self.requested = True
 
-    def after_epoch(self):
-        if self.requested and self.epoch < self.n_epoch - 1:
-            raise TerminationRequested
+
+def stop_on_sigterm(flag: SigtermFlag):
+    """A fastai callback that stops at the end of the running epoch, once its checkpoint is saved.
+
+    Stopping mid-epoch would throw that epoch away: checkpoints exist only at epoch ends,
+    where resuming gives bit-identical weights. After the last epoch it lets training finish,
+    since only saving model.pt is left. Built here, not at import, because fastai is heavy.
+    """
+    from fastai.callback.core import Callback
+
+    from coughlab.model import LiveMetrics
+
+    class StopOnSigterm(Callback):
+        order = LiveMetrics.order + 1  # after EpochCheckpoint and LiveMetrics
+
+        def after_epoch(self):
+            if flag.requested and self.epoch < self.n_epoch - 1:
+                raise TerminationRequested
+
+    return StopOnSigterm()
+
+
+class DeviceError(RuntimeError):
+    """A GPU instance on which torch cannot use CUDA: training there would run on the CPU."""
+
+
+def instance_type(layout: Layout) -> str | None:
+    """current_instance_type from resourceconfig.json; None outside SageMaker."""
+    try:
+        return json.loads(layout.resource_config.read_text()).get("current_instance_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def visible_gpus(nvidia_proc: Path) -> int:
+    gpus = nvidia_proc / "gpus"
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+
+
+def driver_version(nvidia_proc: Path) -> str | None:
+    """The NVIDIA kernel driver's version ("NVRM version: ... Kernel Module  535.183.01 ...")."""
+    try:
+        text = (nvidia_proc / "version").read_text()
+    except OSError:
+        return None
+    found = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9][0-9.]*)", text)
+    return found.group(1) if found else None
+
+
+def device_report(torch, nvidia_proc: Path) -> dict[str, object]:
+    """What training will run on, for the job's log."""
+    available = torch.cuda.is_available()
+    return {"torch": torch.__version__, "torch CUDA": torch.version.cuda,
+            "CUDA available": available,
+            "device": torch.cuda.get_device_name(0) if available else "cpu",
+            "driver": driver_version(nvidia_proc), "GPUs visible": visible_gpus(nvidia_proc)}
+
+
+def check_device(layout: Layout) -> None:
+    """Log the device; on a GPU instance without usable CUDA, fail rather than train on the CPU."""
+    import torch
+
+    report = device_report(torch, NVIDIA_PROC)
+    print("container: " + ", ".join(f"{key}: {value}" for key, value in report.items()),
+          flush=True)
+    itype = instance_type(layout)
+    on_gpu_instance = bool(itype and GPU_INSTANCE.match(itype)) or report["GPUs visible"] > 0
+    if on_gpu_instance and not report["CUDA available"]:
+        raise DeviceError(
+            f"{itype or 'this host'} ({report['GPUs visible']} GPUs visible to the driver): torch "
+            f"{report['torch']} (CUDA {report['torch CUDA']}) cannot use CUDA with NVIDIA driver "
+            f"{report['driver'] or 'unknown'}; refusing to train on the CPU of a GPU instance. "
+            "The image's CUDA needs a newer host driver (docker/train.Dockerfile says which), "
+            "or use a CPU instance type")
 
 
 def publish_curves(layout: Layout) -> None:
-    """Copy the per-epoch curves to output/data, which SageMaker uploads as output.tar.gz."""
-    with atomic_dir(layout.output_data) as tmp:
-        shutil.copytree(layout.live, tmp, dirs_exist_ok=True)
+    """Copy the per-epoch curves into output/data, which SageMaker uploads as output.tar.gz.
+
+    Into the existing directory, never by renaming it: SageMaker (and its local mode) may
+    mount it, and a mount point cannot be renamed. A copy that fails half-way fails the job
+    (exit 1), and the stage downloads output.tar.gz only from a Completed job.
+    """
+    layout.output_data.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(layout.live, layout.output_data, dirs_exist_ok=True)
 
 
-def train(layout: Layout, stopper: StopOnSigterm) -> Path:
+def train(layout: Layout, flag: SigtermFlag) -> Path:
     """Train on the channel's features, resuming from layout.checkpoints when it matches."""
     params = read_params(layout.hyperparameters)
     check_features(layout.features)
+    from coughlab.model import train_model  # torch and fastai: seconds, under the handler
+
+    check_device(layout)
+    if flag.requested:  # SIGTERM while starting: nothing trained, nothing to save
+        raise TerminationRequested
     path = train_model(params, layout.features, layout.model, layout.checkpoints, layout.live,
-                       callbacks=[stopper])
+                       callbacks=[stop_on_sigterm(flag)])
     publish_curves(layout)
     return path
 
 
-def run(layout: Layout) -> int:
+def run(layout: Layout, flag: SigtermFlag) -> int:
     """Train; the exit status and output/failure follow the SageMaker contract."""
-    stopper = StopOnSigterm()
-    previous = signal.signal(signal.SIGTERM, stopper.handle_sigterm)
     try:
-        path = train(layout, stopper)
+        path = train(layout, flag)
     except TerminationRequested:
         checkpoint = layout.checkpoints / CHECKPOINT_FILE
-        print(f"container: SIGTERM: stopped after saving {checkpoint}; a restarted job resumes "
-              "from it", file=sys.stderr, flush=True)
+        state = f"stopped after saving {checkpoint}" if checkpoint.exists() else "stopped"
+        print(f"container: SIGTERM: {state}; a restarted job resumes from the last checkpoint",
+              file=sys.stderr, flush=True)
         return EXIT_TERMINATED
     except Exception as exc:
         traceback.print_exc()
@@ -214,8 +304,6 @@ def run(layout: Layout) -> int:
         atomic_write_text(layout.failure, reason + "\n")
         print(f"container: training failed: {reason}", file=sys.stderr, flush=True)
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     print(f"container: wrote {path}", flush=True)
     return 0
 
@@ -234,7 +322,12 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"SageMaker's root directory (default ${BASE_DIR_ENV} or "
                         f"{DEFAULT_BASE_DIR})")
     args = parser.parse_args(argv)
-    return run(Layout(args.base_dir))
+    flag = SigtermFlag()
+    previous = signal.signal(signal.SIGTERM, flag)  # first: before torch and fastai load
+    try:
+        return run(Layout(args.base_dir), flag)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

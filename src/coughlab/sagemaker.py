@@ -38,10 +38,16 @@ from coughlab.model import MODEL_FILE, fingerprint
 ENV_ROLE = "COUGHLAB_SM_ROLE"
 ENV_BUCKET = "COUGHLAB_SM_BUCKET"
 ENV_IMAGE = "COUGHLAB_SM_IMAGE"
+# Set inside the job to the image URI, so the checkpoint fingerprint covers the code that trains.
+ENV_TRAINING_IMAGE = "COUGHLAB_TRAINING_IMAGE"
 CONTAINER_CHECKPOINTS = "/opt/ml/checkpoints"
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TERMINAL_STATUSES = ("Completed", "Failed", "Stopped")
 POLL_SECONDS = 30
+# CloudWatch Logs error codes that mean "later", not "never": the tail backs off and retries.
+THROTTLING_CODES = ("ThrottlingException", "Throttling", "TooManyRequestsException",
+                    "RequestLimitExceeded", "ServiceUnavailableException")
+MAX_SKIPPED_POLLS = 8  # backoff cap: with POLL_SECONDS=30, logs are read at least every 4.5 min
 CURVES_FILE = "metrics.json"  # dvclive's summary; output.tar.gz must hold it
 
 
@@ -139,6 +145,7 @@ def training_job_request(job: JobPaths, params: Params, settings: AwsSettings,
         "RoleArn": settings.role,
         "AlgorithmSpecification": {"TrainingImage": settings.image, "TrainingInputMode": "File"},
         "HyperParameters": hyperparameters(params),
+        "Environment": {ENV_TRAINING_IMAGE: settings.image},
         "InputDataConfig": [{
             "ChannelName": CHANNEL,
             "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": job.input_uri,
@@ -170,18 +177,25 @@ class LogTail:
     """Print a job's new CloudWatch log lines; quiet until its streams exist.
 
     Logs are a convenience: without access to them (or under moto, where the job never logs)
-    the status lines alone still follow the job.
+    the status lines alone still follow the job. Throttling and connection errors only delay
+    them: the tail skips 1, 2, 4... (at most MAX_SKIPPED_POLLS) polls and resumes where it was,
+    since each stream's position is kept.
     """
 
     def __init__(self, logs, job: str):
         self.logs, self.job = logs, job
         self.tokens: dict[str, str] = {}
         self.readable = True
+        self.backoff = 0  # polls to skip after the next transient error
+        self.skip = 0
 
     def poll(self) -> None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         if not self.readable:
+            return
+        if self.skip:
+            self.skip -= 1
             return
         try:
             streams = self.logs.describe_log_streams(
@@ -190,9 +204,21 @@ class LogTail:
                 self.print_new_events(stream["logStreamName"])
         except ClientError as exc:
             code = exc.response["Error"]["Code"]
-            if code != "ResourceNotFoundException":  # not yet: the job has not logged
+            if code in THROTTLING_CODES:
+                self.back_off(code)
+            elif code != "ResourceNotFoundException":  # not yet: the job has not logged
                 print(f"sagemaker: cannot read CloudWatch logs ({code}); following status only")
                 self.readable = False
+        except BotoCoreError as exc:  # connection dropped, endpoint unreachable...
+            self.back_off(type(exc).__name__)
+        else:
+            self.backoff = 0
+
+    def back_off(self, why: str) -> None:
+        self.backoff = min(max(1, 2 * self.backoff), MAX_SKIPPED_POLLS)
+        self.skip = self.backoff
+        print(f"sagemaker: CloudWatch logs: {why}; retrying in {self.backoff + 1} polls",
+              flush=True)
 
     def print_new_events(self, stream: str) -> None:
         host = stream.removeprefix(f"{self.job}/")
@@ -240,10 +266,43 @@ def follow_job(clients: Clients, job: JobPaths, poll_seconds: float = POLL_SECON
     try:
         return wait_for_job(clients, job.name, poll_seconds, sleep)
     except KeyboardInterrupt:
-        clients.sagemaker.stop_training_job(TrainingJobName=job.name)
-        print(f"sagemaker: interrupted: asked SageMaker to stop {job.name}; re-running the stage "
-              f"resumes from {job.checkpoint_uri}", flush=True)
+        stop_job(clients, job, poll_seconds, sleep)
         raise
+
+
+def stop_job(clients: Clients, job: JobPaths, poll_seconds: float = POLL_SECONDS,
+             sleep=time.sleep) -> None:
+    """Ask SageMaker to stop the job and wait until it has; never hides the interrupt.
+
+    A job that already ended cannot be stopped (ValidationException): say how it ended. Any
+    other refusal is reported too, and the caller re-raises the KeyboardInterrupt either way.
+    A second Ctrl-C while waiting leaves the job stopping on its own.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        clients.sagemaker.stop_training_job(TrainingJobName=job.name)
+    except (ClientError, BotoCoreError) as exc:
+        status = job_status(clients, job.name)
+        print(f"sagemaker: interrupted: could not stop {job.name} ({exc}); it is {status}. "
+              f"Check it with `aws sagemaker describe-training-job --training-job-name "
+              f"{job.name}`", flush=True)
+        return
+    print(f"sagemaker: interrupted: stopping {job.name}...", flush=True)
+    while (status := job_status(clients, job.name)) not in (*TERMINAL_STATUSES, "unknown"):
+        sleep(poll_seconds)
+    print(f"sagemaker: {job.name} is {status}; re-running the stage resumes from "
+          f"{job.checkpoint_uri}", flush=True)
+
+
+def job_status(clients: Clients, name: str) -> str:
+    """The job's TrainingJobStatus, or "unknown" when it cannot be read."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return clients.sagemaker.describe_training_job(TrainingJobName=name)["TrainingJobStatus"]
+    except (ClientError, BotoCoreError):
+        return "unknown"
 
 
 def check_outcome(desc: dict, job: JobPaths) -> None:
