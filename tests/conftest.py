@@ -72,7 +72,8 @@ def aws_env(moto_server, monkeypatch):
 def exported_model(tmp_path_factory):
     """Run the export-lambda stage on a small untrained CNN; yields build/-like paths.
 
-    Returns a dict with `model_pt`, `lambda_dir` (model.onnx + model.json) and `combined`.
+    Returns a dict with `model_pt`, `lambda_dir` (model.onnx + model.json), `combined`,
+    `metrics`, and the provenance inputs: `data_dir`, `params_file`, `features`, `record`.
     """
     import json
 
@@ -80,6 +81,8 @@ def exported_model(tmp_path_factory):
     import pandas as pd
     import soundfile as sf
     import torch
+
+    from helpers import make_features, write_params
 
     from coughlab.config import ModelConfig, Params
     from coughlab.model import build_net, save_model
@@ -101,6 +104,11 @@ def exported_model(tmp_path_factory):
                  .astype(np.float32), 16000, subtype="PCM_16")
         rows.append({"path": rel, "split": "test"})
     pd.DataFrame(rows).to_csv(root / "combined" / "manifest.csv", index=False)
-    export_lambda(root / "model", root / "metrics.json", root / "combined", root / "lambda")
+    (root / "data").mkdir()
+    (root / "data" / "labels.csv").write_text("path,label,subject_id,source,channel\n")
+    inputs = {"data_dir": root / "data", "params_file": write_params(root, "model.width=8"),
+              "features": make_features(root / "features", n_per_split=(2, 2, 2)),
+              "record": root / "reports" / "model.json"}
+    export_lambda(root / "model", root / "metrics.json", root / "combined", root / "lambda", **inputs)
     return {"model_pt": root / "model" / "model.pt", "lambda_dir": root / "lambda",
-            "combined": root / "combined"}
+            "combined": root / "combined", "metrics": root / "metrics.json", **inputs}

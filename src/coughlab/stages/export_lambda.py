@@ -3,7 +3,9 @@
 model.json carries what the handler needs (sample rate, tensor names, the decision threshold
 chosen on valid by evaluate) and what deploy checks before publishing: the test metrics and
 the measured ONNX-vs-PyTorch parity on real test clips. Parity beyond PARITY_TOLERANCE fails
-the stage, so a broken graph never becomes a DVC artifact.
+the stage, so a broken graph never becomes a DVC artifact. Its `provenance` (coughlab.provenance)
+names the data, params, features and model it was derived from; reports/model.json, committed
+in git, records the same under the model's version for `python -m coughlab.trace`.
 """
 from __future__ import annotations
 
@@ -22,11 +24,15 @@ from coughlab.digest import model_version
 from coughlab.export import (INPUT_NAME, OUTPUT_NAME, ServingModel, export_onnx, onnx_predict,
                             onnx_session)
 from coughlab.model import MODEL_FILE, load_model
+from coughlab.provenance import RECORD, provenance, write_record
 
 MODEL_DIR = Path("build/model")
 METRICS = Path("reports/metrics.json")
 COMBINED = Path("build/combined")
 OUT = Path("build/lambda")
+DATA_DIR = Path("data")
+PARAMS_FILE = Path("params.yaml")
+FEATURES = Path("build/features")
 PARITY_TOLERANCE = 1e-4
 PARITY_CLIPS = 32
 
@@ -41,7 +47,10 @@ def parity(onnx_path: Path, model: ServingModel, waves: list[np.ndarray]) -> flo
     return worst
 
 
-def export_lambda(model_dir: Path, metrics_json: Path, combined: Path, out: Path) -> dict:
+def export_lambda(model_dir: Path, metrics_json: Path, combined: Path, out: Path,
+                  data_dir: Path = DATA_DIR, params_file: Path = PARAMS_FILE,
+                  features: Path = FEATURES, record: Path = RECORD) -> dict:
+    derived_from = provenance(data_dir, params_file, features, model_dir)
     net, audio = load_model(model_dir / MODEL_FILE)
     metrics = json.loads(metrics_json.read_text())
     manifest = pd.read_csv(combined / "manifest.csv", dtype={"subject_id": str})
@@ -65,8 +74,10 @@ def export_lambda(model_dir: Path, metrics_json: Path, combined: Path, out: Path
             "test_metrics": {k: metrics["test"][k] for k in ("roc_auc", "pr_auc", "sensitivity",
                                                               "specificity", "n")},
             "parity": {"max_abs_diff": worst, "clips": len(waves), "tolerance": PARITY_TOLERANCE},
+            "provenance": derived_from,
         }
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_record(record, meta["version"], derived_from)
     print(f"export-lambda: {out}/model.onnx version {meta['version']}, "
           f"parity {worst:.1e} on {len(waves)} test clips")
     return meta
@@ -78,8 +89,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, default=METRICS)
     parser.add_argument("--combined", type=Path, default=COMBINED)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--data", type=Path, default=DATA_DIR,
+                        help="the dvc-tracked data whose md5 (as in data.dvc) is recorded")
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    parser.add_argument("--features", type=Path, default=FEATURES,
+                        help="featurize's output whose md5 (as in dvc.lock) is recorded")
+    parser.add_argument("--record", type=Path, default=RECORD,
+                        help="git-tracked {version, provenance} that coughlab.trace searches")
     args = parser.parse_args(argv)
-    export_lambda(args.model_dir, args.metrics, args.combined, args.out)
+    export_lambda(args.model_dir, args.metrics, args.combined, args.out,
+                  args.data, args.params, args.features, args.record)
 
 
 if __name__ == "__main__":
