@@ -131,6 +131,7 @@ def rewrite_meta(**changes):
     (swap_graph, "is not the model"),
     (drop("model.onnx"), "model.onnx not found"),
     (drop("model.json"), "model.json not found"),
+    (lambda model_dir: (model_dir / "model.json").write_text('{"version": "ab'), "not valid JSON"),
 ])
 def test_gate_refuses_bad_or_mismatched_models(tmp_path, break_model, message):
     model_dir = write_model(tmp_path / "lambda")

@@ -8,8 +8,9 @@ Order of work, each step only after the previous one succeeded:
 2. dependencies: the pinned lambda/requirements.txt installed for manylinux_2_28 x86_64 CPython
    3.12 by pip's cross-platform mode (cached under --build-dir, keyed by the pins);
 3. zip: dependencies + handler.py at the root + model/{model.onnx,model.json} (model.json with
-   the deploying `git_commit` added, which every response names), byte-for-byte reproducible, refused if it would unzip past Lambda's 250 MB (it goes up via S3, so the
-   50 MB direct-upload cap does not apply);
+   the deploying `git_commit` added, which every response names), byte-for-byte reproducible,
+   refused if it would unzip past Lambda's 250 MB (it goes up via S3, so the 50 MB
+   direct-upload cap does not apply);
 4. AWS: upload to S3, create or update the function and wait until Lambda has applied it,
    tag the function with the git commit and model version (Lambda tags functions, not
    versions), publish a version whose description names both, wait until it is Active, and
@@ -94,7 +95,11 @@ def read_model_meta(model_dir: Path) -> dict:
     path = model_dir / "model.json"
     if not path.is_file():
         raise DeployRefused(f"{path} not found: run `make repro` (or `make pull`) first")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DeployRefused(f"{path} is not valid JSON ({err}); restore it with "
+                            "`dvc checkout build/lambda` or re-run export-lambda") from None
 
 
 def check_release(model_dir: Path, meta: dict, min_roc_auc: float) -> None:
