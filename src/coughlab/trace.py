@@ -78,7 +78,8 @@ def trace(repo: Path, version: str) -> Trace:
     for commit in candidate_commits(repo, version):
         found = record_at(repo, commit)
         if found and found.get("version") == version:
-            date, subject = git(repo, "show", "-s", "--format=%cI%x00%s", commit).rstrip("\n").split("\0", 1)
+            shown = git(repo, "show", "-s", "--format=%cI%x00%s", commit).rstrip("\n")
+            date, subject = shown.split("\0", 1)
             return Trace(commit, date, subject, found)
     raise TraceError(f"unknown model version {version}: no commit in this clone records it in "
                      f"{RECORD} ({not_found_hint(repo)})")
