@@ -80,7 +80,8 @@ def exported_model(tmp_path_factory):
     The originals are an 8 kHz stereo mp3, a 48 kHz mono mp3 and a 44.1 kHz wav, so the
     export's handler-vs-pipeline parity gate runs on every path a real source takes.
     Returns a dict with `model_pt`, `lambda_dir` (model.onnx + model.json), `combined`,
-    `features`, `fetched` and `originals` (manifest path -> original file).
+    `metrics`, `fetched`, `originals` (manifest path -> original file) and the provenance
+    inputs: `data_dir`, `params_file`, `features`, `record`.
     """
     import json
 
@@ -88,6 +89,8 @@ def exported_model(tmp_path_factory):
     import pandas as pd
     import soundfile as sf
     import torch
+
+    from helpers import write_params
 
     from coughlab.config import AudioConfig, ModelConfig, Params, QualityConfig
     from coughlab.model import build_net, save_model
@@ -117,9 +120,14 @@ def exported_model(tmp_path_factory):
                      "source": "sample", "split": "test", **stats})
     pd.DataFrame(rows).to_csv(root / "combined" / "manifest.csv", index=False)
     featurize(root / "combined", root / "features", AudioConfig())
+    (root / "data").mkdir()
+    (root / "data" / "labels.csv").write_text("path,label,subject_id,source,channel\n")
+    inputs = {"data_dir": root / "data", "params_file": write_params(root, "model.width=8"),
+              "features": root / "features", "record": root / "reports" / "model.json"}
     export_lambda(root / "model", root / "metrics.json", root / "combined", root / "features",
-                  root / "fetched", ROOT / "lambda" / "handler.py", QualityConfig(), root / "lambda")
+                  root / "fetched", ROOT / "lambda" / "handler.py", QualityConfig(), root / "lambda",
+                  inputs["data_dir"], inputs["params_file"], inputs["record"])
     return {"model_pt": root / "model" / "model.pt", "lambda_dir": root / "lambda",
-            "combined": root / "combined", "features": root / "features",
+            "combined": root / "combined", "metrics": root / "metrics.json",
             "fetched": root / "fetched",
-            "originals": {r["path"]: root / "fetched" / r["fetched_path"] for r in rows}}
+            "originals": {r["path"]: root / "fetched" / r["fetched_path"] for r in rows}, **inputs}

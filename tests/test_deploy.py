@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -69,6 +70,35 @@ def fake_wheel(dest: Path, name: str, tag: str) -> Path:
     return path
 
 
+def commit_all(repo: Path) -> str:
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit",
+                    "-q", "--allow-empty", "-m", "commit"], cwd=repo, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def committed_repo(repo: Path, pipeline: bool = False) -> Path:
+    """A git + DVC checkout with everything committed, as the deploy gate wants it; with
+    `pipeline`, one reproduced stage (in.txt -> out.txt) whose dvc.lock is committed."""
+    repo.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    for args in (["init", "-q"], ["config", "core.analytics", "false"]):
+        subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, check=True)
+    if pipeline:
+        (repo / "in.txt").write_text("one\n")
+        (repo / "dvc.yaml").write_text("stages:\n  copy:\n    cmd: cp in.txt out.txt\n"
+                                       "    deps: [in.txt]\n    outs: [out.txt]\n")
+        subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=repo, check=True)
+    commit_all(repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def clean_repo(tmp_path_factory) -> Path:
+    return committed_repo(tmp_path_factory.mktemp("clean-repo"))
+
+
 def wav_base64(seconds=1.5, sr=16000) -> str:
     buf = io.BytesIO()
     wave = np.random.default_rng(0).standard_normal(int(sr * seconds)) * 0.1
@@ -101,6 +131,7 @@ def rewrite_meta(**changes):
     (swap_graph, "is not the model"),
     (drop("model.onnx"), "model.onnx not found"),
     (drop("model.json"), "model.json not found"),
+    (lambda model_dir: (model_dir / "model.json").write_text('{"version": "ab'), "not valid JSON"),
 ])
 def test_gate_refuses_bad_or_mismatched_models(tmp_path, break_model, message):
     model_dir = write_model(tmp_path / "lambda")
@@ -210,12 +241,12 @@ def test_wheel_the_lambda_cannot_load_fails_the_build(tmp_path):
 # --- AWS calls (moto_server) --------------------------------------------------------------
 
 @pytest.fixture
-def aws_target(aws_env):
-    """An IAM role Lambda can assume and a bucket for the zips, in an empty moto."""
+def aws_target(aws_env, clean_repo):
+    """An IAM role Lambda can assume and a bucket for the zips, in an empty moto; a clean repo."""
     role = boto3.client("iam").create_role(
         RoleName="coughlab-lambda", AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST))["Role"]["Arn"]
     boto3.client("s3").create_bucket(Bucket="coughlab-deploy")
-    return {"role": role, "bucket": "coughlab-deploy"}
+    return {"role": role, "bucket": "coughlab-deploy", "repo": str(clean_repo)}
 
 
 def deploy_cli(tmp_path, model_dir, *extra):
@@ -227,7 +258,8 @@ def deploy_cli(tmp_path, model_dir, *extra):
 def test_first_deploy_creates_later_ones_update_and_alias_follows(aws_target, tmp_path, capsys):
     write_deps(tmp_path / "deps")
     model_dir = write_model(tmp_path / "lambda", onnx=b"graph one")
-    args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"], "--memory", "2048"]
+    args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"], "--memory", "2048",
+            "--repo", aws_target["repo"]]
     lam = boto3.client("lambda")
 
     deploy_cli(tmp_path, model_dir, *args)
@@ -252,14 +284,15 @@ def test_first_deploy_creates_later_ones_update_and_alias_follows(aws_target, tm
 def test_creating_a_function_needs_a_role_and_uploads_nothing_without_one(aws_target, tmp_path):
     write_deps(tmp_path / "deps")
     with pytest.raises(SystemExit, match="does not exist; pass --role"):
-        deploy_cli(tmp_path, write_model(tmp_path / "lambda"), "--bucket", aws_target["bucket"])
+        deploy_cli(tmp_path, write_model(tmp_path / "lambda"), "--bucket", aws_target["bucket"],
+                   "--repo", aws_target["repo"])
     assert boto3.client("s3").list_objects_v2(Bucket=aws_target["bucket"])["KeyCount"] == 0
 
 
 def test_container_image_deploy(aws_target, tmp_path, capsys):
     image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/coughlab:bfe50bcff612"
     deploy_cli(tmp_path, write_model(tmp_path / "lambda"), "--image-uri", image,
-               "--role", aws_target["role"])
+               "--role", aws_target["role"], "--repo", aws_target["repo"])
     assert "version 1 is Active; alias live -> 1" in capsys.readouterr().out
     function = boto3.client("lambda").get_function(FunctionName="coughlab-test")
     assert function["Code"]["ImageUri"] == image
@@ -312,3 +345,92 @@ def test_alias_stays_when_the_version_fails(stubbed_lambda):
     with pytest.raises(WaiterError, match="Failed"):
         deploy.release(client, FN, SHA, "model x")
     stubber.assert_no_pending_responses()
+
+
+# --- provenance: deploy only committed, reproduced models, and name the commit -------------
+
+def test_deploy_refuses_a_dirty_tree_and_names_what_is_dirty(tmp_path):
+    repo = committed_repo(tmp_path / "repo")
+    (repo / ".dvcignore").write_text("# changed\n")
+    (repo / "notes.txt").write_text("untracked\n")
+    with pytest.raises(SystemExit, match=r"uncommitted changes(.|\n)* M \.dvcignore\n  \?\? notes\.txt"):
+        deploy.main(["--zip-only", "--repo", str(repo), "--model-dir", str(write_model(tmp_path / "lambda")),
+                     "--deps-dir", str(write_deps(tmp_path / "deps")), "--build-dir", str(tmp_path / "build")])
+    assert not (tmp_path / "build").exists()
+
+
+def change_output(repo):
+    (repo / "out.txt").write_text("edited after dvc repro\n")  # git-ignored: the tree stays clean
+
+
+def commit_changed_dependency(repo):
+    (repo / "in.txt").write_text("two\n")
+    commit_all(repo)  # committed, but dvc.lock still records "one"
+
+
+@pytest.mark.parametrize("make_stale,message", [
+    (change_output, "copy: changed outs: out.txt modified"),
+    (commit_changed_dependency, "copy: changed deps: in.txt modified"),
+])
+def test_deploy_refuses_a_dvc_lock_that_does_not_match_the_workspace(tmp_path, make_stale, message):
+    repo = committed_repo(tmp_path / "repo", pipeline=True)
+    assert deploy.require_reproducible(repo)  # clean right after dvc repro + commit
+    make_stale(repo)
+    with pytest.raises(SystemExit, match=f"dvc.lock does not match the workspace(.|\\n)*{message}"):
+        deploy.main(["--check-only", "--repo", str(repo),
+                     "--model-dir", str(write_model(tmp_path / "lambda"))])
+
+
+def test_outside_a_git_checkout_deploy_refuses(tmp_path):
+    with pytest.raises(SystemExit, match="is not a git checkout with a commit"):
+        deploy.main(["--check-only", "--repo", str(tmp_path),
+                     "--model-dir", str(write_model(tmp_path / "lambda"))])
+
+
+def test_shipped_model_json_names_the_deploying_commit(clean_repo, tmp_path):
+    model_dir = write_model(tmp_path / "lambda")
+    original = (model_dir / "model.json").read_text()
+    deploy.main(["--zip-only", "--repo", str(clean_repo), "--model-dir", str(model_dir),
+                 "--deps-dir", str(write_deps(tmp_path / "deps")), "--build-dir", str(tmp_path / "build")])
+    with zipfile.ZipFile(tmp_path / "build" / "function.zip") as zf:
+        shipped = json.loads(zf.read("model/model.json"))
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clean_repo, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert shipped == json.loads(original) | {"git_commit": head}
+    assert (model_dir / "model.json").read_text() == original  # the DVC output is untouched
+
+
+def test_function_is_tagged_and_version_described_with_commit_and_model(aws_target, tmp_path):
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/coughlab:bfe50bcff612"
+    model_dir = write_model(tmp_path / "lambda")
+    deploy_cli(tmp_path, model_dir, "--image-uri", image, "--role", aws_target["role"],
+               "--repo", aws_target["repo"])
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=aws_target["repo"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    version = json.loads((model_dir / "model.json").read_text())["version"]
+    lam = boto3.client("lambda")
+    arn = lam.get_function_configuration(FunctionName="coughlab-test")["FunctionArn"]
+    tags = lam.list_tags(Resource=arn)["Tags"]
+    assert {k: tags[k] for k in ("coughlab:git_commit", "coughlab:model_version")} == {
+        "coughlab:git_commit": head, "coughlab:model_version": version}
+    assert lam.get_function_configuration(FunctionName="coughlab-test", Qualifier="1")[
+        "Description"] == f"model {version}, git {head}, image {image}"
+
+
+def test_tags_go_on_the_unqualified_function_arn(stubbed_lambda):
+    client, stubber, _ = stubbed_lambda
+    arn = "arn:aws:lambda:us-east-1:123456789012:function:coughlab"
+    stubber.add_response("get_function_configuration", {"FunctionArn": f"{arn}:$LATEST"},
+                         {"FunctionName": "coughlab"})
+    tags = {"coughlab:git_commit": "c" * 40, "coughlab:model_version": "a" * 12}
+    stubber.add_response("tag_resource", {}, {"Resource": arn, "Tags": tags})
+    deploy.tag_function(client, "coughlab", deploy.release_tags({"git_commit": "c" * 40,
+                                                                 "version": "a" * 12}))
+    stubber.assert_no_pending_responses()
+
+
+def test_version_description_fits_lambdas_limit():
+    meta = {"version": "a" * 12, "git_commit": "c" * 40}
+    assert deploy.version_description(meta, "zip 0123456789ab") == (
+        f"model {'a' * 12}, git {'c' * 40}, zip 0123456789ab")
+    assert len(deploy.version_description(meta, "image " + "x" * 300)) == 256

@@ -2,14 +2,19 @@
 
 Order of work, each step only after the previous one succeeded:
 1. release gate: model.json must describe this model.onnx, with ONNX-vs-PyTorch parity within
-   its tolerance and test ROC-AUC at or above --min-roc-auc; otherwise nothing is built or sent;
+   its tolerance and test ROC-AUC at or above --min-roc-auc; the git tree must be clean and
+   `dvc status` must find nothing out of date (so dvc.lock describes what ships and the commit
+   reproduces it); otherwise nothing is built or sent;
 2. dependencies: the pinned lambda/requirements.txt installed for manylinux_2_28 x86_64 CPython
    3.12 by pip's cross-platform mode (cached under --build-dir, keyed by the pins);
-3. zip: dependencies + handler.py at the root + model/{model.onnx,model.json}, byte-for-byte
-   reproducible, refused if it would unzip past Lambda's 250 MB (it goes up via S3, so the
-   50 MB direct-upload cap does not apply);
+3. zip: dependencies + handler.py at the root + model/{model.onnx,model.json} (model.json with
+   the deploying `git_commit` added, which every response names), byte-for-byte reproducible,
+   refused if it would unzip past Lambda's 250 MB (it goes up via S3, so the 50 MB
+   direct-upload cap does not apply);
 4. AWS: upload to S3, create or update the function and wait until Lambda has applied it,
-   publish a version, wait until that version is Active, and only then move the alias.
+   tag the function with the git commit and model version (Lambda tags functions, not
+   versions), publish a version whose description names both, wait until it is Active, and
+   only then move the alias. `python -m coughlab.trace <model_version>` goes on from there.
 
 With --image-uri, steps 2-3 are replaced by an image built from docker/lambda.Dockerfile and
 pushed to ECR; the gate and step 4 are the same.
@@ -34,7 +39,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from coughlab.atomic import atomic_dir, atomic_file
+from coughlab.atomic import atomic_dir, atomic_file, atomic_write_text
 from coughlab.digest import model_version, sha256_file
 
 MODEL_DIR = Path("build/lambda")
@@ -53,6 +58,7 @@ MIB = 2**20
 UNZIPPED_LIMIT = 250 * MIB  # Lambda's "250 MB" cap on the unzipped deployment package
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: same inputs, same zip, same CodeSha256
 DEFAULT_MIN_ROC_AUC = 0.7
+DESCRIPTION_LIMIT = 256  # characters Lambda allows in a version's description
 
 
 class DeployError(Exception):
@@ -89,7 +95,11 @@ def read_model_meta(model_dir: Path) -> dict:
     path = model_dir / "model.json"
     if not path.is_file():
         raise DeployRefused(f"{path} not found: run `make repro` (or `make pull`) first")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DeployRefused(f"{path} is not valid JSON ({err}); restore it with "
+                            "`dvc checkout build/lambda` or re-run export-lambda") from None
 
 
 def check_release(model_dir: Path, meta: dict, min_roc_auc: float) -> None:
@@ -116,6 +126,80 @@ def check_release(model_dir: Path, meta: dict, min_roc_auc: float) -> None:
     if not roc_auc >= min_roc_auc:
         raise DeployRefused(f"test ROC-AUC {roc_auc:.4f} is below the minimum {min_roc_auc:g} "
                             "(--min-roc-auc / COUGHLAB_MIN_ROC_AUC)")
+
+
+def git_commit(repo: Path) -> str:
+    result = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise DeployRefused(f"{repo} is not a git checkout with a commit ({result.stderr.strip()}): "
+                            "deploy from the repository, so the Lambda can name its commit")
+    return result.stdout.strip()
+
+
+def uncommitted_changes(repo: Path) -> list[str]:
+    """`git status --porcelain` lines: modified, staged and untracked (not ignored) files."""
+    result = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"],
+                            capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
+
+
+def dvc_out_of_date(repo: Path) -> list[str]:
+    """What `dvc status` finds changed against dvc.lock and the .dvc files, one line each."""
+    result = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise DeployRefused(f"`dvc status` failed in {repo}: {result.stderr.strip()}")
+    lines = []
+    for stage, changes in json.loads(result.stdout or "{}").items():
+        for change in changes:
+            if isinstance(change, str):
+                lines.append(f"{stage}: {change}")
+                continue
+            for kind, paths in change.items():
+                details = (", ".join(f"{path} {state}" for path, state in paths.items())
+                           if isinstance(paths, dict) else paths)
+                lines.append(f"{stage}: {kind}: {details}")
+    return lines
+
+
+def require_reproducible(repo: Path) -> str:
+    """The commit to deploy from; refuse a dirty tree or a dvc.lock the workspace does not match.
+
+    Only then does the commit name exactly the code, params and dvc.lock that made the model.
+    """
+    commit = git_commit(repo)
+    dirty = uncommitted_changes(repo)
+    if dirty:
+        raise DeployRefused("the git tree has uncommitted changes; commit or stash them so the "
+                            "Lambda names a commit that holds its code:\n  " + "\n  ".join(dirty))
+    stale = dvc_out_of_date(repo)
+    if stale:
+        raise DeployRefused("dvc.lock does not match the workspace (`dvc status`); run "
+                            "`dvc repro` (or `dvc pull`) and commit dvc.lock:\n  " + "\n  ".join(stale))
+    return commit
+
+
+def stamp_git_commit(model_json: Path, commit: str, out: Path) -> Path:
+    """A copy of model.json with `git_commit` added, for the package; the original is untouched."""
+    meta = json.loads(model_json.read_text()) | {"git_commit": commit}
+    atomic_write_text(out, json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def version_description(meta: dict, code: str) -> str:
+    """A published version's description: model, git commit and code, within Lambda's limit."""
+    return f"model {meta['version']}, git {meta['git_commit']}, {code}"[:DESCRIPTION_LIMIT]
+
+
+def release_tags(meta: dict) -> dict[str, str]:
+    """Function tags naming what $LATEST now holds (Lambda cannot tag versions or aliases)."""
+    return {"coughlab:git_commit": meta["git_commit"], "coughlab:model_version": meta["version"]}
+
+
+def tag_function(lam, name: str, tags: dict[str, str]) -> None:
+    arn = lam.get_function_configuration(FunctionName=name)["FunctionArn"]
+    lam.tag_resource(Resource=":".join(arn.split(":")[:7]), Tags=tags)  # unqualified ARN
 
 
 def pip_install_command(requirements: Path, target: Path) -> list[str]:
@@ -158,10 +242,16 @@ def package_entries(deps_dir: Path, handler: Path, model_dir: Path, meta: dict) 
 
 
 def build_zip(deps_dir: Path, handler: Path, model_dir: Path, out: Path,
-              max_unzipped_bytes: int = UNZIPPED_LIMIT) -> Package:
-    """Write the deployment zip (atomically, reproducibly); refuse one Lambda would reject."""
+              max_unzipped_bytes: int = UNZIPPED_LIMIT, git_commit: str | None = None) -> Package:
+    """Write the deployment zip (atomically, reproducibly); refuse one Lambda would reject.
+
+    With `git_commit` (run() always passes it, after the gate) the shipped model.json names it.
+    """
     meta = read_model_meta(model_dir)
     entries = package_entries(deps_dir, handler, model_dir, meta)
+    if git_commit is not None:
+        entries["model/model.json"] = stamp_git_commit(
+            model_dir / "model.json", git_commit, out.with_name(f"{out.stem}.model.json"))
     unzipped = sum(path.stat().st_size for path in entries.values())
     if unzipped > max_unzipped_bytes:
         raise DeployError(f"the package would unzip to {unzipped / MIB:.1f} MiB, over Lambda's "
@@ -262,7 +352,8 @@ def deploy_zip(package: Package, meta: dict, fn: FunctionSettings, bucket: str, 
     if code_sha256 != package.code_sha256:
         raise DeployError(f"Lambda holds code {code_sha256}, not the zip just built "
                           f"({package.code_sha256}): s3://{bucket}/{key} changed; alias not moved")
-    return release(lam, fn, code_sha256, f"model {meta['version']}, zip {package.sha256[:12]}")
+    tag_function(lam, fn.name, release_tags(meta))
+    return release(lam, fn, code_sha256, version_description(meta, f"zip {package.sha256[:12]}"))
 
 
 def deploy_image(image_uri: str, meta: dict, fn: FunctionSettings, region: str | None = None) -> str:
@@ -272,7 +363,8 @@ def deploy_image(image_uri: str, meta: dict, fn: FunctionSettings, region: str |
     lam = boto3.client("lambda", region_name=region)
     exists = require_role_to_create(lam, fn)
     code_sha256 = install_code(lam, fn, {"ImageUri": image_uri}, exists)
-    return release(lam, fn, code_sha256, f"model {meta['version']}, image {image_uri}")
+    tag_function(lam, fn.name, release_tags(meta))
+    return release(lam, fn, code_sha256, version_description(meta, f"image {image_uri}"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -308,6 +400,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="pinned Lambda dependencies (default %(default)s)")
     parser.add_argument("--build-dir", type=Path, default=BUILD_DIR,
                         help="where the zip and the cached dependencies go (default %(default)s)")
+    parser.add_argument("--repo", type=Path, default=Path("."),
+                        help="the git + DVC checkout that must be clean, whose commit is shipped "
+                        "(default: here)")
     parser.add_argument("--deps-dir", type=Path,
                         help="use this already-installed dependency folder instead of running pip")
     mode = parser.add_mutually_exclusive_group()
@@ -327,15 +422,18 @@ def run(args: argparse.Namespace) -> str | None:
     """Gate, then build and/or deploy as the flags ask; returns the published version, if any."""
     meta = read_model_meta(args.model_dir)
     check_release(args.model_dir, meta, args.min_roc_auc)
+    meta = meta | {"git_commit": require_reproducible(args.repo)}
     print(f"deploy: model {meta['version']} passes the gate (test ROC-AUC "
-          f"{meta['test_metrics']['roc_auc']:.4f}, parity {meta['parity']['max_abs_diff']:.1e})")
+          f"{meta['test_metrics']['roc_auc']:.4f}, parity {meta['parity']['max_abs_diff']:.1e}, "
+          f"git {meta['git_commit']} clean and matching dvc.lock)")
     if args.check_only:
         return None
     fn = FunctionSettings(args.function, args.role, args.memory, args.timeout, args.alias)
     if args.image_uri:
         return deploy_image(args.image_uri, meta, fn, args.region)
     deps = args.deps_dir or ensure_dependencies(args.requirements, args.build_dir)
-    package = build_zip(deps, args.handler, args.model_dir, args.build_dir / "function.zip")
+    package = build_zip(deps, args.handler, args.model_dir, args.build_dir / "function.zip",
+                        git_commit=meta["git_commit"])
     print(f"deploy: {package.path} {package.zipped_bytes / MIB:.1f} MiB zipped, "
           f"{package.unzipped_bytes / MIB:.1f} MiB unzipped (limit {UNZIPPED_LIMIT / MIB:.0f} MiB)")
     if args.zip_only:

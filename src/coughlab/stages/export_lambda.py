@@ -10,6 +10,9 @@ P(positive) must equal the pipeline's (fetch -> combine -> featurize -> trained 
 within PARITY_TOLERANCE. Anything that makes the Lambda hear other numbers than training did
 (decoding, mixdown, resampling, sample format, features) fails the stage, so such a graph
 never becomes a DVC artifact.
+Its `provenance` (coughlab.provenance) names the data, params, features and model it was
+derived from; reports/model.json, committed in git, records the same under the model's
+version for `python -m coughlab.trace`.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from coughlab.digest import model_version
 from coughlab.config import QualityConfig, load_params
 from coughlab.export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from coughlab.model import MODEL_FILE, load_model, load_split, predict_proba
+from coughlab.provenance import RECORD, provenance, write_record
 
 MODEL_DIR = Path("build/model")
 METRICS = Path("reports/metrics.json")
@@ -37,6 +41,8 @@ FEATURES = Path("build/features")
 FETCHED = Path("build/fetched")
 HANDLER = Path("lambda/handler.py")
 OUT = Path("build/lambda")
+DATA_DIR = Path("data")
+PARAMS_FILE = Path("params.yaml")
 PARITY_TOLERANCE = 1e-4
 PARITY_CLIPS = 32
 
@@ -75,7 +81,10 @@ def handler_parity(handler, originals: dict[str, Path], expected: dict[str, floa
 
 
 def export_lambda(model_dir: Path, metrics_json: Path, combined: Path, features: Path,
-                  fetched: Path, handler_py: Path, quality: QualityConfig, out: Path) -> dict:
+                  fetched: Path, handler_py: Path, quality: QualityConfig, out: Path,
+                  data_dir: Path = DATA_DIR, params_file: Path = PARAMS_FILE,
+                  record: Path = RECORD) -> dict:
+    derived_from = provenance(data_dir, params_file, features, model_dir)
     net, audio = load_model(model_dir / MODEL_FILE)
     metrics = json.loads(metrics_json.read_text())
     manifest = pd.read_csv(combined / "manifest.csv", dtype={"subject_id": str})
@@ -99,6 +108,7 @@ def export_lambda(model_dir: Path, metrics_json: Path, combined: Path, features:
             "threshold": metrics["threshold"],
             "test_metrics": {k: metrics["test"][k] for k in ("roc_auc", "pr_auc", "sensitivity",
                                                               "specificity", "n")},
+            "provenance": derived_from,
         }
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         with lambda_handler(handler_py, tmp) as handler:
@@ -110,6 +120,7 @@ def export_lambda(model_dir: Path, metrics_json: Path, combined: Path, features:
                           "tolerance": PARITY_TOLERANCE,
                           "compared": "original files: lambda/handler.py vs the pipeline"}
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_record(record, meta["version"], derived_from)
     print(f"export-lambda: {out}/model.onnx version {meta['version']}, handler-vs-pipeline "
           f"parity {worst:.1e} on {len(originals)} original test files")
     return meta
@@ -120,13 +131,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", type=Path, default=MODEL_DIR)
     parser.add_argument("--metrics", type=Path, default=METRICS)
     parser.add_argument("--combined", type=Path, default=COMBINED)
-    parser.add_argument("--features", type=Path, default=FEATURES)
     parser.add_argument("--fetched", type=Path, default=FETCHED)
     parser.add_argument("--handler", type=Path, default=HANDLER)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--data", type=Path, default=DATA_DIR,
+                        help="the dvc-tracked data whose md5 (as in data.dvc) is recorded")
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    parser.add_argument("--features", type=Path, default=FEATURES,
+                        help="featurize's output whose md5 (as in dvc.lock) is recorded")
+    parser.add_argument("--record", type=Path, default=RECORD,
+                        help="git-tracked {version, provenance} that coughlab.trace searches")
     args = parser.parse_args(argv)
     export_lambda(args.model_dir, args.metrics, args.combined, args.features, args.fetched,
-                  args.handler, load_params().data.quality, args.out)
+                  args.handler, load_params().data.quality, args.out, args.data, args.params,
+                  args.record)
 
 
 if __name__ == "__main__":

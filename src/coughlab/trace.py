@@ -1,0 +1,129 @@
+"""From a live prediction's model_version back to the commit, data and params that made it.
+
+Each Lambda response names its `model_version`. Every export-lambda run records that version
+with its provenance in reports/model.json, which is committed in git beside dvc.lock. This
+searches the history of that file on HEAD and every branch, remote-tracking branch and tag
+of this clone (`git log -S<version>`), takes the first commit that records the version, and
+prints that commit, the data version (data/'s md5, as in data.dvc), the params train read, the
+DVC hashes of the features and the model, and how to get that exact model back:
+
+    git checkout <commit> && dvc pull build/lambda   # the exported files, from the DVC remote
+    git checkout <commit> && dvc repro               # or rebuild them from the data
+
+Exit status 1 and a message when the version is unknown here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from coughlab.digest import VERSION_CHARS
+from coughlab.provenance import RECORD
+
+VERSION_PATTERN = re.compile(rf"[0-9a-f]{{{VERSION_CHARS}}}")
+
+
+class TraceError(Exception):
+    """The version cannot be traced in this clone; the message says why and what to try."""
+
+
+@dataclass(frozen=True)
+class Trace:
+    commit: str
+    date: str
+    subject: str
+    record: dict
+
+
+def git(repo: Path, *args: str) -> str:
+    result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise TraceError(f"git {' '.join(args)} failed in {repo}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def candidate_commits(repo: Path, version: str) -> list[str]:
+    """Commits, oldest first, where the number of `version`s in the record changed."""
+    out = git(repo, "log", f"-S{version}", "--reverse", "--format=%H", "HEAD", "--branches",
+              "--remotes", "--tags", "--", f":(top){RECORD.as_posix()}")
+    return out.split()
+
+
+def record_at(repo: Path, commit: str) -> dict | None:
+    result = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:{RECORD.as_posix()}"],
+                            capture_output=True, text=True)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def not_found_hint(repo: Path) -> str:
+    shallow = git(repo, "rev-parse", "--is-shallow-repository").strip() == "true"
+    if shallow:
+        return "this clone is shallow: run `git fetch --unshallow` and try again"
+    return "run `git fetch --all --tags` if it may be on a branch this clone has not fetched"
+
+
+def trace(repo: Path, version: str) -> Trace:
+    """The first commit whose reports/model.json records `version`, with that record."""
+    if not VERSION_PATTERN.fullmatch(version):
+        raise TraceError(f"{version!r} is not a model version: expected {VERSION_CHARS} lowercase "
+                         "hex digits, as in a Lambda response's model_version")
+    git(repo, "rev-parse", "--git-dir")
+    for commit in candidate_commits(repo, version):
+        found = record_at(repo, commit)
+        if found and found.get("version") == version:
+            shown = git(repo, "show", "-s", "--format=%cI%x00%s", commit).rstrip("\n")
+            date, subject = shown.split("\0", 1)
+            return Trace(commit, date, subject, found)
+    raise TraceError(f"unknown model version {version}: no commit in this clone records it in "
+                     f"{RECORD} ({not_found_hint(repo)})")
+
+
+def report(found: Trace) -> str:
+    prov = found.record["provenance"]
+    params = yaml.safe_dump(prov["params"], sort_keys=False, default_flow_style=False).rstrip()
+    return "\n".join([
+        f"model version  {found.record['version']}",
+        f"commit         {found.commit}  {found.date}  {found.subject}",
+        f"data           data/ md5 {prov['data_md5']} (data.dvc), sources: "
+        f"{', '.join(prov['data_sources'])}",
+        f"features       build/features md5 {prov['features_md5']} (dvc.lock)",
+        f"trained model  build/model md5 {prov['model_md5']} (dvc.lock)",
+        "params (train):",
+        *(f"  {line}" for line in params.splitlines()),
+        "",
+        "this exact model:",
+        f"  git checkout {found.commit} && dvc pull build/lambda   # from the DVC remote",
+        f"  git checkout {found.commit} && dvc repro               # or rebuild from the data",
+    ])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m coughlab.trace", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_version", help=f"the {VERSION_CHARS}-hex-digit model_version a "
+                        "Lambda response (or build/lambda/model.json) names")
+    parser.add_argument("--repo", type=Path, default=Path("."),
+                        help="any directory of the git clone to search (default: here)")
+    parser.add_argument("--json", action="store_true",
+                        help="print {commit, date, subject, version, provenance} as JSON")
+    args = parser.parse_args(argv)
+    try:
+        found = trace(args.repo, args.model_version)
+    except TraceError as err:
+        sys.exit(f"trace: {err}")
+    if args.json:
+        print(json.dumps({"commit": found.commit, "date": found.date, "subject": found.subject,
+                          **found.record}, indent=2))
+    else:
+        print(report(found))
+
+
+if __name__ == "__main__":
+    main()
