@@ -163,7 +163,8 @@ def roc_auc(frame: pd.DataFrame, weights: np.ndarray | None = None) -> float | n
 
 def _per_channel(frame: pd.DataFrame, w: np.ndarray):
     """(channel, ROC-AUC, subjects) per channel; subjects counts each drawn subject once."""
-    channel, y, p = frame["channel"].astype(str).to_numpy(), frame["y"].to_numpy(), frame["p"].to_numpy()
+    channel = frame["channel"].astype(str).to_numpy()
+    y, p = frame["y"].to_numpy(), frame["p"].to_numpy()
     clips_of_subject = frame.groupby(
         [channel, frame["subject_id"].astype(str).to_numpy()])["y"].transform("size").to_numpy()
     for name in np.unique(channel):
@@ -171,7 +172,8 @@ def _per_channel(frame: pd.DataFrame, w: np.ndarray):
         yield name, weighted_auc(y[m], p[m], w[:, m]), (w[:, m] / clips_of_subject[m]).sum(axis=1)
 
 
-def within_channel_auc(frame: pd.DataFrame, weights: np.ndarray | None = None) -> float | np.ndarray:
+def within_channel_auc(frame: pd.DataFrame,
+                       weights: np.ndarray | None = None) -> float | np.ndarray:
     """Mean of the per-channel ROC-AUCs, each weighted by its number of subjects.
 
     The headline: the channel cannot help inside a channel. Channels with only one class have
@@ -198,7 +200,8 @@ def within_channel_breakdown(frame: pd.DataFrame) -> dict:
     return {"used": used, "skipped": skipped}
 
 
-def within_channel_margin(frame: pd.DataFrame, weights: np.ndarray | None = None) -> float | np.ndarray:
+def within_channel_margin(frame: pd.DataFrame,
+                          weights: np.ndarray | None = None) -> float | np.ndarray:
     """Model minus metadata baseline within-channel ROC-AUC, on the same clips (paired).
 
     The baseline counts as at least chance (0.5): one that scores below chance on test has
@@ -217,8 +220,9 @@ def channel_auc(frame: pd.DataFrame, weights: np.ndarray | None = None) -> float
     One-vs-rest ROC-AUC of p for each channel, folded (max(AUC, 1 - AUC): a score that is low
     on one channel leaks as much as one that is high), then the macro mean. nan with fewer than
     two channels. With weights the fold keeps the direction of the unweighted clips, so a
-    bootstrap CI is not pushed above 0.5 by folding every resample its own way. Call it within one label (`channel_leakage`): across labels a good model
-    separates channels whenever the channel predicts the label.
+    bootstrap CI is not pushed above 0.5 by folding every resample its own way. Call it within
+    one label (`channel_leakage`): across labels a good model separates channels whenever the
+    channel predicts the label.
     """
     require_columns(frame, "p", "channel")
     w = _weights(frame, weights)
@@ -314,7 +318,8 @@ def margin_warning(margin: dict) -> str | None:
     A CI that includes 0, or lies below it, means the test split cannot tell the model from
     one that only knows how each clip was recorded.
     """
-    value, low, high = (margin.get(f"within_channel_roc_auc{k}") for k in ("", "_ci_low", "_ci_high"))
+    key = "within_channel_roc_auc"
+    value, low, high = (margin.get(f"{key}{k}") for k in ("", "_ci_low", "_ci_high"))
     if value is None or low is None or high is None:
         return ("WARNING: the model's margin over the metadata-only baseline cannot be estimated "
                 "(no test channel has both classes); nothing shows the model hears coughs "
@@ -322,7 +327,7 @@ def margin_warning(margin: dict) -> str | None:
     if low <= 0:
         return (f"WARNING: within channels the model is not distinguishably better than a "
                 f"metadata-only baseline (source, channel, sample rate, channel count): margin "
-                f"{value:+.3f} ROC-AUC, 95% CI [{low:+.3f}, {high:+.3f}] does not exclude 0. It may have "
-                "learnt the recording channel rather than the cough; do not trust the overall "
-                "ROC-AUC.")
+                f"{value:+.3f} ROC-AUC, 95% CI [{low:+.3f}, {high:+.3f}] is not above 0. It may "
+                "have learnt the recording channel rather than the cough; do not trust the "
+                "overall ROC-AUC.")
     return None

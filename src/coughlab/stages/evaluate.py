@@ -46,8 +46,9 @@ BASELINE = ("Scores each clip with the train split's positive rate in its metada
             "(source x channel x original sample rate x channel count, smoothed towards the "
             "overall train rate). It never hears a cough.")
 MARGIN = ("Model minus metadata baseline within-channel test ROC-AUC, the baseline counted as "
-          "at least chance (0.5); paired: both scored on the same subject resamples. A CI that does not lie above 0 means the test split "
-          "cannot tell the model from one that only knows how each clip was recorded.")
+          "at least chance (0.5); paired: both scored on the same subject resamples. A CI that "
+          "does not lie above 0 means the test split cannot tell the model from one that only "
+          "knows how each clip was recorded.")
 LEAKAGE = ("ROC-AUC of the model's score for the recording channel among clips of one label "
            "(one-vs-rest macro for more than two channels, folded so 0.5 = no leakage and "
            "1.0 = the score identifies the channel).")
@@ -55,7 +56,8 @@ LEAKAGE = ("ROC-AUC of the model's score for the recording channel among clips o
 
 def with_channel(manifest: pd.DataFrame) -> pd.DataFrame:
     """Clips whose source gives no recording channel count as one channel per source."""
-    channel = manifest["channel"] if "channel" in manifest.columns else pd.Series(pd.NA, manifest.index)
+    channel = (manifest["channel"] if "channel" in manifest.columns
+               else pd.Series(pd.NA, index=manifest.index))
     missing = channel.isna()
     if missing.any():
         print(f"evaluate: {int(missing.sum())} clips have no channel; each source counts as one "
@@ -94,7 +96,8 @@ def confound_report(test: pd.DataFrame) -> dict:
     margin = {"definition": MARGIN, **ci(test, within_channel_margin, "within_channel_roc_auc")}
     warning = margin_warning(margin)
     return {
-        "headline": {"definition": HEADLINE, **ci(test, within_channel_auc, "within_channel_roc_auc"),
+        "headline": {"definition": HEADLINE,
+                     **ci(test, within_channel_auc, "within_channel_roc_auc"),
                      "channels": breakdown["used"], "skipped_channels": breakdown["skipped"]},
         "metadata_baseline": {
             "definition": BASELINE, "features": list(METADATA_COLUMNS), "fit_on": "train",
@@ -152,7 +155,8 @@ def roc_by_channel(test: pd.DataFrame) -> list[dict]:
             continue
         fpr, tpr, thr = skm.roc_curve(group["y"], group["p"])
         rows += [{"channel": str(channel), "point": i, "fpr": float(f), "tpr": float(t),
-                  "threshold": float(min(h, 1.0))} for i, (f, t, h) in enumerate(zip(fpr, tpr, thr))]
+                  "threshold": float(min(h, 1.0))}
+                 for i, (f, t, h) in enumerate(zip(fpr, tpr, thr))]
     return rows
 
 
