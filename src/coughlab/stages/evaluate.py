@@ -224,11 +224,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m coughlab.stages.evaluate", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR)
-    parser.add_argument("--features", type=Path, default=FEATURES)
-    parser.add_argument("--manifest", type=Path, default=MANIFEST)
-    parser.add_argument("--metrics", type=Path, default=METRICS)
-    parser.add_argument("--plots", type=Path, default=PLOTS)
+    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR,
+                        help="folder with the trained model.pt (default %(default)s)")
+    parser.add_argument("--features", type=Path, default=FEATURES,
+                        help="folder with {valid,test}.npz (default %(default)s)")
+    parser.add_argument("--manifest", type=Path, default=MANIFEST,
+                        help="combine's manifest: subjects, channels, formats, the train split "
+                        "for the metadata baseline (default %(default)s)")
+    parser.add_argument("--metrics", type=Path, default=METRICS,
+                        help="metrics JSON to write (or read, with --verdict; default %(default)s)")
+    parser.add_argument("--plots", type=Path, default=PLOTS,
+                        help="folder for the plot JSON files (default %(default)s)")
     parser.add_argument("--verdict", action="store_true",
                         help="only print the verdict stored in --metrics (headline, margin over "
                         "the metadata baseline and its WARNING if any), then exit")
