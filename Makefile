@@ -26,6 +26,9 @@ data: data/labels.csv  ## regenerate the embedded sample in data/ if it is missi
 repro: install data  ## run the whole pipeline (dvc repro) on the embedded default
 	dvc repro
 	@echo "Test metrics: reports/metrics.json (dvc metrics show); plots: dvc plots show"
+	@# Last, so it is what the user reads: the headline and a WARNING when the model does not
+	@# beat the metadata-only baseline within channels (printed even when evaluate was cached).
+	@$(PY) -m coughlab.stages.evaluate --verdict
 
 params: install  ## recompose params.yaml from conf/ after editing conf/ by hand
 	$(PY) -m coughlab.config

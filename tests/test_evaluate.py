@@ -33,3 +33,114 @@ def test_grouped_metrics_per_channel():
     out = grouped_metrics(frame, "channel", 0.5)
     assert out["a"]["roc_auc"] == 1.0 and out["b"]["roc_auc"] == 0.0
     json.dumps(out)  # serialisable for metrics.json
+
+
+def write_stage_inputs(root, score):
+    """Features and manifest for evaluate where the 'model' score is stored in the features.
+
+    Two channels, one recording format each; phone subjects are mostly positive, app subjects
+    mostly negative. `score(y, channel)` gives each clip's score.
+    """
+    features, rows = root / "features", []
+    features.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split in ("train", "valid", "test"):
+        paths, ys, xs = [], [], []
+        for channel, positives in (("phone", 16), ("app", 4)):
+            for s in range(20):
+                y = int(s < positives)
+                for clip in range(2):
+                    path = f"{split}/{channel}{s}_{clip}.wav"
+                    paths.append(path), ys.append(y)
+                    xs.append(score(y, channel) + 0.01 * rng.normal())
+                    rows.append({"path": path, "label": ("negative", "positive")[y],
+                                 "subject_id": f"{split}-{channel}{s}", "source": "src",
+                                 "channel": channel, "orig_sr": 8000 if channel == "phone" else 48000,
+                                 "orig_channels": 2 if channel == "phone" else 1, "split": split})
+        np.savez(features / f"{split}.npz", path=np.array(paths), y=np.array(ys, np.int8),
+                 x=np.array(xs, np.float32).reshape(-1, 1, 1, 1))
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+
+
+def run_evaluate(tmp_path, monkeypatch, score):
+    """The evaluate stage with a stand-in model whose P(positive) is the stored score."""
+    from coughlab.stages import evaluate as stage
+    write_stage_inputs(tmp_path, score)
+    monkeypatch.setattr(stage, "load_model", lambda path: (None, None))
+    monkeypatch.setattr(stage, "predict_proba", lambda net, x: x.reshape(-1).astype(np.float32))
+    stage.main(["--model-dir", str(tmp_path), "--features", str(tmp_path / "features"),
+                "--manifest", str(tmp_path / "manifest.csv"),
+                "--metrics", str(tmp_path / "metrics.json"), "--plots", str(tmp_path / "plots")])
+    text = (tmp_path / "metrics.json").read_text()
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json")), stage
+
+
+def test_a_model_that_learnt_the_channel_gets_the_warning(tmp_path, monkeypatch, capsys):
+    report, stage = run_evaluate(tmp_path, monkeypatch,
+                                 lambda y, channel: 0.8 if channel == "phone" else 0.2)
+    assert report["test"]["roc_auc"] > 0.75  # the overall figure looks good ...
+    assert report["headline"]["within_channel_roc_auc"] == pytest.approx(0.5, abs=0.1)  # ... it isn't
+    assert report["channel_leakage"]["negative"]["roc_auc"] == 1.0
+    assert report["channel_leakage"]["positive"]["roc_auc"] == 1.0
+    assert report["margin"]["ci_above_zero"] is False
+    assert "WARNING" in report["margin"]["warning"]
+    assert "WARNING" in capsys.readouterr().out
+    # make repro's last step prints it again from metrics.json, even if evaluate was cached.
+    stage.main(["--verdict", "--metrics", str(tmp_path / "metrics.json")])
+    assert capsys.readouterr().out.splitlines()[-1] == report["margin"]["warning"]
+
+
+def test_a_model_that_hears_the_label_gets_no_warning(tmp_path, monkeypatch, capsys):
+    report, stage = run_evaluate(tmp_path, monkeypatch, lambda y, channel: 0.2 + 0.6 * y)
+    assert report["headline"]["within_channel_roc_auc"] == 1.0
+    assert report["headline"]["skipped_channels"] == {}
+    assert report["metadata_baseline"]["within_channel_roc_auc"] == 0.5  # one format per channel
+    assert report["margin"]["within_channel_roc_auc_ci_low"] > 0
+    assert report["margin"]["warning"] is None
+    assert report["channel_leakage"]["negative"]["roc_auc"] < 0.8
+    assert "WARNING" not in capsys.readouterr().out
+    stage.main(["--verdict", "--metrics", str(tmp_path / "metrics.json")])
+    assert "WARNING" not in capsys.readouterr().out
+
+
+def test_metrics_json_keeps_what_consumers_read_and_states_the_operating_point(tmp_path, monkeypatch):
+    report, _ = run_evaluate(tmp_path, monkeypatch, lambda y, channel: 0.3 + 0.4 * y)
+    # export_lambda and deploy read these.
+    assert 0 < report["threshold"] < 1
+    assert {"roc_auc", "pr_auc", "sensitivity", "specificity", "n"} <= set(report["test"])
+    assert "Platt" in report["operating_point"]["definition"]
+    assert report["operating_point"]["fit_on"] == "valid"
+    for group in (*report["test_by_channel"].values(), *report["test_by_source"].values()):
+        assert group["roc_auc_ci_low"] <= group["roc_auc"] <= group["roc_auc_ci_high"]
+    assert report["bootstrap"] == {"unit": "subject", "resamples": 1000, "seed": 0,
+                                   "level": 0.95, "test_subjects": 40}
+    by_channel = json.loads((tmp_path / "plots" / "roc_by_channel.json").read_text())
+    assert {r["channel"] for r in by_channel} == {"phone", "app"}
+    auc_ci = json.loads((tmp_path / "plots" / "auc_ci.json").read_text())
+    headline = next(r for r in auc_ci if r["figure"] == "model, within-channel (headline)")
+    assert headline["roc_auc"] == report["headline"]["within_channel_roc_auc"]
+
+
+def test_verdict_of_metrics_from_before_the_confound_figures_is_a_clear_error(tmp_path):
+    from coughlab.stages import evaluate as stage
+    (tmp_path / "metrics.json").write_text(json.dumps({"threshold": 0.5, "test": {}}))
+    with pytest.raises(SystemExit, match="re-run evaluate"):
+        stage.main(["--verdict", "--metrics", str(tmp_path / "metrics.json")])
+
+
+def test_clips_without_a_channel_count_one_channel_per_source():
+    from coughlab.stages.evaluate import with_channel
+    manifest = pd.DataFrame({"source": ["coughvid", "virufy", "local"],
+                             "channel": ["app", None, None]})
+    assert with_channel(manifest)["channel"].tolist() == ["app", "virufy", "local"]
+    assert with_channel(manifest.drop(columns="channel"))["channel"].tolist() == \
+        ["coughvid", "virufy", "local"]
+
+
+def test_make_repro_ends_with_the_verdict():
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    dry = subprocess.run(["make", "-n", "repro", "STAMP=/dev/null", "VENV=.venv"], cwd=root,
+                         capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    assert dry[-1].endswith("-m coughlab.stages.evaluate --verdict")

@@ -67,6 +67,55 @@ def test_report_lists_changed_metrics_params_and_plots(two_commit_repo, capsys):
     unchanged = {"test.f1", "train.epochs"}
     assert not [row for row in rows if unchanged & set(row)]
     assert "pr-report.md" in capsys.readouterr().out
+    # This metrics.json predates the confound figures: the report says so rather than failing.
+    assert "has no within-channel figures" in markdown
+
+
+CONFOUNDED = {
+    "threshold": 0.42,
+    "operating_point": {"definition": "Platt calibration fit on the valid split."},
+    "test": {"roc_auc": 0.81, "roc_auc_ci_low": 0.74, "roc_auc_ci_high": 0.87},
+    "test_by_channel": {"call-center": {"roc_auc": 0.66, "roc_auc_ci_low": 0.55,
+                                        "roc_auc_ci_high": 0.76}},
+    "headline": {"within_channel_roc_auc": 0.64, "within_channel_roc_auc_ci_low": 0.55,
+                 "within_channel_roc_auc_ci_high": 0.72,
+                 "skipped_channels": {"hospital": "only negative clips, no ROC-AUC"}},
+    "metadata_baseline": {"within_channel_roc_auc": 0.6, "within_channel_roc_auc_ci_low": 0.52,
+                          "within_channel_roc_auc_ci_high": 0.68},
+    "margin": {"within_channel_roc_auc": 0.04, "within_channel_roc_auc_ci_low": -0.05,
+               "within_channel_roc_auc_ci_high": 0.13, "warning": "WARNING: not above 0."},
+    "channel_leakage": {"definition": "...",
+                        "negative": {"roc_auc": 0.97, "roc_auc_ci_low": 0.94,
+                                     "roc_auc_ci_high": 0.99},
+                        "positive": {"roc_auc": None, "roc_auc_ci_low": None,
+                                     "roc_auc_ci_high": None}},
+}
+
+
+def test_report_shows_headline_margin_leakage_and_the_warning():
+    markdown = report.confound_section(CONFOUNDED)
+    rows = table_rows(markdown)
+    assert ["**within-channel ROC-AUC (headline)**", "0.640", "[0.550, 0.720]"] in rows
+    assert ["ROC-AUC, channel call-center", "0.660", "[0.550, 0.760]"] in rows
+    assert [r for r in rows if r[0].startswith("**margin")] == [
+        [rows[-3][0], "+0.040", "[-0.050, +0.130]"]]
+    assert ["channel leakage within negative (0.5 = none)", "0.970", "[0.940, 0.990]"] in rows
+    assert ["channel leakage within positive (0.5 = none)", "n/a", "n/a"] in rows
+    assert "> **WARNING: not above 0.**" in markdown
+    assert "hospital (only negative clips, no ROC-AUC)" in markdown
+    assert "Threshold 0.420: Platt calibration" in markdown
+
+
+def test_report_says_when_the_margin_is_clear():
+    clear = {**CONFOUNDED, "margin": {**CONFOUNDED["margin"], "warning": None}}
+    assert "WARNING" not in report.confound_section(clear)
+    assert "CI lies above 0" in report.confound_section(clear)
+
+
+def test_missing_metrics_is_a_clear_error(two_commit_repo):
+    (two_commit_repo / "reports" / "metrics.json").unlink()
+    with pytest.raises(SystemExit, match="reports/metrics.json not found"):
+        report.main(["--base", "main", "--repo", str(two_commit_repo)])
 
 
 def test_unknown_base_revision_is_a_clear_error(two_commit_repo):

@@ -1,5 +1,9 @@
 """Markdown report of what the workspace changes against a base revision: metrics, params, plots.
 
+It opens with the workspace's confound check from reports/metrics.json: the within-channel
+ROC-AUC headline, the margin over the metadata-only baseline with its CI, channel leakage, and
+the warning when the margin's CI does not lie above 0.
+
 CI posts it as a pull-request comment (.github/workflows/pr.yml, after `dvc repro`). The
 metric and parameter tables are `dvc metrics diff --md` and `dvc params diff --md` as DVC
 prints them. A comment cannot hold DVC's interactive plots, so the plots section says which
@@ -17,6 +21,7 @@ from pathlib import Path
 from coughlab.atomic import atomic_write_text
 
 OUT = Path("build/pr-report.md")
+METRICS = Path("reports/metrics.json")
 WORKSPACE = "workspace"  # DVC's name for the files on disk
 
 
@@ -85,14 +90,58 @@ def plots_table(changes: list[tuple[str, int, int, str]], base: str) -> str:
     return "\n".join(lines)
 
 
+def figure_row(name: str, d: dict, key: str, sign: str = "") -> str:
+    value, low, high = d.get(key), d.get(f"{key}_ci_low"), d.get(f"{key}_ci_high")
+    shown = "n/a" if value is None else f"{value:{sign}.3f}"
+    bounds = "n/a" if low is None or high is None else f"[{low:{sign}.3f}, {high:{sign}.3f}]"
+    return f"| {name} | {shown} | {bounds} |"
+
+
+def confound_section(metrics: dict) -> str:
+    """The figures that say whether the model hears coughs or the recording channel."""
+    if "margin" not in metrics:
+        return "_reports/metrics.json has no within-channel figures; re-run `dvc repro evaluate`._"
+    head, base, margin = metrics["headline"], metrics["metadata_baseline"], metrics["margin"]
+    leakage = metrics["channel_leakage"]
+    lines = ["| Test figure | Value | 95% CI (subjects resampled) |", "|---|---|---|",
+             figure_row("**within-channel ROC-AUC (headline)**", head, "within_channel_roc_auc"),
+             figure_row("overall ROC-AUC", metrics["test"], "roc_auc")]
+    lines += [figure_row(f"ROC-AUC, channel {c}", m, "roc_auc")
+              for c, m in metrics.get("test_by_channel", {}).items()]
+    lines += [figure_row("metadata-only baseline, within-channel ROC-AUC", base,
+                         "within_channel_roc_auc"),
+              figure_row("**margin over the baseline** (within-channel ROC-AUC; the baseline "
+                         "counted as at least 0.5)", margin, "within_channel_roc_auc", "+")]
+    lines += [figure_row(f"channel leakage within {label} (0.5 = none)", leakage[label], "roc_auc")
+              for label in leakage if isinstance(leakage[label], dict)]
+    skipped = head.get("skipped_channels") or {}
+    notes = ["Channels left out of the headline: "
+             + "; ".join(f"{c} ({why})" for c, why in skipped.items())] if skipped else []
+    notes.append(f"Threshold {metrics['threshold']:.3f}: "
+                 + metrics.get("operating_point", {}).get("definition", "chosen on valid."))
+    verdict = (f"> **{margin['warning']}**" if margin.get("warning") else
+               "The margin's CI lies above 0: within channels the model beats what the "
+               "recording metadata alone gives away.")
+    return "\n".join(lines) + "\n\n" + "\n\n".join([verdict, *notes])
+
+
+def workspace_metrics(repo: Path) -> dict:
+    path = repo / METRICS
+    if not path.is_file():
+        raise ReportError(f"{METRICS} not found in {repo}; run `dvc repro` first")
+    return json.loads(path.read_text())
+
+
 def render_report(repo: Path, base: str) -> str:
     base_commit = short_commit(repo, base)
     head_commit = short_commit(repo, "HEAD")
+    current = workspace_metrics(repo)
     metrics = dvc(repo, "metrics", "diff", base, "--md")
     params = dvc(repo, "params", "diff", base, "--md")
     plots = plots_changes(repo, base)
     return "\n\n".join([
         f"## coughlab: {WORKSPACE} (HEAD {head_commit}) vs {base} ({base_commit})",
+        "### Does it hear coughs or the recording channel?", confound_section(current),
         "### Metrics", table_or(metrics, "No metric changed."),
         "### Params", table_or(params, "No parameter changed."),
         "### Plots", plots_table(plots, base),

@@ -1,14 +1,23 @@
-"""Stage evaluate: test-split metrics at a threshold chosen on valid, plus plots for `dvc plots`.
+"""Stage evaluate: test-split metrics that a recording-channel confound cannot hide, plus plots.
 
-Writes reports/metrics.json (ROC-AUC, PR-AUC, sensitivity, specificity, balanced accuracy,
-F1, confusion counts; overall and per source and per channel when the manifest has them) and
-reports/plots/{roc,pr,confusion}.json. Per-channel figures are what keeps us honest: a model
-that learnt the phone line instead of the cough looks good overall and bad within a channel.
+A model that learnt the phone line instead of the cough looks good overall, because in
+crowd-sourced cough sets the channel predicts the label. So reports/metrics.json leads with
+the within-channel ROC-AUC (subject-weighted mean of the per-channel AUCs) and sets beside it:
+overall, per source and per channel figures; a metadata-only baseline (source, channel,
+original sample rate and channel count; fit on train) and the model's paired margin over it;
+channel leakage (how well the score tells channels apart within each label); and a 95 %
+bootstrap CI that resamples test subjects for every AUC. The threshold is the balanced-prior
+operating point of a Platt calibration fit on valid (see coughlab.metrics.OPERATING_POINT).
+
+Plots for `dvc plots`: reports/plots/{roc,pr,confusion,roc_by_channel,auc_ci}.json.
+`--verdict` prints the stored verdict again (the last step of `make repro`): a WARNING when
+the margin's CI does not lie above 0.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +25,11 @@ from sklearn import metrics as skm
 
 from coughlab import LABELS
 from coughlab.atomic import atomic_write_text
-from coughlab.metrics import binary_metrics, grouped_metrics, youden_threshold
+from coughlab.metrics import (METADATA_COLUMNS, OPERATING_POINT, binary_metrics, channel_auc,
+                              choose_threshold, grouped_metrics, margin_warning,
+                              metadata_baseline_scores, platt_calibration, roc_auc,
+                              within_channel_auc, within_channel_breakdown, within_channel_margin,
+                              with_ci)
 from coughlab.model import MODEL_FILE, load_model, load_split, predict_proba
 
 MODEL_DIR = Path("build/model")
@@ -24,13 +37,100 @@ FEATURES = Path("build/features")
 MANIFEST = Path("build/combined/manifest.csv")
 METRICS = Path("reports/metrics.json")
 PLOTS = Path("reports/plots")
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0  # fixed: the CI moves only when the scores do
+
+HEADLINE = ("Test ROC-AUC within each recording channel, averaged over channels weighted by "
+            "their number of subjects; channels with one class only are skipped.")
+BASELINE = ("Scores each clip with the train split's positive rate in its metadata cell "
+            "(source x channel x original sample rate x channel count, smoothed towards the "
+            "overall train rate). It never hears a cough.")
+MARGIN = ("Model minus metadata baseline within-channel test ROC-AUC, the baseline counted as "
+          "at least chance (0.5); paired: both scored on the same subject resamples. A CI that "
+          "does not lie above 0 means the test split cannot tell the model from one that only "
+          "knows how each clip was recorded.")
+LEAKAGE = ("ROC-AUC of the model's score for the recording channel among clips of one label "
+           "(one-vs-rest macro for more than two channels, folded so 0.5 = no leakage and "
+           "1.0 = the score identifies the channel).")
+
+
+def with_channel(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Clips whose source gives no recording channel count as one channel per source."""
+    channel = (manifest["channel"] if "channel" in manifest.columns
+               else pd.Series(pd.NA, index=manifest.index))
+    missing = channel.isna()
+    if missing.any():
+        print(f"evaluate: {int(missing.sum())} clips have no channel; each source counts as one "
+              "channel for them")
+    return manifest.assign(channel=channel.astype(object).where(~missing, manifest["source"]))
 
 
 def scored_split(net, features: Path, manifest: pd.DataFrame, split: str) -> pd.DataFrame:
+    """One row per clip of `split`: y, p (the model), and the manifest's columns by path."""
     data = load_split(features, split)
     frame = pd.DataFrame({"path": data["path"], "y": data["y"].astype(int),
                           "p": predict_proba(net, data["x"])})
-    return frame.merge(manifest.drop(columns=["label", "split"]), on="path", how="left")
+    return frame.merge(manifest.drop(columns=["label", "split"]), on="path", how="left",
+                       validate="one_to_one")
+
+
+def ci(frame: pd.DataFrame, statistic, key: str = "roc_auc") -> dict:
+    return with_ci(frame, statistic, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, key)
+
+
+def by_group_with_ci(frame: pd.DataFrame, column: str, threshold: float) -> dict:
+    """`grouped_metrics` per source or channel, each with its subjects and ROC-AUC CI."""
+    out = grouped_metrics(frame, column, threshold)
+    for value, group in frame.groupby(column):
+        bounds = ci(group, roc_auc)
+        out[str(value)].update(subjects=int(group["subject_id"].nunique()),
+                               roc_auc_ci_low=bounds["roc_auc_ci_low"],
+                               roc_auc_ci_high=bounds["roc_auc_ci_high"])
+    return out
+
+
+def confound_report(test: pd.DataFrame) -> dict:
+    """Headline, metadata baseline, margin and leakage on the test split, each with its CI."""
+    baseline = test.assign(p=test["baseline"])
+    breakdown = within_channel_breakdown(test)
+    margin = {"definition": MARGIN, **ci(test, within_channel_margin, "within_channel_roc_auc")}
+    warning = margin_warning(margin)
+    return {
+        "headline": {"definition": HEADLINE,
+                     **ci(test, within_channel_auc, "within_channel_roc_auc"),
+                     "channels": breakdown["used"], "skipped_channels": breakdown["skipped"]},
+        "metadata_baseline": {
+            "definition": BASELINE, "features": list(METADATA_COLUMNS), "fit_on": "train",
+            **ci(baseline, within_channel_auc, "within_channel_roc_auc"), **ci(baseline, roc_auc),
+            "by_channel": {str(c): ci(g, roc_auc) for c, g in baseline.groupby("channel")}},
+        "margin": {**margin, "ci_above_zero": warning is None, "warning": warning},
+        "channel_leakage": {"definition": LEAKAGE,
+                            **{name: ci(test[test["y"] == k], channel_auc)
+                               for k, name in enumerate(LABELS)}},
+        "bootstrap": {"unit": "subject", "resamples": BOOTSTRAP_RESAMPLES,
+                      "seed": BOOTSTRAP_SEED, "level": 0.95,
+                      "test_subjects": int(test["subject_id"].nunique())},
+    }
+
+
+def auc_ci_rows(report: dict) -> list[dict]:
+    """The AUCs with their CIs as plot rows: what the model, the baseline and the leakage show."""
+    def row(kind, figure, d, key="roc_auc"):
+        return {"kind": kind, "figure": figure, "roc_auc": d[key],
+                "ci_low": d[f"{key}_ci_low"], "ci_high": d[f"{key}_ci_high"]}
+    model, base = "model: label", "metadata baseline: label"
+    leak = "model: channel leakage (0.5 = none)"
+    rows = [row(model, "model, within-channel (headline)", report["headline"],
+                "within_channel_roc_auc"),
+            row(model, "model, overall", report["test"])]
+    rows += [row(model, f"model, source {s}", m) for s, m in report["test_by_source"].items()]
+    rows += [row(model, f"model, channel {c}", m) for c, m in report["test_by_channel"].items()]
+    rows += [row(base, "baseline, within-channel", report["metadata_baseline"],
+                 "within_channel_roc_auc"),
+             row(base, "baseline, overall", report["metadata_baseline"])]
+    rows += [row(leak, f"leakage within {name}", report["channel_leakage"][name])
+             for name in LABELS]
+    return [r for r in rows if r["roc_auc"] is not None]
 
 
 def curves(test: pd.DataFrame, threshold: float) -> dict[str, list[dict]]:
@@ -43,42 +143,105 @@ def curves(test: pd.DataFrame, threshold: float) -> dict[str, list[dict]]:
                for r, p, h in zip(recall[:-1], precision[:-1], pr_thr)],
         "confusion": [{"actual": LABELS[a], "predicted": LABELS[int(p >= threshold)]}
                       for a, p in zip(test["y"], test["p"])],
+        "roc_by_channel": roc_by_channel(test),
     }
+
+
+def roc_by_channel(test: pd.DataFrame) -> list[dict]:
+    """ROC points of every channel with both classes, in curve order (`point`)."""
+    rows = []
+    for channel, group in test.groupby("channel"):
+        if group["y"].nunique() < 2:
+            continue
+        fpr, tpr, thr = skm.roc_curve(group["y"], group["p"])
+        rows += [{"channel": str(channel), "point": i, "fpr": float(f), "tpr": float(t),
+                  "threshold": float(min(h, 1.0))}
+                 for i, (f, t, h) in enumerate(zip(fpr, tpr, thr))]
+    return rows
+
+
+def verdict_lines(report: dict) -> list[str]:
+    """The headline and margin in one line, then the warning if there is one."""
+    h, m = report["headline"], report["margin"]
+
+    def fig(d, key, sign=""):
+        if d[key] is None:
+            return "n/a"
+        bounds = ("" if d[f"{key}_ci_low"] is None else
+                  f" [{d[f'{key}_ci_low']:{sign}.3f}, {d[f'{key}_ci_high']:{sign}.3f}]")
+        return f"{d[key]:{sign}.3f}{bounds}"
+    lines = [f"evaluate: within-channel ROC-AUC {fig(h, 'within_channel_roc_auc')}, margin over "
+             f"the metadata-only baseline {fig(m, 'within_channel_roc_auc', '+')} (95% CIs, "
+             f"subjects resampled)"]
+    if m["warning"]:
+        lines.append(m["warning"])
+    return lines
 
 
 def evaluate(model_dir: Path, features: Path, manifest_csv: Path, metrics_out: Path,
              plots_out: Path) -> dict:
     net, _ = load_model(model_dir / MODEL_FILE)
-    manifest = pd.read_csv(manifest_csv, dtype={"subject_id": str})
+    manifest = with_channel(pd.read_csv(manifest_csv, dtype={"subject_id": str}))
+    manifest["baseline"] = metadata_baseline_scores(manifest)
     valid = scored_split(net, features, manifest, "valid")
     test = scored_split(net, features, manifest, "test")
-    threshold = youden_threshold(valid["y"].to_numpy(), valid["p"].to_numpy())
+    slope, intercept = platt_calibration(valid["y"].to_numpy(), valid["p"].to_numpy())
+    threshold = choose_threshold(valid["y"].to_numpy(), valid["p"].to_numpy())
     report = {
         "threshold": threshold,
-        "test": binary_metrics(test["y"], test["p"], threshold),
+        "operating_point": {"definition": OPERATING_POINT, "fit_on": "valid",
+                            "calibration_slope": slope, "calibration_intercept": intercept},
+        "test": {**binary_metrics(test["y"], test["p"], threshold),
+                 **{k: v for k, v in ci(test, roc_auc).items() if k != "roc_auc"}},
         "valid": binary_metrics(valid["y"], valid["p"], threshold),
+        "test_by_source": by_group_with_ci(test, "source", threshold),
+        "test_by_channel": by_group_with_ci(test, "channel", threshold),
+        **confound_report(test),
     }
-    for column in ("source", "channel"):
-        if column in test.columns and test[column].notna().all():
-            report[f"test_by_{column}"] = grouped_metrics(test, column, threshold)
+    plots = {**curves(test, threshold), "auc_ci": auc_ci_rows(report)}
     atomic_write_text(metrics_out, json.dumps(report, indent=2) + "\n")
     plots_out.mkdir(parents=True, exist_ok=True)
-    for name, rows in curves(test, threshold).items():
+    for name, rows in plots.items():
         atomic_write_text(plots_out / f"{name}.json", json.dumps(rows) + "\n")
     t = report["test"]
     print(f"evaluate: test ROC-AUC {t['roc_auc']:.3f}  PR-AUC {t['pr_auc']:.3f}  "
           f"sens {t['sensitivity']:.3f}  spec {t['specificity']:.3f}  at threshold {threshold:.3f}")
+    print("\n".join(verdict_lines(report)))
     return report
 
 
+def print_verdict(metrics_json: Path) -> None:
+    """Print the verdict evaluate stored, so `make repro` ends with it even when evaluate was
+    up to date and did not run."""
+    report = json.loads(metrics_json.read_text())
+    if "margin" not in report:
+        sys.exit(f"{metrics_json} has no margin over the metadata baseline; "
+                 "re-run evaluate (dvc repro evaluate)")
+    print("\n".join(verdict_lines(report)))
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR)
-    parser.add_argument("--features", type=Path, default=FEATURES)
-    parser.add_argument("--manifest", type=Path, default=MANIFEST)
-    parser.add_argument("--metrics", type=Path, default=METRICS)
-    parser.add_argument("--plots", type=Path, default=PLOTS)
+    parser = argparse.ArgumentParser(
+        prog="python -m coughlab.stages.evaluate", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR,
+                        help="folder with the trained model.pt (default %(default)s)")
+    parser.add_argument("--features", type=Path, default=FEATURES,
+                        help="folder with {valid,test}.npz (default %(default)s)")
+    parser.add_argument("--manifest", type=Path, default=MANIFEST,
+                        help="combine's manifest: subjects, channels, formats, the train split "
+                        "for the metadata baseline (default %(default)s)")
+    parser.add_argument("--metrics", type=Path, default=METRICS,
+                        help="metrics JSON to write (or read, with --verdict; default %(default)s)")
+    parser.add_argument("--plots", type=Path, default=PLOTS,
+                        help="folder for the plot JSON files (default %(default)s)")
+    parser.add_argument("--verdict", action="store_true",
+                        help="only print the verdict stored in --metrics (headline, margin over "
+                        "the metadata baseline and its WARNING if any), then exit")
     args = parser.parse_args(argv)
+    if args.verdict:
+        print_verdict(args.metrics)
+        return
     evaluate(args.model_dir, args.features, args.manifest, args.metrics, args.plots)
 
 
