@@ -4,14 +4,14 @@
 #   docker build -f docker/lambda.Dockerfile -t coughlab-lambda .
 #   docker tag/push to ECR, then
 #   python -m coughlab.deploy --image-uri <account>.dkr.ecr.<region>.amazonaws.com/coughlab:<tag>
-# docker/lambda.Dockerfile.dockerignore keeps the build context to the four files used.
+# docker/lambda.Dockerfile.dockerignore keeps the build context to the files used.
 FROM public.ecr.aws/lambda/python:3.12
 
 COPY lambda/requirements.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir --no-compile -r /tmp/requirements.txt --target "${LAMBDA_TASK_ROOT}" \
     && rm /tmp/requirements.txt
 
-COPY lambda/handler.py ${LAMBDA_TASK_ROOT}/
+COPY lambda/handler.py lambda/page.html ${LAMBDA_TASK_ROOT}/
 COPY build/lambda/model.onnx build/lambda/model.json ${LAMBDA_TASK_ROOT}/model/
 
 CMD ["handler.handler"]
