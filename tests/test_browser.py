@@ -155,7 +155,6 @@ def test_page_shows_the_handlers_answer_for_the_recording(playwright, handler, c
     assert shown["label"].lower().startswith(answer["label"])
     assert shown["threshold"] == f"{answer['threshold'] * 100:.1f} %"
     assert shown["model-version"] == answer["model_version"]
-    assert 2.0 <= answer["seconds"] <= 5.0  # about the 3 s recorded
 
 
 def test_get_serves_the_page_with_a_strict_csp(handler):
