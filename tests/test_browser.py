@@ -36,8 +36,7 @@ if not CHROMIUM.exists():
                     pytrace=False)
     pytest.skip(f"{CHROMIUM} not installed (`make install` installs it)", allow_module_level=True)
 
-sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-expect = pytest.importorskip("playwright.sync_api").expect
+from playwright.sync_api import expect, sync_playwright  # noqa: E402 - after the skip
 
 
 def load_handler(model_dir: Path, **env: str):
@@ -46,7 +45,7 @@ def load_handler(model_dir: Path, **env: str):
         mp.setenv("MODEL_DIR", str(model_dir))
         for key, value in env.items():
             mp.setenv(key, value)
-        spec = importlib.util.spec_from_file_location(f"browser_handler_{len(env)}", HANDLER)
+        spec = importlib.util.spec_from_file_location("browser_handler_" + "_".join(env), HANDLER)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     return module
@@ -108,6 +107,9 @@ def open_page(playwright, url: str, mic: Path, grant_microphone: bool = True):
     browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
     page = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
                                is_mobile=True, has_touch=True).new_page()
+    page.fetched, page.console_errors = [], []  # from the first request on
+    page.on("request", lambda r: page.fetched.append(r.url))
+    page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
     page.goto(url)
     return browser, page
 
@@ -131,8 +133,6 @@ def replay(handler, post) -> dict:
 def test_page_shows_the_handlers_answer_for_the_recording(playwright, handler, cough_wav):
     with FunctionUrl(handler.handler) as url:
         browser, page = open_page(playwright, url.url, cough_wav)
-        outside = []
-        page.on("request", lambda r: r.url.startswith(url.url) or outside.append(r.url))
         record(page, seconds=3)
         expect(page.locator("#result")).to_be_visible(timeout=30_000)
         drawn = page.evaluate("""() => { const c = document.getElementById('wave');
@@ -143,7 +143,10 @@ def test_page_shows_the_handlers_answer_for_the_recording(playwright, handler, c
 
     (get, post), = [url.requests]
     assert get.method == "GET" and get.status == 200
-    assert outside == []  # one self-contained page: nothing fetched from anywhere else
+    # One self-contained page: nothing fetched from anywhere else, and its CSP blocks none of
+    # its own inline script and style (a blocked one is a console error).
+    assert page.fetched == [url.url, url.url]  # GET the page, POST the recording
+    assert page.console_errors == []
     assert drawn, "the waveform canvas stayed blank while recording"
     # The browser's own format, passed through untouched: webm/opus as Chromium records it.
     assert post.headers["content-type"] == "audio/webm;codecs=opus"
