@@ -3,6 +3,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # Stage commands in dvc.yaml call `python`; this makes it the project's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
@@ -16,7 +18,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,aws]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-install: $(STAMP)  ## create .venv and install coughlab with the dev and aws extras
+install: $(STAMP) $(CHROMIUM)  ## create .venv, install coughlab with the dev and aws extras, and chromium
+
+# tests/test_browser.py drives Debian's chromium through Playwright (no Playwright browser
+# download needed); installed only when absent.
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "no apt-get here: install Chromium as $(CHROMIUM), or tests/test_browser.py skips"; fi
 
 data/labels.csv: | $(STAMP)
 	$(PY) -m coughlab.sample data

@@ -22,7 +22,7 @@ COPY lambda/requirements.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir --no-compile -r /tmp/requirements.txt --target "${LAMBDA_TASK_ROOT}" \
     && rm /tmp/requirements.txt
 
-COPY lambda/handler.py ${LAMBDA_TASK_ROOT}/
+COPY lambda/handler.py lambda/page.html ${LAMBDA_TASK_ROOT}/
 COPY build/lambda/model.onnx build/lambda/model.json ${LAMBDA_TASK_ROOT}/model/
 
 CMD ["handler.handler"]

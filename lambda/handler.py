@@ -3,6 +3,8 @@
 Needs only onnxruntime, numpy and soundfile (plus boto3, which the Lambda runtime has, for S3
 events). Two kinds of event:
 
+- Function URL / API Gateway GET: the recording page (`page.html`, next to this file): record a
+  cough in the browser, POST it here, see the answer.
 - Function URL / API Gateway POST. Body: the audio file itself (base64, as API Gateway
   delivers binary bodies) or JSON `{"audio": "<base64 of the file>"}`.
   Reply: 200 `{"p_positive": 0.83, "label": "positive", "threshold": 0.5, ...}`; bad input gets
@@ -16,11 +18,13 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import io
 import json
 import logging
 import math
 import os
+import re
 import urllib.parse
 from pathlib import Path
 
@@ -31,6 +35,7 @@ log = logging.getLogger()
 log.setLevel(logging.INFO)
 
 MODEL_DIR = Path(os.environ.get("MODEL_DIR", Path(__file__).resolve().parent / "model"))
+PAGE = Path(__file__).resolve().parent / "page.html"
 MAX_AUDIO_BYTES = int(os.environ.get("MAX_AUDIO_BYTES", 10 * 1024 * 1024))
 MAX_AUDIO_SECONDS = float(os.environ.get("MAX_AUDIO_SECONDS", 120))
 
@@ -171,7 +176,40 @@ def respond(status: int, payload: dict) -> dict:
             "body": json.dumps(payload)}
 
 
+def request_method(event) -> str | None:
+    """HTTP method of a Function URL (payload 2.0) or API Gateway (REST) event, else None."""
+    if not isinstance(event, dict):
+        return None
+    http = (event.get("requestContext") or {}).get("http") or {}
+    return http.get("method") or event.get("httpMethod")
+
+
+@functools.cache
+def recording_page() -> dict:
+    """The recording page, read once per container, with a CSP that runs only its own code.
+
+    The CSP names the sha256 of each inline <script>/<style> block: nothing else can run or
+    style the page, and it can only talk to its own origin.
+    """
+    html = PAGE.read_text(encoding="utf-8")
+
+    def sources(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)
+        return " ".join("'sha256-%s'" % base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()
+                        for b in blocks)
+
+    csp = (f"default-src 'none'; script-src {sources('script')}; style-src {sources('style')}; "
+           "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+           "frame-ancestors 'none'")
+    return {"statusCode": 200, "body": html, "headers": {
+        "Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": csp,
+        "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache"}}
+
+
 def handler(event, context=None):
+    if request_method(event) == "GET":
+        return recording_page()
     try:
         if not isinstance(event, dict):
             raise RequestError(400, "invalid_event", "the event must be a JSON object")

@@ -166,10 +166,10 @@ def test_zip_layout_is_lambda_ready_and_reproducible(tmp_path):
     with zipfile.ZipFile(first.path) as zf:
         names = set(zf.namelist())
         core_mode = zf.getinfo("fakenp/_core.so").external_attr >> 16
-    assert names == {"handler.py", "model/model.json", "model/model.onnx", "fakenp/__init__.py",
+    assert names == {"handler.py", "page.html", "model/model.json", "model/model.onnx", "fakenp/__init__.py",
                      "fakenp/_core.so", "fakenp-1.0.dist-info/METADATA"}
     assert core_mode & 0o777 == 0o755
-    shipped = [HANDLER, model_dir / "model.json", model_dir / "model.onnx",
+    shipped = [HANDLER, HANDLER.parent / "page.html", model_dir / "model.json", model_dir / "model.onnx",
                deps / "fakenp" / "__init__.py", deps / "fakenp" / "_core.so",
                deps / "fakenp-1.0.dist-info" / "METADATA"]
     assert first.unzipped_bytes == sum(p.stat().st_size for p in shipped)
@@ -209,6 +209,8 @@ def test_unzipped_package_serves_requests(exported_model, tmp_path, monkeypatch)
     assert 0.0 <= result["p_positive"] <= 1.0
     assert result["model_version"] == json.loads(
         (exported_model["lambda_dir"] / "model.json").read_text())["version"]
+    page = handler.handler({"requestContext": {"http": {"method": "GET"}}})  # page.html shipped
+    assert page["statusCode"] == 200 and "MediaRecorder" in page["body"]
 
 
 def test_dependencies_are_cross_built_for_the_lambda_platform_and_cached(tmp_path):
@@ -434,3 +436,95 @@ def test_version_description_fits_lambdas_limit():
     assert deploy.version_description(meta, "zip 0123456789ab") == (
         f"model {'a' * 12}, git {'c' * 40}, zip 0123456789ab")
     assert len(deploy.version_description(meta, "image " + "x" * 300)) == 256
+
+
+# --- Function URL, public access and the concurrency cap ------------------------------------
+
+def function_url_state(lam, name="coughlab-test", alias="live"):
+    config = {key: value for key, value in
+              lam.get_function_url_config(FunctionName=name, Qualifier=alias).items()
+              if key in ("FunctionUrl", "AuthType", "Cors")}
+    try:
+        policy = json.loads(lam.get_policy(FunctionName=name, Qualifier=alias)["Policy"])
+        sids = sorted(statement["Sid"] for statement in policy["Statement"])
+    except lam.exceptions.ResourceNotFoundException:
+        sids = []
+    return config, sids
+
+
+def test_deploy_publishes_a_capped_url_whose_cors_allows_only_itself(aws_target, tmp_path, capsys):
+    write_deps(tmp_path / "deps")
+    model_dir = write_model(tmp_path / "lambda", onnx=b"graph one")
+    args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"],
+            "--reserved-concurrency", "3"]
+    lam = boto3.client("lambda")
+
+    deploy_cli(tmp_path, model_dir, *args)
+    config, sids = function_url_state(lam)
+    function_url = config["FunctionUrl"]
+    assert f"Function URL {function_url} (auth NONE, at most 3 concurrent" in capsys.readouterr().out
+    assert config["AuthType"] == "NONE"
+    assert config["Cors"]["AllowOrigins"] == [function_url.rstrip("/")]
+    assert set(config["Cors"]["AllowMethods"]) == {"GET", "POST"}
+    assert sids == ["coughlab-public-url", "coughlab-public-url-invoke"]
+    concurrency = lam.get_function_concurrency(FunctionName="coughlab-test")
+    assert concurrency["ReservedConcurrentExecutions"] == 3
+
+    write_model(model_dir, onnx=b"graph two")  # a redeploy keeps the URL, grants nothing twice
+    deploy_cli(tmp_path, model_dir, *args)
+    assert function_url_state(lam) == (config, sids)
+
+
+def test_iam_auth_takes_the_public_permission_away(aws_target, tmp_path, capsys):
+    write_deps(tmp_path / "deps")
+    model_dir = write_model(tmp_path / "lambda")
+    args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"]]
+    lam = boto3.client("lambda")
+    deploy_cli(tmp_path, model_dir, *args)
+    assert function_url_state(lam)[1] == ["coughlab-public-url", "coughlab-public-url-invoke"]
+
+    deploy_cli(tmp_path, model_dir, *args, "--url-auth", "AWS_IAM")
+    config, sids = function_url_state(lam)
+    assert (config["AuthType"], sids) == ("AWS_IAM", [])
+    assert "auth AWS_IAM" in capsys.readouterr().out
+    concurrency = lam.get_function_concurrency(FunctionName="coughlab-test")
+    assert concurrency["ReservedConcurrentExecutions"] == deploy.DEFAULT_RESERVED_CONCURRENCY
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_a_concurrency_cap_below_one_is_refused(value, capsys):
+    with pytest.raises(SystemExit):
+        deploy.parse_args(["--check-only", "--reserved-concurrency", value])
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+URL = "https://abc123.lambda-url.us-east-1.on.aws/"
+CORS = {"AllowOrigins": ["https://abc123.lambda-url.us-east-1.on.aws"],
+        "AllowMethods": ["GET", "POST"], "AllowHeaders": ["content-type"], "MaxAge": 3600}
+
+
+def test_first_url_is_capped_then_created_then_limited_to_its_origin(stubbed_lambda, monkeypatch):
+    """The exact calls, in order: cap, create (URL unknown), CORS for that URL, both grants."""
+    client, stubber, _ = stubbed_lambda
+    monkeypatch.setattr(boto3, "client", lambda *a, **k: client)
+    url_params = {"FunctionName": "coughlab", "Qualifier": "live"}
+    stubber.add_response("put_function_concurrency", {"ReservedConcurrentExecutions": 5},
+                         {"FunctionName": "coughlab", "ReservedConcurrentExecutions": 5})
+    stubber.add_client_error("get_function_url_config", "ResourceNotFoundException", http_status_code=404,
+                             expected_params=url_params)
+    url_config = {"FunctionUrl": URL, "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:coughlab",
+                  "AuthType": "NONE", "CreationTime": "2026-01-01T00:00:00Z"}
+    stubber.add_response("create_function_url_config", url_config, url_params | {"AuthType": "NONE"})
+    stubber.add_response("update_function_url_config",
+                         url_config | {"Cors": CORS, "LastModifiedTime": "2026-01-01T00:00:01Z"},
+                         url_params | {"AuthType": "NONE", "Cors": CORS})
+    stubber.add_client_error("get_policy", "ResourceNotFoundException", http_status_code=404,
+                             expected_params=url_params)
+    stubber.add_response("add_permission", {"Statement": "{}"}, url_params | {
+        "StatementId": "coughlab-public-url", "Principal": "*",
+        "Action": "lambda:InvokeFunctionUrl", "FunctionUrlAuthType": "NONE"})
+    stubber.add_response("add_permission", {"Statement": "{}"}, url_params | {
+        "StatementId": "coughlab-public-url-invoke", "Principal": "*",
+        "Action": "lambda:InvokeFunction", "InvokedViaFunctionUrl": True})
+    assert deploy.publish_url(FN, deploy.UrlSettings("NONE", 5)) == URL
+    stubber.assert_no_pending_responses()

@@ -14,7 +14,10 @@ Order of work, each step only after the previous one succeeded:
 4. AWS: upload to S3, create or update the function and wait until Lambda has applied it,
    tag the function with the git commit and model version (Lambda tags functions, not
    versions), publish a version whose description names both, wait until it is Active, and
-   only then move the alias. `python -m coughlab.trace <model_version>` goes on from there.
+   only then move the alias. `python -m coughlab.trace <model_version>` goes on from there;
+5. access: cap the function's reserved concurrency, then create or update the alias's
+   Function URL (GET: the recording page, POST: the API) with CORS limited to its own origin;
+   with --url-auth NONE anyone may invoke it, with AWS_IAM only SigV4-signed callers.
 
 With --image-uri, steps 2-3 are replaced by an image built from docker/lambda.Dockerfile and
 pushed to ECR; the gate and step 4 are the same.
@@ -59,6 +62,13 @@ UNZIPPED_LIMIT = 250 * MIB  # Lambda's "250 MB" cap on the unzipped deployment p
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: same inputs, same zip, same CodeSha256
 DEFAULT_MIN_ROC_AUC = 0.7
 DESCRIPTION_LIMIT = 256  # characters Lambda allows in a version's description
+URL_AUTH_TYPES = ("NONE", "AWS_IAM")
+DEFAULT_RESERVED_CONCURRENCY = 10
+# Statements granting the public a NONE-auth URL: AWS requires both actions for function URLs.
+PUBLIC_URL_STATEMENTS = {
+    "coughlab-public-url": {"Action": "lambda:InvokeFunctionUrl", "FunctionUrlAuthType": "NONE"},
+    "coughlab-public-url-invoke": {"Action": "lambda:InvokeFunction", "InvokedViaFunctionUrl": True},
+}
 
 
 class DeployError(Exception):
@@ -232,7 +242,7 @@ def package_entries(deps_dir: Path, handler: Path, model_dir: Path, meta: dict) 
     """Archive name -> source file: the dependencies, then handler.py and model/ at the root."""
     entries = {p.relative_to(deps_dir).as_posix(): p for p in sorted(deps_dir.rglob("*"))
                if p.is_file() and not SKIPPED_DEPENDENCY_PARTS & set(p.relative_to(deps_dir).parts)}
-    ours = {"handler.py": handler,
+    ours = {"handler.py": handler, "page.html": handler.parent / "page.html",
             "model/model.json": model_dir / "model.json",
             f"model/{meta['onnx_file']}": model_dir / meta["onnx_file"]}
     clashes = [name for name in entries if name in ours or name.startswith("model/")]
@@ -367,6 +377,83 @@ def deploy_image(image_uri: str, meta: dict, fn: FunctionSettings, region: str |
     return release(lam, fn, code_sha256, version_description(meta, f"image {image_uri}"))
 
 
+@dataclass(frozen=True)
+class UrlSettings:
+    auth_type: str  # NONE: anyone with the URL; AWS_IAM: only SigV4-signed callers
+    reserved_concurrency: int  # the most concurrent executions: bounds what the URL can cost
+
+
+def cap_concurrency(lam, name: str, limit: int) -> None:
+    """Reserve `limit` concurrent executions, which is also their ceiling: requests beyond it
+    get 429 instead of starting more (billed) instances."""
+    lam.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=limit)
+
+
+def url_origin(function_url: str) -> str:
+    """https://abc.lambda-url.eu-west-1.on.aws/ -> https://abc.lambda-url.eu-west-1.on.aws"""
+    return function_url.rstrip("/")
+
+
+def own_origin_cors(function_url: str) -> dict:
+    """CORS letting only the URL's own page (GET it, POST audio) call it from a browser."""
+    return {"AllowOrigins": [url_origin(function_url)], "AllowMethods": ["GET", "POST"],
+            "AllowHeaders": ["content-type"], "MaxAge": 3600}
+
+
+def ensure_function_url(lam, name: str, alias: str, auth_type: str) -> str:
+    """Create the alias's Function URL if it has none, then set its auth and CORS.
+
+    The URL is only known once it exists, so CORS (limited to that URL's origin) is set by an
+    update after the create. Returns the URL.
+    """
+    try:
+        function_url = lam.get_function_url_config(FunctionName=name, Qualifier=alias)["FunctionUrl"]
+    except lam.exceptions.ResourceNotFoundException:
+        function_url = lam.create_function_url_config(
+            FunctionName=name, Qualifier=alias, AuthType=auth_type)["FunctionUrl"]
+    lam.update_function_url_config(FunctionName=name, Qualifier=alias, AuthType=auth_type,
+                                   Cors=own_origin_cors(function_url))
+    return function_url
+
+
+def policy_statement_ids(lam, name: str, alias: str) -> set[str]:
+    try:
+        policy = lam.get_policy(FunctionName=name, Qualifier=alias)["Policy"]
+    except lam.exceptions.ResourceNotFoundException:  # no resource policy yet
+        return set()
+    return {statement.get("Sid") for statement in json.loads(policy)["Statement"]}
+
+
+def set_public_invoke(lam, name: str, alias: str, public: bool) -> None:
+    """Let anyone invoke the alias through its URL (public), or take that permission away."""
+    present = policy_statement_ids(lam, name, alias)
+    for sid, grant in PUBLIC_URL_STATEMENTS.items():
+        if public and sid not in present:
+            lam.add_permission(FunctionName=name, Qualifier=alias, StatementId=sid,
+                               Principal="*", **grant)
+        elif not public and sid in present:
+            lam.remove_permission(FunctionName=name, Qualifier=alias, StatementId=sid)
+
+
+def publish_url(fn: FunctionSettings, url: UrlSettings, region: str | None = None) -> str:
+    """Cap concurrency first, then expose the alias through its Function URL; returns the URL."""
+    import boto3
+
+    lam = boto3.client("lambda", region_name=region)
+    cap_concurrency(lam, fn.name, url.reserved_concurrency)
+    function_url = ensure_function_url(lam, fn.name, fn.alias, url.auth_type)
+    set_public_invoke(lam, fn.name, fn.alias, public=url.auth_type == "NONE")
+    return function_url
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a count of at least 1 (a reserved concurrency of 0 throttles everything)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(
@@ -388,6 +475,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="timeout in seconds (COUGHLAB_LAMBDA_TIMEOUT; default %(default)s)")
     parser.add_argument("--alias", default=env("COUGHLAB_LAMBDA_ALIAS", "live"),
                         help="alias moved to the new version (COUGHLAB_LAMBDA_ALIAS; default %(default)s)")
+    parser.add_argument("--url-auth", choices=URL_AUTH_TYPES,
+                        default=env("COUGHLAB_LAMBDA_URL_AUTH", "NONE"),
+                        help="Function URL auth: NONE (public: the recording page works in any "
+                        "browser) or AWS_IAM (SigV4-signed callers only) (COUGHLAB_LAMBDA_URL_AUTH; "
+                        "default %(default)s)")
+    parser.add_argument("--reserved-concurrency", type=positive_int,
+                        default=env("COUGHLAB_LAMBDA_RESERVED_CONCURRENCY",
+                                    DEFAULT_RESERVED_CONCURRENCY),
+                        help="cap on concurrent executions, so a public URL cannot run up an "
+                        "unbounded bill (COUGHLAB_LAMBDA_RESERVED_CONCURRENCY; default %(default)s)")
     parser.add_argument("--min-roc-auc", type=float,
                         default=float(env("COUGHLAB_MIN_ROC_AUC", DEFAULT_MIN_ROC_AUC)),
                         help="refuse models whose test ROC-AUC is lower (COUGHLAB_MIN_ROC_AUC; "
@@ -455,6 +552,24 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"deploy failed: AWS error: {err}; alias {args.alias} not moved")
     if version is not None:
         print(f"deploy: {args.function} version {version} is Active; alias {args.alias} -> {version}")
+        announce_url(args)
+
+
+def announce_url(args: argparse.Namespace) -> None:
+    """Publish the alias's Function URL (after the release: the alias must exist) and print it."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    fn = FunctionSettings(args.function, args.role, args.memory, args.timeout, args.alias)
+    try:
+        function_url = publish_url(fn, UrlSettings(args.url_auth, args.reserved_concurrency),
+                                   args.region)
+    except (BotoCoreError, ClientError) as err:
+        sys.exit(f"deploy failed after the release (alias {args.alias} moved): could not set "
+                 f"the concurrency cap or the Function URL: {err}")
+    page = "open it in a browser to record a cough" if args.url_auth == "NONE" else \
+        "callers must sign requests with SigV4"
+    print(f"deploy: Function URL {function_url} (auth {args.url_auth}, at most "
+          f"{args.reserved_concurrency} concurrent executions); {page}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,211 @@
+"""The recording page in a real browser: Chromium's fake microphone plays a cough recording,
+the page records it with MediaRecorder and POSTs it to lambda/handler.py behind a local
+Function URL (tests/function_url.py), and must show the handler's answer for those bytes.
+
+Needs Debian's chromium at /usr/bin/chromium (`make install` puts it there); outside CI a
+machine without it skips these tests, under CI (env CI set) they fail instead.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from function_url import FunctionUrl
+
+ROOT = Path(__file__).resolve().parents[1]
+HANDLER = ROOT / "lambda" / "handler.py"
+REALDATA = ROOT.parent / "shared" / "realdata" / "dev"
+CHROMIUM = Path("/usr/bin/chromium")
+FAKE_MIC_RATE = 48000
+QUIET_FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync"]
+WEBM_MAGIC = b"\x1a\x45\xdf\xa3"  # EBML header: the start of every webm file
+
+if not CHROMIUM.exists():
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing under CI: `make install` installs Debian's chromium",
+                    pytrace=False)
+    pytest.skip(f"{CHROMIUM} not installed (`make install` installs it)", allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402 - after the skip
+
+
+def load_handler(model_dir: Path, **env: str):
+    """lambda/handler.py as its own module, reading MODEL_DIR (and other settings) at import."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MODEL_DIR", str(model_dir))
+        for key, value in env.items():
+            mp.setenv(key, value)
+        spec = importlib.util.spec_from_file_location("browser_handler_" + "_".join(env), HANDLER)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def handler(exported_model):
+    return load_handler(exported_model["lambda_dir"])
+
+
+def real_cough() -> np.ndarray | None:
+    """The first app-recorded (not phone-line) cough of at least 2 s in the shared dev data."""
+    labels = REALDATA / "labels.csv"
+    if not labels.is_file():
+        return None
+    for row in csv.DictReader(labels.open()):
+        path = REALDATA / row["path"]
+        if row["channel"] != "call-center" and float(row["duration_s"] or 0) >= 2 and path.is_file():
+            wave, sr = sf.read(path, dtype="float32", always_2d=True)
+            return soxr.resample(wave.mean(axis=1), sr, FAKE_MIC_RATE)
+    return None
+
+
+def synthetic_cough() -> np.ndarray:
+    """Coughs from the embedded sample's generator, for machines without the shared dev data."""
+    from coughlab import sample
+
+    rng = np.random.default_rng(0)
+    person = sample.subject(rng, 1)
+    return np.concatenate([sample.clip(rng, FAKE_MIC_RATE, person["voice"], person["wheeze"])
+                           for _ in range(3)])
+
+
+def fake_mic_file(path: Path, wave: np.ndarray) -> Path:
+    """A 48 kHz 16-bit mono wav, what Chromium's --use-file-for-fake-audio-capture plays (looped)."""
+    sf.write(path, wave.astype(np.float32), FAKE_MIC_RATE, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cough_wav(tmp_path_factory):
+    wave = real_cough()
+    wave = synthetic_cough() if wave is None else wave
+    return fake_mic_file(tmp_path_factory.mktemp("mic") / "cough.wav", wave)
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    with sync_playwright() as p:
+        yield p
+
+
+def open_page(playwright, url: str, mic: Path, grant_microphone: bool = True):
+    """A phone-sized page in Chromium whose fake microphone plays `mic` (looped)."""
+    args = [*QUIET_FLAGS, "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={mic}"]
+    if grant_microphone:
+        args.append("--use-fake-ui-for-media-stream")  # answers the permission prompt with yes
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
+    page = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                               is_mobile=True, has_touch=True).new_page()
+    page.fetched, page.console_errors = [], []  # from the first request on
+    page.on("request", lambda r: page.fetched.append(r.url))
+    page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+    page.goto(url)
+    return browser, page
+
+
+def record(page, seconds: float) -> None:
+    page.click("#record")
+    expect(page.locator("#status")).to_contain_text("Recording", timeout=15_000)
+    page.wait_for_timeout(seconds * 1000)
+    page.click("#record")
+
+
+def replay(handler, post) -> dict:
+    """The handler's answer for exactly the bytes and Content-Type the browser posted."""
+    event = {"requestContext": {"http": {"method": "POST"}}, "isBase64Encoded": True,
+             "headers": {"content-type": post.headers["content-type"]},
+             "body": base64.b64encode(post.body).decode()}
+    response = handler.handler(event)
+    return {"status": response["statusCode"], **json.loads(response["body"])}
+
+
+def test_page_shows_the_handlers_answer_for_the_recording(playwright, handler, cough_wav):
+    with FunctionUrl(handler.handler) as url:
+        browser, page = open_page(playwright, url.url, cough_wav)
+        record(page, seconds=3)
+        expect(page.locator("#result")).to_be_visible(timeout=30_000)
+        drawn = page.evaluate("""() => { const c = document.getElementById('wave');
+            return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some(v => v); }""")
+        shown = {key: page.locator(f"#{key}").inner_text()
+                 for key in ("p-positive", "label", "threshold", "model-version")}
+        browser.close()
+
+    (get, post), = [url.requests]
+    assert get.method == "GET" and get.status == 200
+    # One self-contained page: nothing fetched from anywhere else, and its CSP blocks none of
+    # its own inline script and style (a blocked one is a console error).
+    assert page.fetched == [url.url, url.url]  # GET the page, POST the recording
+    assert page.console_errors == []
+    assert drawn, "the waveform canvas stayed blank while recording"
+    # The browser's own format, passed through untouched: webm/opus as Chromium records it.
+    assert post.headers["content-type"] == "audio/webm;codecs=opus"
+    assert post.body.startswith(WEBM_MAGIC)
+    answer = replay(handler, post)
+    assert answer["status"] == 200, answer
+    assert post.status == 200
+    assert shown["p-positive"] == f"{answer['p_positive'] * 100:.1f} %"
+    assert shown["label"].lower().startswith(answer["label"])
+    assert shown["threshold"] == f"{answer['threshold'] * 100:.1f} %"
+    assert shown["model-version"] == answer["model_version"]
+
+
+def test_get_serves_the_page_with_a_strict_csp(handler):
+    response = handler.handler({"requestContext": {"http": {"method": "GET"}}, "rawPath": "/"})
+    api_gateway = handler.handler({"httpMethod": "GET", "path": "/"})
+    assert response == api_gateway
+    assert response["statusCode"] == 200
+    assert response["headers"]["Content-Type"] == "text/html; charset=utf-8"
+    csp = dict(part.strip().split(" ", 1) for part in
+               response["headers"]["Content-Security-Policy"].split(";"))
+    assert csp["default-src"] == "'none'" and csp["connect-src"] == "'self'"
+    assert "unsafe-inline" not in csp["script-src"] and csp["script-src"].startswith("'sha256-")
+    assert 'src="http' not in response["body"] and "<script src" not in response["body"]
+
+
+def test_denied_microphone_is_explained(playwright, handler, cough_wav):
+    with FunctionUrl(handler.handler) as url:  # a microphone exists, but its prompt gets "no"
+        browser, page = open_page(playwright, url.url, cough_wav, grant_microphone=False)
+        page.click("#record")
+        error = page.locator("#error")
+        expect(error).to_be_visible(timeout=15_000)
+        expect(error).to_contain_text("Microphone permission was denied")
+        browser.close()
+    assert url.posts() == []
+
+
+def test_silent_recording_gets_the_handlers_refusal_in_words(playwright, handler, tmp_path):
+    silent = fake_mic_file(tmp_path / "silent.wav", np.zeros(FAKE_MIC_RATE * 3))
+    with FunctionUrl(handler.handler) as url:
+        browser, page = open_page(playwright, url.url, silent)
+        record(page, seconds=2)
+        error = page.locator("#error")
+        expect(error).to_be_visible(timeout=30_000)
+        shown = error.inner_text()
+        browser.close()
+    (post,) = url.posts()
+    answer = replay(handler, post)
+    assert (answer["status"], answer["error"]) == (422, "silent")
+    assert "silent" in shown and "microphone" in shown
+
+
+def test_too_large_recording_is_refused_in_words(playwright, exported_model, cough_wav):
+    small_limit = load_handler(exported_model["lambda_dir"], MAX_AUDIO_BYTES="2000")
+    with FunctionUrl(small_limit.handler) as url:
+        browser, page = open_page(playwright, url.url, cough_wav)
+        record(page, seconds=2)
+        error = page.locator("#error")
+        expect(error).to_be_visible(timeout=30_000)
+        expect(error).to_contain_text("too large to send")
+        browser.close()
+    assert [p.status for p in url.posts()] == [413]
