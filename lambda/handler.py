@@ -132,7 +132,7 @@ def decode_soundfile(audio: bytes) -> tuple[np.ndarray, int] | None:
     try:
         with sf.SoundFile(io.BytesIO(audio)) as f:
             check_header(f.samplerate, f.channels, f.frames)
-            f.seek(0)  # as sf.read does: libsndfile's ogg/opus skips no pre-roll before a seek
+            f.seek(0)  # as sf.read does: libsndfile's ogg/opus gives wrong samples until a seek
             blocks = (b.T for b in f.blocks(DECODE_BLOCK_FRAMES, dtype="float32", always_2d=True))
             return mono_blocks(blocks, f.samplerate), f.samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
