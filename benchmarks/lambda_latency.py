@@ -7,12 +7,17 @@ Cold start = a NEW Python process, from spawn to the first prediction on a 10 s 
          (same featurizer + network), decode and resample the same body, predict.
 Warm latency = the same call repeated in that process. The two kinds of process run
 alternately in one run, so a busy shared CPU slows both alike; the ratios are the result.
+Where warm time goes (median per call): decode (base64 + audio decode + mono mixdown),
+resample (the handler: only the span the graph reads, when model.json gives input_seconds;
+torch: the whole clip, as the pipeline does) and graph (onnxruntime session / torch model).
 
 Package size: lambda/requirements.txt installed for manylinux x86_64 / CPython 3.12 and zipped
 with handler.py and build/lambda by coughlab.deploy (the code `make deploy-lambda` uses), so
 the size measured is the size shipped.
 
-Targets (issue): onnx cold <= 0.5 s, onnx cold >= 8x faster than torch cold, zip < 50 MB.
+Targets (issues): onnx cold <= 0.5 s, onnx cold >= 8x and warm >= 2x faster than torch,
+unzipped package <= 250 MB (Lambda's hard limit; the zip goes up via S3, so the 50 MB
+direct-upload limit does not bind).
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ HANDLER = REPO / "lambda" / "handler.py"
 REQUIREMENTS = REPO / "lambda" / "requirements.txt"
 DEPS_CACHE = REPO / "build" / "deploy"  # shared with `python -m coughlab.deploy`
 RESULT = REPO / "benchmarks" / "results" / "lambda_latency.json"
-TARGETS = {"onnx_cold_s": 0.5, "cold_speedup": 8.0, "zipped_mb": 50.0}
+TARGETS = {"onnx_cold_s": 0.5, "cold_speedup": 8.0, "warm_speedup": 2.0, "unzipped_mb": 250.0}
 MB = 1024 * 1024  # MiB, the unit of Lambda's size limits
 
 
@@ -59,14 +64,29 @@ def child_onnx(clip: Path, spawned_at: float, n_warm: int) -> dict:
     t2 = time.perf_counter()
     if first["statusCode"] != 200:
         raise RuntimeError(f"handler answered {first}")
-    warm = []
-    for _ in range(n_warm):
+    warm = [timed(lambda: handler.handler(event)) for _ in range(n_warm)]
+    session, meta = handler.load_model()
+    phases = {"decode": [], "resample": [], "graph": []}
+    for _ in range(n_warm):  # the steps of handler.predict, timed one by one
         start = time.perf_counter()
-        handler.handler(event)
-        warm.append(time.perf_counter() - start)
+        wave, sr = handler.decode(base64.b64decode(event["body"]))
+        decoded = time.perf_counter()
+        x = handler.graph_input(wave, sr, meta["sample_rate"], meta.get("input_seconds"))
+        resampled = time.perf_counter()
+        session.run([meta["output"]], {meta["input"]: x[None, :]})
+        phases["decode"].append(decoded - start)
+        phases["resample"].append(resampled - decoded)
+        phases["graph"].append(time.perf_counter() - resampled)
     return {"cold_s": first_done - spawned_at, "import_s": t1 - t0,
             "load_and_first_call_s": t2 - t1,
-            "p_positive": json.loads(first["body"])["p_positive"], "warm_s": warm}
+            "p_positive": json.loads(first["body"])["p_positive"], "warm_s": warm,
+            "warm_phases": phases}
+
+
+def timed(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
 
 
 def child_torch(clip: Path, spawned_at: float, n_warm: int, threads: int) -> dict:
@@ -88,23 +108,29 @@ def child_torch(clip: Path, spawned_at: float, n_warm: int, threads: int) -> dic
     model = ServingModel(net, audio)
     t2 = time.perf_counter()
     body = base64.b64encode(clip.read_bytes()).decode()
+    phases = {"decode": [], "resample": [], "graph": []}
 
     def predict() -> float:
+        start = time.perf_counter()
         data, sr = sf.read(io.BytesIO(base64.b64decode(body)), dtype="float32", always_2d=True)
-        mono = resample(to_mono(data.T), sr, audio.sample_rate)
+        mono = to_mono(data.T)
+        decoded = time.perf_counter()
+        wave = resample(mono, sr, audio.sample_rate)
+        resampled = time.perf_counter()
         with torch.inference_mode():
-            return float(model(torch.from_numpy(mono)[None, :])[0])
+            p = float(model(torch.from_numpy(wave)[None, :])[0])
+        phases["decode"].append(decoded - start)
+        phases["resample"].append(resampled - decoded)
+        phases["graph"].append(time.perf_counter() - resampled)
+        return p
 
     p = predict()
     first_done = time.time()
     t3 = time.perf_counter()
-    warm = []
-    for _ in range(n_warm):
-        start = time.perf_counter()
-        predict()
-        warm.append(time.perf_counter() - start)
+    warm = [timed(predict) for _ in range(n_warm)]
     return {"cold_s": first_done - spawned_at, "import_s": t1 - t0, "load_s": t2 - t1,
-            "first_call_s": t3 - t2, "p_positive": p, "warm_s": warm}
+            "first_call_s": t3 - t2, "p_positive": p, "warm_s": warm,
+            "warm_phases": {k: v[1:] for k, v in phases.items()}}
 
 
 def run_child(kind: str, clip: Path, n_warm: int, threads: int) -> dict:
@@ -178,6 +204,9 @@ def summarize(reports: list[dict]) -> dict:
     return {"cold": latency_stats([r["cold_s"] for r in reports]),
             "cold_phases_median_s": phases,
             "warm": latency_stats([w for r in reports for w in r["warm_s"]]),
+            "warm_phases_median_s": {k: statistics.median(v for r in reports
+                                                          for v in r["warm_phases"][k])
+                                     for k in reports[0]["warm_phases"]},
             "p_positive": reports[0]["p_positive"]}
 
 
@@ -198,9 +227,10 @@ def measure(clip: Path, n_cold: int, n_warm: int, threads: int) -> dict:
 
 def target_checks(result: dict) -> dict[str, bool]:
     checks = {"onnx_cold_s": result["paths"]["onnx"]["cold"]["median_s"] <= TARGETS["onnx_cold_s"],
-              "cold_speedup": result["cold_speedup"] >= TARGETS["cold_speedup"]}
+              "cold_speedup": result["cold_speedup"] >= TARGETS["cold_speedup"],
+              "warm_speedup": result["warm_speedup"] >= TARGETS["warm_speedup"]}
     if "package" in result:
-        checks["zipped_mb"] = result["package"]["zipped_mb"] < TARGETS["zipped_mb"]
+        checks["unzipped_mb"] = result["package"]["unzipped_mb"] <= TARGETS["unzipped_mb"]
     return checks
 
 
@@ -216,6 +246,9 @@ def print_table(result: dict) -> None:
                            for k, v in r["cold_phases_median_s"].items())
         print(f"{name:<8}{r['cold']['median_s']:>15.3f}{r['cold']['min_s']:>12.3f}"
               f"{r['warm']['median_s'] * 1e3:>16.1f}{r['warm']['p95_s'] * 1e3:>13.1f}   {phases}")
+    print("warm time per call, median ms: " + "; ".join(
+        f"{name} " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in r["warm_phases_median_s"].items())
+        for name, r in paths.items()))
     print(f"onnx vs torch: cold {result['cold_speedup']:.1f}x faster, warm "
           f"{result['warm_speedup']:.1f}x; |p_onnx - p_torch| {result['p_positive_abs_diff']:.1e}")
     if "package" in result:

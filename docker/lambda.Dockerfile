@@ -19,7 +19,8 @@ ARG BASE_IMAGE=public.ecr.aws/lambda/python:3.12
 FROM ${BASE_IMAGE}
 
 COPY lambda/requirements.txt /tmp/requirements.txt
-RUN pip install --no-cache-dir --no-compile -r /tmp/requirements.txt --target "${LAMBDA_TASK_ROOT}" \
+RUN pip install --no-cache-dir --no-compile --require-hashes --only-binary=:all: \
+        -r /tmp/requirements.txt --target "${LAMBDA_TASK_ROOT}" \
     && rm /tmp/requirements.txt
 
 COPY lambda/handler.py lambda/page.html ${LAMBDA_TASK_ROOT}/

@@ -1,15 +1,22 @@
 """AWS Lambda: a cough recording -> P(COVID-19 positive), from the exported ONNX graph.
 
-Needs only onnxruntime, numpy and soundfile (plus boto3, which the Lambda runtime has, for S3
-events). Two kinds of event:
+Needs onnxruntime, numpy, soundfile, soxr and PyAV (plus boto3, which the Lambda runtime has,
+for S3 events); never torch or coughlab. Two kinds of event:
 
 - Function URL / API Gateway GET: the recording page (`page.html`, next to this file): record a
   cough in the browser, POST it here, see the answer.
 - Function URL / API Gateway POST. Body: the audio file itself (base64, as API Gateway
-  delivers binary bodies) or JSON `{"audio": "<base64 of the file>"}`.
+  delivers binary bodies) or JSON `{"audio": "<base64 of the file>"}`. Formats: what browsers
+  and phones record (webm/opus, ogg/opus, mp4/m4a aac) and wav, flac, ogg/vorbis, mp3.
   Reply: 200 `{"p_positive": 0.83, "label": "positive", "threshold": 0.5, ...}`; bad input gets
   a 4xx JSON `{"error": code, "message": ...}`, never a stack trace.
-- S3 ObjectCreated: each new object is downloaded and scored; one bad clip does not fail the others.
+- S3 ObjectCreated: each record's object is size-checked, downloaded and scored on its own;
+  one bad record or clip does not fail the others.
+
+Limits, checked before the work they bound: MAX_AUDIO_BYTES of file, MAX_AUDIO_SECONDS and
+MAX_AUDIO_CHANNELS from the file header (and again while decoding, for formats whose header
+has no length), sample rates within 4-192 kHz. A clip that training would have quarantined
+(empty, non-finite, too short, silent: model.json's `quality`) gets 422 with that reason.
 
 The model is loaded once per container (first call), not per request.
 """
@@ -30,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 
 log = logging.getLogger()
 log.setLevel(logging.INFO)
@@ -38,6 +46,20 @@ MODEL_DIR = Path(os.environ.get("MODEL_DIR", Path(__file__).resolve().parent / "
 PAGE = Path(__file__).resolve().parent / "page.html"
 MAX_AUDIO_BYTES = int(os.environ.get("MAX_AUDIO_BYTES", 10 * 1024 * 1024))
 MAX_AUDIO_SECONDS = float(os.environ.get("MAX_AUDIO_SECONDS", 120))
+MAX_AUDIO_CHANNELS = int(os.environ.get("MAX_AUDIO_CHANNELS", 8))
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4000, 192000
+# soxr HQ's filter reaches ~0.025 s either side at the lowest accepted rate: the span cut
+# before resampling keeps this much more on each side, so its edges do not reach the output.
+RESAMPLER_MARGIN_SECONDS = 0.05
+DECODE_BLOCK_FRAMES = 65536
+JSON_OBJECT_START = re.compile(r"\s*\{")
+FORMATS = "wav, flac, ogg (vorbis/opus), mp3, webm (opus), mp4/m4a (aac)"
+QUALITY_MESSAGES = {
+    "empty": "the file decodes to no audio samples",
+    "non_finite": "the audio contains NaN or infinite samples",
+    "too_short": "the recording is shorter than {min_seconds:g} s; record the whole cough",
+    "silent": "the recording is silent (peak below {silence_dbfs:g} dBFS); check the microphone",
+}
 
 
 class RequestError(Exception):
@@ -50,75 +72,230 @@ class RequestError(Exception):
 
 @functools.cache
 def load_model():
-    """(onnxruntime session, model.json metadata); cached for the container's lifetime."""
+    """(onnxruntime session, model.json metadata); cached for the container's lifetime.
+
+    One session, sequential, one intra-op thread unless ORT_THREADS says otherwise: a Lambda
+    up to 1769 MB has one vCPU, and on the 3 s the graph reads a second thread measured
+    slower (13 -> 25 ms per call on a 2-core host), its hand-offs costing more than they save.
+    """
     import onnxruntime as ort
 
     meta = json.loads((MODEL_DIR / "model.json").read_text())
     options = ort.SessionOptions()
-    options.intra_op_num_threads = int(os.environ.get("ORT_THREADS", 0))
+    options.intra_op_num_threads = int(os.environ.get("ORT_THREADS", 1))
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(MODEL_DIR / meta["onnx_file"]), options,
                                    providers=["CPUExecutionProvider"])
     return session, meta
 
 
-def sinc_resample(wave: np.ndarray, orig_sr: int, new_sr: int,
-                  zero_crossings: int = 6, rolloff: float = 0.99) -> np.ndarray:
-    """numpy port of torchaudio.functional.resample (sinc_interp_hann), which training used.
+@functools.cache
+def s3_client():
+    import boto3
 
-    Same kernel, same padding and output length, so a clip resampled here matches the
-    pipeline's combine stage to float32 rounding.
+    return boto3.client("s3")
+
+
+def check_header(sample_rate: int, channels: int, frames: int | None) -> None:
+    """Refuse, before decoding, what the header says is out of bounds."""
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise RequestError(415, "unsupported_sample_rate",
+                           f"sample rate {sample_rate} Hz; accepted: {MIN_SAMPLE_RATE}-"
+                           f"{MAX_SAMPLE_RATE} Hz")
+    if not 1 <= channels <= MAX_AUDIO_CHANNELS:
+        raise RequestError(415, "unsupported_channels",
+                           f"{channels} channels; accepted: 1-{MAX_AUDIO_CHANNELS}")
+    if frames is not None and frames > max_frames(sample_rate):
+        raise RequestError(413, "audio_too_long", f"{frames / sample_rate:.1f} s; the limit "
+                           f"is {MAX_AUDIO_SECONDS:g} s")
+
+
+def max_frames(sample_rate: int) -> int:
+    return int(MAX_AUDIO_SECONDS * sample_rate)
+
+
+def too_long() -> RequestError:
+    return RequestError(413, "audio_too_long", f"longer than the limit of {MAX_AUDIO_SECONDS:g} s")
+
+
+def mono_blocks(blocks, sample_rate: int) -> np.ndarray:
+    """Concatenate `[channels, n]` float32 blocks mixed to mono, stopping once past the limit."""
+    limit, total, parts = max_frames(sample_rate), 0, []
+    for block in blocks:
+        parts.append(block.mean(axis=0, dtype=np.float32))
+        total += parts[-1].size
+        if total > limit:
+            raise too_long()
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def decode_soundfile(audio: bytes) -> tuple[np.ndarray, int] | None:
+    """wav/flac/ogg/mp3/... via libsndfile; None when libsndfile cannot read the file."""
+    try:
+        with sf.SoundFile(io.BytesIO(audio)) as f:
+            check_header(f.samplerate, f.channels, f.frames)
+            f.seek(0)  # as sf.read does: libsndfile's ogg/opus gives wrong samples until a seek
+            blocks = (b.T for b in f.blocks(DECODE_BLOCK_FRAMES, dtype="float32", always_2d=True))
+            return mono_blocks(blocks, f.samplerate), f.samplerate
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        log.info("soundfile cannot read the audio: %s", type(err).__name__)
+        return None
+
+
+def pyav_format(head: bytes) -> str | None:
+    """The FFmpeg demuxer for a container recognised by its magic bytes, else None.
+
+    Forcing the demuxer keeps FFmpeg's probing (and demuxers that open other URLs, such as
+    HLS playlists) away from request bytes.
     """
-    if orig_sr == new_sr:
-        return wave.astype(np.float32, copy=False)
-    gcd = math.gcd(orig_sr, new_sr)
-    orig, new = orig_sr // gcd, new_sr // gcd
-    base = min(orig, new) * rolloff
-    width = math.ceil(zero_crossings * orig / base)
-    idx = np.arange(-width, width + orig, dtype=np.float64)[None, :] / orig
-    t = (np.arange(0, -new, -1, dtype=np.float32) / np.float32(new))[:, None].astype(np.float64)
-    t = np.clip((t + idx) * base, -zero_crossings, zero_crossings)
-    window = np.cos(t * math.pi / zero_crossings / 2) ** 2
-    t *= math.pi
-    with np.errstate(invalid="ignore", divide="ignore"):
-        kernel = np.where(t == 0, 1.0, np.sin(t) / t)
-    kernel = (kernel * window * (base / orig)).astype(np.float32)  # [new, taps]
-    padded = np.pad(wave.astype(np.float32), (width, width + orig))
-    frames = np.lib.stride_tricks.sliding_window_view(padded, kernel.shape[1])[::orig]
-    out = (frames @ kernel.T).reshape(-1)
-    return out[: math.ceil(new * wave.size / orig)]
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"  # also webm
+    if head[4:8] == b"ftyp":
+        return "mp4"  # also m4a/mov/3gp
+    if head.startswith(b"OggS"):
+        return "ogg"
+    if head.startswith(b"ID3"):
+        return "mp3"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        return "aac" if head[1] & 0x06 == 0 else "mp3"  # ADTS has layer bits 00
+    if head.startswith(b"fLaC"):
+        return "flac"
+    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
+        return "wav"
+    return None
+
+
+def header_frames(container, stream, sample_rate: int) -> int | None:
+    """Length in samples as the container header states it; None when it states none."""
+    if stream.duration is not None and stream.time_base is not None:
+        return int(stream.duration * stream.time_base * sample_rate)
+    if container.duration is not None:
+        return int(container.duration * sample_rate / 1_000_000)
+    return None
+
+
+def decode_pyav(audio: bytes, demuxer: str) -> tuple[np.ndarray, int]:
+    """webm/ogg opus, mp4/m4a aac and the rest FFmpeg knows, decoded as coughlab.audio does."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(audio), format=demuxer) as container:
+            if not container.streams.audio:
+                raise RequestError(415, "unsupported_audio", "the file has no audio stream")
+            stream = container.streams.audio[0]
+            sample_rate = stream.codec_context.sample_rate or 0
+            check_header(sample_rate, stream.codec_context.channels,
+                         header_frames(container, stream, sample_rate))
+            resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=sample_rate)
+            blocks = (out.to_ndarray() for frame in container.decode(stream)
+                      for out in resampler.resample(frame))
+            return mono_blocks(blocks, sample_rate), sample_rate
+    except (av.error.FFmpegError, ValueError, IndexError, TypeError, OSError) as err:
+        log.info("PyAV cannot read the audio: %s", type(err).__name__)
+        raise RequestError(415, "unsupported_audio",
+                           f"not a readable audio file; accepted formats: {FORMATS}") from None
 
 
 def decode(audio: bytes) -> tuple[np.ndarray, int]:
-    """Bytes of a wav/flac/ogg/mp3 file -> mono float32 and its sample rate."""
+    """Bytes of an audio file -> mono float32 at its own sample rate (soundfile, then PyAV)."""
     if not audio:
         raise RequestError(400, "empty_audio", "the audio is empty (0 bytes)")
     if len(audio) > MAX_AUDIO_BYTES:
         raise RequestError(413, "audio_too_large",
                            f"{len(audio)} bytes; the limit is {MAX_AUDIO_BYTES} bytes")
-    try:
-        data, sr = sf.read(io.BytesIO(audio), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+    decoded = decode_soundfile(audio)
+    if decoded is not None:
+        return decoded
+    demuxer = pyav_format(audio[:16])
+    if demuxer is None:
         raise RequestError(415, "unsupported_audio",
-                           f"not a readable wav/flac/ogg/mp3 file ({err})") from None
-    if data.shape[0] == 0:
-        raise RequestError(422, "no_samples", "the file decodes to no audio samples")
-    if data.shape[0] / sr > MAX_AUDIO_SECONDS:
-        raise RequestError(413, "audio_too_long",
-                           f"{data.shape[0] / sr:.1f} s; the limit is {MAX_AUDIO_SECONDS:g} s")
-    mono = data.mean(axis=1)
-    if not np.isfinite(mono).all():
-        raise RequestError(422, "non_finite_audio", "the audio contains NaN or infinite samples")
-    return mono, int(sr)
+                           f"not a recognised audio file; accepted formats: {FORMATS}")
+    return decode_pyav(audio, demuxer)
+
+
+def quality_problem(wave: np.ndarray, sample_rate: int, quality: dict | None) -> str | None:
+    """coughlab.audio.quality_problem, with model.json's `quality` values (the ones combine used)."""
+    if wave.size == 0:
+        return "empty"
+    if not np.isfinite(wave).all():
+        return "non_finite"
+    if quality is None:  # a model.json from before the rule travelled with the model
+        return None
+    if wave.size / sample_rate < quality["min_seconds"]:
+        return "too_short"
+    peak = float(np.abs(wave).max())
+    if peak == 0.0 or 20 * np.log10(peak) < quality["silence_dbfs"]:
+        return "silent"
+    return None
+
+
+def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """The pipeline's resampler (coughlab.audio.resample): soxr HQ on float32 mono."""
+    if orig_sr == target_sr:
+        return wave.astype(np.float32, copy=False)
+    return soxr.resample(wave.astype(np.float32, copy=False), orig_sr, target_sr, quality="HQ")
+
+
+def resampled_length(n: int, orig_sr: int, target_sr: int) -> int:
+    """len(resample(n samples)): soxr rounds n * target / orig to the nearest, halves up."""
+    return (2 * n * target_sr + orig_sr) // (2 * orig_sr)
+
+
+def graph_input(wave: np.ndarray, orig_sr: int, target_sr: int,
+                input_seconds: float | None) -> np.ndarray:
+    """What the graph sees of `resample(wave)`, resampling only that part when it can.
+
+    A graph that centre-crops `input_seconds` needs only the centred span of the resampled
+    clip. The span cut here starts on a sample where the input and output grids meet (a
+    multiple of orig/gcd input samples) and keeps a filter margin either side, so its
+    resampled samples equal the full clip's to float32 rounding. That holds where the grids
+    meet often (every <= 1000 input and <= 640 output samples: all the usual rates), for
+    there soxr's filter phases repeat exactly; at odd rates such as 8001 Hz its phase step is
+    approximated, so the whole clip is resampled (bounded all the same: at most
+    MAX_AUDIO_SECONDS).
+    """
+    gcd = math.gcd(orig_sr, target_sr)
+    step_in, step_out = orig_sr // gcd, target_sr // gcd
+    if input_seconds is None or step_in > 1000 or step_out > 640:
+        return resample(wave, orig_sr, target_sr)
+    length = int(round(input_seconds * target_sr))
+    n_out = resampled_length(wave.size, orig_sr, target_sr)
+    if n_out <= length:
+        return resample(wave, orig_sr, target_sr)
+    start = (n_out - length) // 2  # fit_length's centre crop
+    margin = math.ceil(RESAMPLER_MARGIN_SECONDS * target_sr)
+    first_out = max(0, start - margin) // step_out * step_out
+    first_in = first_out // step_out * step_in
+    end_in = min(wave.size, -(-(start + length + margin) * orig_sr // target_sr) + 1)
+    span = resample(wave[first_in:end_in], orig_sr, target_sr)
+    return span[start - first_out: start - first_out + length]
 
 
 def predict(audio: bytes) -> dict:
     session, meta = load_model()
     wave, sr = decode(audio)
-    wave = sinc_resample(wave, sr, meta["sample_rate"])
-    p = float(session.run([meta["output"]], {meta["input"]: wave[None, :]})[0][0])
+    problem = quality_problem(wave, sr, meta.get("quality"))
+    if problem is not None:
+        raise RequestError(422, problem, QUALITY_MESSAGES[problem].format(**meta.get("quality") or {}))
+    x = graph_input(wave, sr, meta["sample_rate"], meta.get("input_seconds"))
+    p = float(session.run([meta["output"]], {meta["input"]: x[None, :]})[0][0])
     return {"p_positive": p, "label": "positive" if p >= meta["threshold"] else "negative",
             "threshold": meta["threshold"], "model_version": meta["version"],
-            "seconds": round(wave.size / meta["sample_rate"], 3)}
+            "git_commit": meta.get("git_commit"), "seconds": round(wave.size / sr, 3)}
+
+
+def content_type(headers) -> str:
+    """The Content-Type header of an event whose headers may be anything."""
+    if headers is None:
+        return ""
+    if not isinstance(headers, dict):
+        raise RequestError(400, "invalid_headers", "headers must be a JSON object")
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == "content-type" and isinstance(value, str):
+            return value
+    return ""
 
 
 def request_audio(event: dict) -> bytes:
@@ -126,24 +303,31 @@ def request_audio(event: dict) -> bytes:
     body = event.get("body")
     if body is None:
         raise RequestError(400, "missing_body", "POST the audio file, or JSON {\"audio\": base64}")
-    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
-    is_json = "json" in headers.get("content-type", "") or (
-        not event.get("isBase64Encoded") and body.lstrip().startswith("{"))
+    if not isinstance(body, str):
+        raise RequestError(400, "invalid_body", "body must be a string (base64 or JSON)")
+    encoded = event.get("isBase64Encoded") is True
+    is_json = "json" in content_type(event.get("headers")) or (
+        not encoded and JSON_OBJECT_START.match(body) is not None)
     if is_json:
-        if event.get("isBase64Encoded"):
-            body = _b64(body, "body")
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise RequestError(400, "invalid_json", f"body is not valid JSON ({err})") from None
+        payload = parse_json(_b64(body, "body") if encoded else body)
         if not isinstance(payload, dict) or not isinstance(payload.get("audio"), str):
             raise RequestError(400, "missing_audio", "JSON body needs a string field \"audio\" "
                                "holding the base64-encoded file")
         return _b64(payload["audio"], "audio")
-    if event.get("isBase64Encoded"):
+    if encoded:
         return _b64(body, "body")
     raise RequestError(415, "unsupported_body", "send the audio as a binary body (base64 via "
                        "API Gateway) or JSON {\"audio\": base64}")
+
+
+def parse_json(text: str | bytes):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RequestError(400, "invalid_json", f"body is not valid JSON ({err.msg} at line "
+                           f"{err.lineno} column {err.colno})") from None
+    except (ValueError, RecursionError):  # not UTF-8, or nested deeper than Python recurses
+        raise RequestError(400, "invalid_json", "body is not valid UTF-8 JSON") from None
 
 
 def _b64(text: str | bytes, what: str) -> bytes:
@@ -153,22 +337,64 @@ def _b64(text: str | bytes, what: str) -> bytes:
         raise RequestError(400, "invalid_base64", f"{what} is not valid base64") from None
 
 
-def s3_records(records: list[dict]) -> dict:
-    import boto3
-
-    s3 = boto3.client("s3")
-    results = []
-    for record in records:
+def s3_location(record) -> tuple[str, str]:
+    """(bucket, key) of an S3 event record, or a 400 saying what is missing."""
+    try:
         bucket = record["s3"]["bucket"]["name"]
-        key = urllib.parse.unquote_plus(record["s3"]["object"]["key"])
-        item = {"bucket": bucket, "key": key}
-        try:
-            item.update(predict(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
-        except RequestError as err:
-            item.update(error=err.code, message=str(err))
-        log.info(json.dumps(item))
-        results.append(item)
-    return {"results": results}
+        key = record["s3"]["object"]["key"]
+    except (KeyError, TypeError):
+        raise RequestError(400, "invalid_record", "not an S3 record with s3.bucket.name and "
+                           "s3.object.key") from None
+    if not (isinstance(bucket, str) and bucket and isinstance(key, str) and key):
+        raise RequestError(400, "invalid_record", "s3.bucket.name and s3.object.key must be "
+                           "non-empty strings")
+    return bucket, urllib.parse.unquote_plus(key)
+
+
+def read_s3_object(bucket: str, key: str) -> bytes:
+    """The object's bytes, refused by its HEAD size before any byte is read (and capped after)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        size = s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"]
+        if size > MAX_AUDIO_BYTES:
+            raise RequestError(413, "audio_too_large",
+                               f"{size} bytes; the limit is {MAX_AUDIO_BYTES} bytes")
+        data = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read(MAX_AUDIO_BYTES + 1)
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "unknown")
+        raise RequestError(404 if code in ("404", "NoSuchKey", "NoSuchBucket") else 403,
+                           "s3_error", f"S3 refused the object ({code})") from None
+    except BotoCoreError as err:
+        raise RequestError(502, "s3_error", f"S3 unreachable ({type(err).__name__})") from None
+    if len(data) > MAX_AUDIO_BYTES:  # the object grew after HEAD
+        raise RequestError(413, "audio_too_large", f"more than {MAX_AUDIO_BYTES} bytes")
+    return data
+
+
+def score_s3_record(record) -> dict:
+    """One record's result; any failure is that record's error only."""
+    item = {}
+    try:
+        bucket, key = s3_location(record)
+        item.update(bucket=bucket, key=key)
+        item.update(predict(read_s3_object(bucket, key)))
+    except RequestError as err:
+        item.update(error=err.code, message=str(err), status=err.status)
+    except Exception:  # noqa: BLE001 - the other records are still scored; CloudWatch gets the trace
+        log.exception("unhandled error on an S3 record")
+        item.update(error="internal_error", message="the model failed on this object", status=500)
+    log.info(json.dumps(item))
+    return item
+
+
+def s3_records(records) -> dict:
+    """Score every record; 200 if any was scored, else the first record's error status."""
+    if not isinstance(records, list) or not records:
+        raise RequestError(400, "invalid_event", "Records must be a non-empty list")
+    results = [score_s3_record(record) for record in records]
+    scored = any("p_positive" in item for item in results)
+    return respond(200 if scored else results[0]["status"], {"results": results})
 
 
 def respond(status: int, payload: dict) -> dict:
@@ -213,7 +439,7 @@ def handler(event, context=None):
     try:
         if not isinstance(event, dict):
             raise RequestError(400, "invalid_event", "the event must be a JSON object")
-        if event.get("Records") and all("s3" in r for r in event["Records"]):
+        if "Records" in event:
             return s3_records(event["Records"])
         return respond(200, predict(request_audio(event)))
     except RequestError as err:

@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -217,9 +218,9 @@ def test_dependencies_are_cross_built_for_the_lambda_platform_and_cached(tmp_pat
     wheels = tmp_path / "wheels"
     # Only a CPython 3.12 manylinux_2_17 wheel exists: this host (3.11) could not use it,
     # the Lambda runtime can.
-    fake_wheel(wheels, "fakenative", "cp312-cp312-manylinux_2_17_x86_64")
+    wheel = fake_wheel(wheels, "fakenative", "cp312-cp312-manylinux_2_17_x86_64")
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text(f"--no-index\n--find-links {wheels}\nfakenative==1.0\n")
+    requirements.write_text(f"--no-index\n--find-links {wheels}\n{hashed_pin(wheel)}\n")
     deps = deploy.ensure_dependencies(requirements, tmp_path / "cache")
     assert (deps / "fakenative" / "__init__.py").read_text() == "VALUE = 1\n"
     for wheel in wheels.iterdir():  # a second pip run would now fail: the cache must be used
@@ -230,14 +231,40 @@ def test_dependencies_are_cross_built_for_the_lambda_platform_and_cached(tmp_pat
 def test_wheel_the_lambda_cannot_load_fails_the_build(tmp_path):
     wheels = tmp_path / "wheels"
     host_only = f"cp{sys.version_info.major}{sys.version_info.minor}"
-    fake_wheel(wheels, "hostonly", f"{host_only}-{host_only}-manylinux_2_17_x86_64")
-    fake_wheel(wheels, "newglibc", "cp312-cp312-manylinux_2_34_x86_64")
-    for name in ("hostonly", "newglibc"):
+    built = {"hostonly": fake_wheel(wheels, "hostonly", f"{host_only}-{host_only}-manylinux_2_17_x86_64"),
+             "newglibc": fake_wheel(wheels, "newglibc", "cp312-cp312-manylinux_2_34_x86_64")}
+    for name, wheel in built.items():
         requirements = tmp_path / f"{name}.txt"
-        requirements.write_text(f"--no-index\n--find-links {wheels}\n{name}==1.0\n")
+        requirements.write_text(f"--no-index\n--find-links {wheels}\n{hashed_pin(wheel)}\n")
         with pytest.raises(deploy.DeployError, match="pip could not install"):
             deploy.ensure_dependencies(requirements, tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def hashed_pin(wheel: Path, digest: str | None = None) -> str:
+    name = wheel.name.split("-")[0]
+    return f"{name}==1.0 --hash=sha256:{digest or hashlib.sha256(wheel.read_bytes()).hexdigest()}"
+
+
+@pytest.mark.parametrize("pin", ["wrong hash", "no hash"])
+def test_a_wheel_not_matching_its_pinned_hash_fails_the_build(tmp_path, pin):
+    wheels = tmp_path / "wheels"
+    wheel = fake_wheel(wheels, "fakenative", "cp312-cp312-manylinux_2_17_x86_64")
+    line = hashed_pin(wheel, "0" * 64) if pin == "wrong hash" else "fakenative==1.0"
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(f"--no-index\n--find-links {wheels}\n{line}\n")
+    with pytest.raises(deploy.DeployError, match="pip could not install"):
+        deploy.ensure_dependencies(requirements, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_lambda_requirements_pin_every_wheel_by_version_and_hash():
+    text = (Path(__file__).resolve().parents[1] / "lambda" / "requirements.txt").read_text()
+    pins = [line for line in text.replace("\\\n", " ").splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert {p.split("==")[0] for p in pins} >= {"onnxruntime", "numpy", "soundfile", "soxr", "av"}
+    for pin in pins:
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+==[^ ]+ +--hash=sha256:[0-9a-f]{64}", pin), pin
 
 
 # --- AWS calls (moto_server) --------------------------------------------------------------

@@ -3,35 +3,75 @@ import base64
 import importlib.util
 import io
 import json
+import re
+import struct
+import tracemalloc
 from pathlib import Path
 
+import av
 import boto3
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 import torch
-import torchaudio
 
+from coughlab.audio import fit_length, load_audio, quality_problem, resample, to_mono
+from coughlab.config import QualityConfig
 from coughlab.export import ServingModel
 from coughlab.model import load_model
 
 HANDLER = Path(__file__).resolve().parents[1] / "lambda" / "handler.py"
+LEAKS = re.compile(r"0x[0-9a-f]{6,}|object at|Traceback|<[A-Za-z_.]+ ")
 
 
-@pytest.fixture
-def handler(exported_model, monkeypatch):
-    monkeypatch.setenv("MODEL_DIR", str(exported_model["lambda_dir"]))
+def import_handler(model_dir: Path, monkeypatch):
+    monkeypatch.setenv("MODEL_DIR", str(model_dir))
     spec = importlib.util.spec_from_file_location("lambda_handler", HANDLER)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def wav(seconds=2.0, sr=8000, channels=1, seed=0):
-    wave = (np.random.default_rng(seed).standard_normal((int(sr * seconds), channels)) * 0.2)
+@pytest.fixture
+def handler(exported_model, monkeypatch):
+    return import_handler(exported_model["lambda_dir"], monkeypatch)
+
+
+@pytest.fixture
+def model_dir_with(exported_model, tmp_path):
+    """A copy of the exported model whose model.json is edited by `**changes` (None drops a key)."""
+    def make(**changes):
+        src = exported_model["lambda_dir"]
+        meta = json.loads((src / "model.json").read_text())
+        for key, value in changes.items():
+            if value is None:
+                meta.pop(key, None)
+            else:
+                meta[key] = value
+        (tmp_path / "model.onnx").write_bytes((src / "model.onnx").read_bytes())
+        (tmp_path / "model.json").write_text(json.dumps(meta))
+        return tmp_path
+    return make
+
+
+def wav(seconds=2.0, sr=8000, channels=1, seed=0, amplitude=0.2, subtype="PCM_16"):
+    wave = np.random.default_rng(seed).standard_normal((int(sr * seconds), channels)) * amplitude
     buf = io.BytesIO()
-    sf.write(buf, wave.astype(np.float32), sr, format="WAV", subtype="PCM_16")
+    sf.write(buf, np.clip(wave, -1, 1).astype(np.float32), sr, format="WAV", subtype=subtype)
     return buf.getvalue()
+
+
+def raw_wav_header(sample_rate: int, channels: int, data: bytes) -> bytes:
+    """A PCM-16 WAV whose header fields are whatever the caller says, valid or not."""
+    fmt = struct.pack("<HHIIHH", 1, channels, sample_rate, (sample_rate * channels * 2) % 2**32,
+                      channels * 2, 16)
+    chunks = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(chunks)) + chunks
+
+
+def post(audio: bytes) -> dict:
+    return {"body": base64.b64encode(audio).decode(), "isBase64Encoded": True}
 
 
 def body(response):
@@ -39,18 +79,23 @@ def body(response):
     return json.loads(response["body"])
 
 
-def test_binary_body_matches_the_training_pipeline(handler, exported_model):
-    """8 kHz stereo in -> same probability as combine's resampling + the PyTorch model."""
+def pipeline_p(exported_model, path: Path) -> float:
+    """P(positive) as the pipeline computes it from a file: load_audio, mono, resample, model."""
+    net, cfg = load_model(exported_model["model_pt"])
+    wave, sr = load_audio(path)
+    mono = resample(to_mono(wave), sr, cfg.sample_rate)
+    with torch.inference_mode():
+        return float(ServingModel(net, cfg)(torch.from_numpy(mono)[None, :])[0])
+
+
+def test_binary_body_matches_the_training_pipeline(handler, exported_model, tmp_path):
+    """8 kHz stereo in -> same probability as the pipeline's decode, resample and PyTorch model."""
     audio = wav(sr=8000, channels=2)
-    response = handler.handler({"body": base64.b64encode(audio).decode(), "isBase64Encoded": True})
+    (tmp_path / "clip.wav").write_bytes(audio)
+    response = handler.handler(post(audio))
     assert response["statusCode"] == 200
     result = body(response)
-    data, _ = sf.read(io.BytesIO(audio), dtype="float32")
-    wave = torchaudio.functional.resample(torch.from_numpy(data.mean(axis=1)), 8000, 16000)
-    net, cfg = load_model(exported_model["model_pt"])
-    with torch.inference_mode():
-        expected = float(ServingModel(net, cfg)(wave[None, :])[0])
-    assert abs(result["p_positive"] - expected) <= 1e-4
+    assert abs(result["p_positive"] - pipeline_p(exported_model, tmp_path / "clip.wav")) <= 1e-4
     assert result["label"] == ("positive" if result["p_positive"] >= result["threshold"] else "negative")
     assert result["seconds"] == 2.0
 
@@ -75,22 +120,292 @@ def test_json_body_and_function_url_shape(handler):
     ({"body": "plain text"}, 415, "unsupported_body"),
     ({}, 400, "missing_body"),
     ("a string event", 400, "invalid_event"),
+    (None, 400, "invalid_event"),
+    ({"body": 123}, 400, "invalid_body"),
+    ({"body": ["a"], "isBase64Encoded": True}, 400, "invalid_body"),
+    ({"body": {"audio": "x"}}, 400, "invalid_body"),
+    ({"body": "{}", "headers": ["Content-Type", "application/json"]}, 400, "invalid_headers"),
+    ({"body": "{}", "headers": "application/json"}, 400, "invalid_headers"),
+    ({"body": "{}", "headers": {1: "x", "content-type": 5}}, 400, "missing_audio"),
+    ({"body": "é", "isBase64Encoded": True}, 400, "invalid_base64"),
+    ({"body": base64.b64encode(b"\xff\xfe{").decode(), "isBase64Encoded": True,
+      "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
+    ({"body": "[" * 100_000, "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
+    ({"Records": ["s3"]}, 400, "invalid_record"),
+    ({"Records": [None, 1, []]}, 400, "invalid_record"),
+    ({"Records": "s3"}, 400, "invalid_event"),
+    ({"Records": []}, 400, "invalid_event"),
+    ({"Records": {"s3": {}}}, 400, "invalid_event"),
+    ({"Records": [{"s3": {"bucket": {"name": 1}, "object": {"key": "a"}}}]}, 400, "invalid_record"),
 ])
-def test_bad_requests_get_4xx_json_without_traceback(handler, event, status, code):
+def test_malformed_events_get_4xx_json_without_traceback(handler, event, status, code):
     response = handler.handler(event)
     assert response["statusCode"] == status
-    assert body(response)["error"] == code
-    assert "Traceback" not in response["body"]
+    payload = body(response)
+    assert payload.get("error", (payload.get("results") or [{}])[0].get("error")) == code
+    assert not LEAKS.search(response["body"]), response["body"]
+
+
+@pytest.mark.parametrize("junk", [
+    b"definitely not audio", bytes(range(256)) * 4,
+    b"RIFF\x10\x00\x00\x00WAVEfmt ",  # a truncated wav header
+    b"fLaC" + bytes(100),
+    b"OggS" + bytes(200),
+    b"\x1a\x45\xdf\xa3" + bytes(range(200)),  # matroska/webm magic, garbage after
+    b"\x00\x00\x00\x18ftypmp42" + bytes(100),  # mp4 magic, no boxes
+    b"ID3\x04\x00" + bytes(100),
+    b"\xff\xf1" + bytes(100),  # ADTS sync word
+])
+def test_unreadable_audio_is_415_and_names_no_python_object(handler, junk):
+    response = handler.handler(post(junk))
+    assert response["statusCode"] == 415, response["body"]
+    assert body(response)["error"] in ("unsupported_audio", "unsupported_sample_rate")
+    assert not LEAKS.search(response["body"]), response["body"]
 
 
 def test_too_large_and_too_long(handler, monkeypatch):
     monkeypatch.setattr(handler, "MAX_AUDIO_BYTES", 1000)
-    big = handler.handler({"body": base64.b64encode(wav()).decode(), "isBase64Encoded": True})
+    big = handler.handler(post(wav()))
     assert big["statusCode"] == 413 and body(big)["error"] == "audio_too_large"
     monkeypatch.setattr(handler, "MAX_AUDIO_BYTES", 10**8)
     monkeypatch.setattr(handler, "MAX_AUDIO_SECONDS", 1.0)
-    long = handler.handler({"body": base64.b64encode(wav(seconds=2)).decode(), "isBase64Encoded": True})
+    long = handler.handler(post(wav(seconds=2)))
     assert long["statusCode"] == 413 and body(long)["error"] == "audio_too_long"
+
+
+# --- resource limits from the header, before decoding -------------------------------------
+
+def flac(seconds, sr, channels):
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((int(seconds * sr), channels), np.float32), sr, format="FLAC")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def sample_reads(monkeypatch):
+    """Counts the samples libsndfile decodes (sf.read and SoundFile.read/blocks all go through read)."""
+    counted = []
+    real = sf.SoundFile.read
+
+    def read(self, frames=-1, *args, **kwargs):
+        out = real(self, frames, *args, **kwargs)
+        counted.append(len(out))
+        return out
+
+    monkeypatch.setattr(sf.SoundFile, "read", read)
+    return counted
+
+
+@pytest.mark.parametrize("audio,status,code", [
+    (flac(200, 4000, 1), 413, "audio_too_long"),  # longer than MAX_AUDIO_SECONDS=120
+    (flac(130, 8000, 8), 413, "audio_too_long"),
+    (wav(0.5, 8000, channels=9), 415, "unsupported_channels"),
+    (wav(0.5, 8000, channels=16), 415, "unsupported_channels"),
+])
+def test_duration_and_channels_are_refused_from_the_header_before_decoding(
+        handler, sample_reads, audio, status, code):
+    response = handler.handler(post(audio))
+    assert (response["statusCode"], body(response)["error"]) == (status, code)
+    assert sum(sample_reads) == 0  # not one sample decoded
+
+
+@pytest.mark.parametrize("rate", [1, 3999, 192001, 384000, 2**31 - 1, 2**32 - 1])
+def test_sample_rates_outside_4_to_192_khz_are_415_before_decoding(handler, sample_reads, rate):
+    response = handler.handler(post(raw_wav_header(rate, 1, bytes(32000))))
+    assert response["statusCode"] == 415, response["body"]
+    assert body(response)["error"] in ("unsupported_sample_rate", "unsupported_audio")
+    assert sum(sample_reads) == 0
+
+
+@pytest.mark.parametrize("rate", [4000, 8001, 11025, 44101, 96001, 191999, 192000])
+def test_any_accepted_rate_resamples_in_bounded_memory(handler, rate):
+    """A 1 s clip at an awkward rate costs what a 1 s clip costs (the old sinc port: GBs)."""
+    audio = wav(seconds=1.0, sr=rate)
+    handler.load_model()
+    tracemalloc.start()
+    try:
+        response = handler.handler(post(audio))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response["statusCode"] == 200, response["body"]
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB for a 1 s clip"
+
+
+def webm_without_duration(seconds: float, sr: int = 48000) -> bytes:
+    """webm/opus as MediaRecorder streams it: no duration in the header."""
+    class Unseekable(io.RawIOBase):
+        def __init__(self):
+            self.data = bytearray()
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.data += bytes(b)
+            return len(b)
+
+    sink = Unseekable()
+    encode(sink, "webm", "libopus", sr, tone(seconds, sr))
+    return bytes(sink.data)
+
+
+def test_headerless_duration_stops_decoding_once_over_the_limit(handler, monkeypatch):
+    audio = webm_without_duration(6.0)
+    with av.open(io.BytesIO(audio)) as container:
+        assert handler.header_frames(container, container.streams.audio[0], 48000) is None
+    monkeypatch.setattr(handler, "MAX_AUDIO_SECONDS", 1.0)
+    decoded = []
+    real = handler.mono_blocks
+
+    def counting(blocks, sr):
+        def each():
+            for block in blocks:
+                decoded.append(block.shape[-1])
+                yield block
+        return real(each(), sr)
+
+    monkeypatch.setattr(handler, "mono_blocks", counting)
+    response = handler.handler(post(audio))
+    assert (response["statusCode"], body(response)["error"]) == (413, "audio_too_long")
+    assert 48000 < sum(decoded) <= 48000 + max(decoded)  # stopped at the first frame past 1 s
+
+
+# --- formats browsers and phones record ---------------------------------------------------
+
+def tone(seconds: float, sr: int) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    noise = np.random.default_rng(0).standard_normal(t.size) * 0.02
+    return (np.sin(2 * np.pi * 440 * t) * np.exp(-2 * t) * 0.5 + noise).astype(np.float32)
+
+
+def encode(sink, container_format: str, codec: str, sr: int, wave: np.ndarray, layout="mono"):
+    """Encode a mono float wave with PyAV (FFmpeg), as a browser or phone would record it."""
+    with av.open(sink, mode="w", format=container_format) as out:
+        stream = out.add_stream(codec, rate=sr, layout=layout)
+        frame_size = stream.codec_context.frame_size or 1024
+        fmt = stream.codec_context.format.name
+        resampler = av.AudioResampler(format=fmt, layout=layout, rate=sr)
+        planes = np.tile(wave, (len(stream.layout.channels), 1))
+        for start in range(0, wave.size, frame_size):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(planes[:, start:start + frame_size]), format="fltp", layout=layout)
+            frame.sample_rate = sr
+            for converted in resampler.resample(frame):
+                out.mux(stream.encode(converted))
+        out.mux(stream.encode(None))
+
+
+@pytest.mark.parametrize("name,container_format,codec,sr,layout", [
+    ("chrome.webm", "webm", "libopus", 48000, "mono"),
+    ("firefox.ogg", "ogg", "libopus", 48000, "stereo"),
+    ("safari.mp4", "mp4", "aac", 44100, "mono"),
+    ("phone.m4a", "ipod", "aac", 48000, "stereo"),
+    ("recorder.wav", "wav", "pcm_s16le", 44100, "mono"),
+    ("recorder.flac", "flac", "flac", 22050, "stereo"),
+    ("upload.mp3", "mp3", "libmp3lame", 44100, "mono"),
+])
+def test_formats_browsers_and_phones_record(handler, exported_model, tmp_path, name,
+                                            container_format, codec, sr, layout):
+    """Each file made by FFmpeg: 200, and the probability the pipeline gets from that file."""
+    path = tmp_path / name
+    encode(str(path), container_format, codec, sr, tone(2.5, sr), layout)
+    response = handler.handler(post(path.read_bytes()))
+    assert response["statusCode"] == 200, response["body"]
+    result = body(response)
+    assert abs(result["seconds"] - 2.5) < 0.1
+    assert abs(result["p_positive"] - pipeline_p(exported_model, path)) <= 1e-4
+
+
+# --- what training would have quarantined -------------------------------------------------
+
+def float_wav(wave: np.ndarray, sr: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wave.astype(np.float32), sr, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+QUALITY_CASES = {
+    "digital silence, 2 s": (np.zeros(32000), 16000),
+    "10 ms": (tone(0.01, 16000), 16000),
+    "31 ms at 48 kHz": (tone(0.031, 48000), 48000),
+    "0.29 s at 8 kHz": (tone(0.29, 8000), 8000),
+    "-70 dBFS hum": (np.full(8000, 10 ** (-70 / 20)), 8000),
+    "-59 dBFS hum": (np.full(8000, 10 ** (-59 / 20)), 8000),
+    "no samples": (np.zeros(0), 16000),
+    "NaN": (np.r_[tone(1.0, 8000)[:-1], np.nan], 8000),
+    "ordinary cough": (tone(1.0, 44100), 44100),
+}
+
+
+@pytest.mark.parametrize("case", QUALITY_CASES)
+def test_the_lambda_refuses_what_combine_quarantines(handler, exported_model, case):
+    """422 with exactly the reason coughlab.audio.quality_problem gives, at the file's own rate."""
+    wave, sr = QUALITY_CASES[case]
+    meta = json.loads((exported_model["lambda_dir"] / "model.json").read_text())
+    expected = quality_problem(wave.astype(np.float32), sr, QualityConfig(**meta["quality"]))
+    response = handler.handler(post(float_wav(wave, sr)))
+    if expected is None:
+        assert response["statusCode"] == 200, response["body"]
+    else:
+        assert response["statusCode"] == 422, response["body"]
+        assert body(response)["error"] == expected
+        assert body(response)["message"]
+
+
+def test_quality_values_come_from_model_json(model_dir_with, monkeypatch):
+    strict = import_handler(model_dir_with(quality={"min_seconds": 3.0, "silence_dbfs": -60.0}),
+                            monkeypatch)
+    response = strict.handler(post(wav(seconds=2.0)))
+    assert (response["statusCode"], body(response)["error"]) == (422, "too_short")
+    assert "3 s" in body(response)["message"]
+
+
+# --- resampling only what the graph reads --------------------------------------------------
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000, 16000, 4000, 11025, 96000, 192000,
+                                  8001, 44101, 150025])
+@pytest.mark.parametrize("seconds", [0.5, 2.99, 3.0, 3.01, 7.3, 61.7])
+def test_graph_input_equals_the_centre_of_the_fully_resampled_clip(handler, rate, seconds):
+    """What the graph reads of graph_input() == what it reads of resample(whole clip)."""
+    rng = np.random.default_rng(rate + int(seconds * 100))
+    wave = np.clip(rng.standard_normal(int(rate * seconds)) * 0.3, -1, 1).astype(np.float32)
+    expected = fit_length(torch.from_numpy(resample(wave, rate, 16000)), 48000).numpy()
+    got = handler.graph_input(wave, rate, 16000, 3.0)
+    n_out = handler.resampled_length(wave.size, rate, 16000)
+    assert got.size == (n_out if rate in (8001, 44101, 150025) else min(48000, n_out))
+    assert np.abs(fit_length(torch.from_numpy(got), 48000).numpy() - expected).max() <= 1e-6
+
+
+def test_graph_input_without_input_seconds_is_the_whole_clip(handler):
+    wave = np.random.default_rng(0).standard_normal(44100 * 5).astype(np.float32) * 0.2
+    assert np.array_equal(handler.graph_input(wave, 44100, 16000, None),
+                          soxr.resample(wave, 44100, 16000, quality="HQ"))
+
+
+@pytest.mark.parametrize("rate", [4000, 8000, 8001, 11025, 22050, 44100, 44101, 48000, 192000])
+def test_resampled_length_is_soxr_output_length(handler, rate):
+    for n in np.random.default_rng(rate).integers(1, 3 * rate, 25):
+        assert handler.resampled_length(int(n), rate, 16000) == soxr.resample(
+            np.zeros(n, np.float32), rate, 16000, quality="HQ").size
+
+
+def test_resampled_only_the_centre_of_a_long_clip(handler, monkeypatch):
+    sizes = []
+    real = handler.soxr.resample
+    monkeypatch.setattr(handler.soxr, "resample", lambda x, *a, **k: sizes.append(x.size) or real(x, *a, **k))
+    response = handler.handler(post(wav(seconds=60, sr=48000)))
+    assert response["statusCode"] == 200
+    assert sizes and max(sizes) < 48000 * 4.5  # 3 s read by the graph + filter margin + grid
+
+
+# --- model.json fields in the answer, model loading -----------------------------------------
+
+def test_result_names_the_git_commit_of_the_model(model_dir_with, monkeypatch):
+    tagged = import_handler(model_dir_with(git_commit="0123abc"), monkeypatch)
+    assert body(tagged.handler(post(wav())))["git_commit"] == "0123abc"
+    untagged = import_handler(model_dir_with(git_commit=None), monkeypatch)
+    assert body(untagged.handler(post(wav())))["git_commit"] is None
 
 
 def test_model_loads_once_per_container(handler, monkeypatch):
@@ -99,9 +414,15 @@ def test_model_loads_once_per_container(handler, monkeypatch):
     created = []
     real = onnxruntime.InferenceSession
     monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *a, **k: created.append(1) or real(*a, **k))
-    event = {"body": base64.b64encode(wav()).decode(), "isBase64Encoded": True}
+    event = post(wav())
     assert [handler.handler(event)["statusCode"] for _ in range(3)] == [200] * 3
     assert len(created) == 1
+
+
+# --- S3 events ------------------------------------------------------------------------------
+
+def s3_record(bucket, key):
+    return {"eventSource": "aws:s3", "s3": {"bucket": {"name": bucket}, "object": {"key": key}}}
 
 
 def test_s3_object_created_event(handler, aws_env):
@@ -109,17 +430,45 @@ def test_s3_object_created_event(handler, aws_env):
     s3.create_bucket(Bucket="coughs")
     s3.put_object(Bucket="coughs", Key="in/my cough.wav", Body=wav())
     s3.put_object(Bucket="coughs", Key="in/broken.wav", Body=b"junk")
-    records = [{"eventSource": "aws:s3", "s3": {"bucket": {"name": "coughs"}, "object": {"key": key}}}
-               for key in ("in/my+cough.wav", "in/broken.wav")]
-    results = handler.handler({"Records": records})["results"]
+    records = [s3_record("coughs", key) for key in ("in/my+cough.wav", "in/broken.wav")]
+    response = handler.handler({"Records": records})
+    assert response["statusCode"] == 200
+    results = body(response)["results"]
     assert results[0]["key"] == "in/my cough.wav" and 0 <= results[0]["p_positive"] <= 1
     assert results[1]["error"] == "unsupported_audio"
 
 
-@pytest.mark.parametrize("orig,new", [(8000, 16000), (48000, 16000), (44100, 16000), (16000, 8000)])
-def test_numpy_resampler_matches_torchaudio(handler, orig, new):
-    wave = np.random.default_rng(orig).standard_normal(orig + 17).astype(np.float32)
-    expected = torchaudio.functional.resample(torch.from_numpy(wave), orig, new).numpy()
-    got = handler.sinc_resample(wave, orig, new)
-    assert got.shape == expected.shape
-    assert np.abs(got - expected).max() < 1e-4
+def test_every_s3_record_fails_alone(handler, aws_env):
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="coughs")
+    s3.put_object(Bucket="coughs", Key="good.wav", Body=wav())
+    records = [{"s3": {"bucket": {"name": "coughs"}, "object": {}}},  # no key
+               {"s3": {"object": {"key": "good.wav"}}},  # no bucket
+               "s3", None, {"s3": "x"}, {"eventSource": "aws:sqs"},
+               s3_record("coughs", "missing.wav"), s3_record("no-such-bucket", "a.wav"),
+               s3_record("coughs", "good.wav")]
+    response = handler.handler({"Records": records})
+    assert response["statusCode"] == 200
+    results = body(response)["results"]
+    assert len(results) == len(records)
+    assert [r.get("error") for r in results[:-1]] == ["invalid_record"] * 6 + ["s3_error"] * 2
+    assert 0 <= results[-1]["p_positive"] <= 1
+    assert not LEAKS.search(response["body"])
+
+
+def test_s3_objects_over_the_limit_are_refused_by_size_before_reading(handler, aws_env, monkeypatch):
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="coughs")
+    s3.put_object(Bucket="coughs", Key="huge.wav", Body=wav(seconds=2))
+    s3.put_object(Bucket="coughs", Key="small.wav", Body=wav(seconds=0.5))
+    monkeypatch.setattr(handler, "MAX_AUDIO_BYTES", 20_000)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", boto3.session.Session())
+    downloads = []
+    boto3.DEFAULT_SESSION.events.register(
+        "provide-client-params.s3.GetObject", lambda params, **_: downloads.append(params["Key"]))
+    response = handler.handler({"Records": [s3_record("coughs", "huge.wav"),
+                                            s3_record("coughs", "small.wav")]})
+    results = body(response)["results"]
+    assert results[0]["error"] == "audio_too_large" and results[0]["status"] == 413
+    assert "p_positive" in results[1]
+    assert downloads == ["small.wav"]  # the big one was never fetched

@@ -213,10 +213,14 @@ def tag_function(lam, name: str, tags: dict[str, str]) -> None:
 
 
 def pip_install_command(requirements: Path, target: Path) -> list[str]:
-    """pip installing the Lambda's wheels for linux x86_64 CPython 3.12, whatever the host."""
+    """pip installing the Lambda's wheels for linux x86_64 CPython 3.12, whatever the host.
+
+    --require-hashes: every wheel must match the sha256 pinned in the requirements file.
+    """
     platforms = [arg for tag in WHEEL_PLATFORMS for arg in ("--platform", tag)]
     return [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile",
-            "--disable-pip-version-check", "--only-binary=:all:", "--implementation", "cp",
+            "--disable-pip-version-check", "--require-hashes", "--only-binary=:all:",
+            "--implementation", "cp",
             "--python-version", PYTHON_VERSION, *platforms, "--target", str(target),
             "-r", str(requirements)]
 
