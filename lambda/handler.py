@@ -404,10 +404,10 @@ def respond(status: int, payload: dict) -> dict:
 
 def request_method(event) -> str | None:
     """HTTP method of a Function URL (payload 2.0) or API Gateway (REST) event, else None."""
-    if not isinstance(event, dict):
-        return None
-    http = (event.get("requestContext") or {}).get("http") or {}
-    return http.get("method") or event.get("httpMethod")
+    context = event.get("requestContext")
+    http = context.get("http") if isinstance(context, dict) else None
+    method = http.get("method") if isinstance(http, dict) else event.get("httpMethod")
+    return method if isinstance(method, str) else None
 
 
 @functools.cache
@@ -434,11 +434,11 @@ def recording_page() -> dict:
 
 
 def handler(event, context=None):
-    if request_method(event) == "GET":
-        return recording_page()
     try:
         if not isinstance(event, dict):
             raise RequestError(400, "invalid_event", "the event must be a JSON object")
+        if request_method(event) == "GET":
+            return recording_page()
         if "Records" in event:
             return s3_records(event["Records"])
         return respond(200, predict(request_audio(event)))

@@ -137,6 +137,9 @@ def test_json_body_and_function_url_shape(handler):
     ({"Records": []}, 400, "invalid_event"),
     ({"Records": {"s3": {}}}, 400, "invalid_event"),
     ({"Records": [{"s3": {"bucket": {"name": 1}, "object": {"key": "a"}}}]}, 400, "invalid_record"),
+    ({"requestContext": "GET"}, 400, "missing_body"),
+    ({"requestContext": {"http": ["GET"]}}, 400, "missing_body"),
+    ({"requestContext": {"http": {"method": 1}}, "httpMethod": "GET"}, 400, "missing_body"),
 ])
 def test_malformed_events_get_4xx_json_without_traceback(handler, event, status, code):
     response = handler.handler(event)
