@@ -26,6 +26,7 @@ import json
 import re
 import tarfile
 import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 
@@ -194,14 +195,24 @@ class ArchiveServer:
     `drop(path, after)` makes the next request for `path` send the full Content-Length
     header but only `after` body bytes, then close the connection: a cut download.
     `requests` records (path, Range header or None) for every request.
+    `announce[path] = n` states a whole-file size of n bytes (Content-Length, Content-Range)
+    whatever the body really is: a body cut short behind a wrong Content-Length.
+    `stall(path, after, seconds)` sends `after` bytes, then nothing for `seconds`;
+    `trickle[path] = s` sends the body one byte every `s` seconds.
     """
     files: dict[str, bytes]
     honour_range: bool = True
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    announce: dict[str, int] = field(default_factory=dict)
+    trickle: dict[str, float] = field(default_factory=dict)
     _drops: dict[str, list[int]] = field(default_factory=dict)
+    _stalls: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     def drop(self, path: str, after: int, times: int = 1) -> None:
         self._drops.setdefault(path, []).extend([after] * times)
+
+    def stall(self, path: str, after: int, seconds: float) -> None:
+        self._stalls.setdefault(path, []).append((after, seconds))
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -235,27 +246,43 @@ class ArchiveServer:
                     self.send_error(404)
                     return
                 body = owner.files[path]
+                size = owner.announce.get(path, len(body))
                 start = 0
                 match = re.fullmatch(r"bytes=(\d+)-", range_header or "")
                 if match and owner.honour_range:
                     start = int(match[1])
-                    if start >= len(body):
+                    if start >= len(body):  # the truth comes out when asked for more
                         self.send_response(416)
                         self.send_header("Content-Range", f"bytes */{len(body)}")
                         self.send_header("Content-Length", "0")
                         self.end_headers()
                         return
                     self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                    self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
                 else:
                     self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
+                self.send_header("Content-Length", str(size - start))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
                 drops = owner._drops.get(path)
                 end = start + drops.pop(0) if drops else len(body)
-                self.wfile.write(body[start:end])
-                self.wfile.flush()
+                stalls = owner._stalls.get(path)
+                try:
+                    if stalls:
+                        after, seconds = stalls.pop(0)
+                        self.wfile.write(body[start:start + after])
+                        self.wfile.flush()
+                        time.sleep(seconds)
+                    elif path in owner.trickle:
+                        for i in range(start, end):
+                            self.wfile.write(body[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(owner.trickle[path])
+                    else:
+                        self.wfile.write(body[start:end])
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up, as it should
                 self.close_connection = True
 
         return Handler
