@@ -80,3 +80,45 @@ def test_failed_fetch_keeps_the_previous_output(tmp_path):
 def test_unknown_source_lists_the_known_ones(tmp_path):
     with pytest.raises(LabelsError, match="unknown data source 'nope'; known sources: .*local"):
         fetch(["nope"], DataConfig(), tmp_path / "out")
+
+
+@pytest.mark.parametrize("spellings", [
+    ["clips/a.wav", "./clips/a.wav"],
+    ["clips/a.wav", "clips//./a.wav"],
+    ["./clips/a.wav", "clips//./a.wav", "clips/./a.wav"],
+])
+def test_one_file_under_several_spellings_is_a_duplicate(tmp_path, spellings):
+    rows = [[p, "positive", f"p{i}", "mine", "app"] for i, p in enumerate(spellings)]
+    cfg = make_zone(tmp_path / "zone", rows, ["clips/a.wav"])
+    with pytest.raises(LabelsError, match="'clips/a.wav' is listed more than once"):
+        fetch(["local"], cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_file_reached_through_a_link_is_a_duplicate(tmp_path):
+    rows = [["clips/a.wav", "positive", "p1", "mine", "app"],
+            ["alias/a.wav", "positive", "p2", "mine", "app"]]
+    cfg = make_zone(tmp_path / "zone", rows, ["clips/a.wav"])
+    (tmp_path / "zone" / "alias").symlink_to(tmp_path / "zone" / "clips")
+    with pytest.raises(LabelsError, match="'alias/a.wav' is the same file as 'clips/a.wav'"):
+        fetch(["local"], cfg, tmp_path / "out")
+
+
+def test_paths_are_written_normalised(tmp_path):
+    cfg = make_zone(tmp_path / "zone", [["./a//1.wav", "positive", "p1", "mine", "app"]], ["a/1.wav"])
+    assert list(fetch(["local"], cfg, tmp_path / "out")["path"]) == ["local/a/1.wav"]
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "labels.csv is empty"),
+    ("path,label,subject_id,source,channel\n", "labels.csv: lists no clips"),
+])
+def test_empty_or_header_only_labels_fail_naming_the_file_and_keep_the_previous_output(
+        tmp_path, content, message):
+    fetch(["local"], make_zone(tmp_path / "good", GOOD), tmp_path / "out")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "labels.csv").write_text(content)
+    with pytest.raises(LabelsError, match=f"{bad}/{message}"):
+        fetch(["local"], DataConfig(local_dir=str(bad)), tmp_path / "out")
+    assert len(list((tmp_path / "out" / "local").rglob("*.wav"))) == 2
