@@ -15,7 +15,7 @@ from coughlab.sources import FINGERPRINT, LabelsError, get_source
 from coughlab.sources.archive import Archive, ExtractBudget, UnsafeArchive
 from coughlab.sources.coughvid import label_rows as coughvid_label_rows
 from coughlab.sources.covid19_cough import label_records
-from coughlab.sources.pins import MANIFEST_DIR, PinMismatch, load_manifest
+from coughlab.sources.pins import PinMismatch, load_manifest
 from coughlab.stages.fetch import fetch
 
 from helpers import write_params
@@ -297,9 +297,9 @@ def test_virufy_archive_with_a_member_leaving_the_destination_is_refused_before_
     assert not (tmp_path / "build" / "fetched").exists()
 
 
-def zip_of(members: dict[str, bytes]) -> bytes:
+def zip_of(members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(buf, "w", compression) as zf:
         for name, data in members.items():
             zf.writestr(name, data)
     return buf.getvalue()
@@ -391,3 +391,19 @@ def test_metadata_without_a_needed_column_names_it():
     with pytest.raises(LabelsError, match=r"coughvid: metadata_compiled.csv: missing column\(s\) "
                                           r"\['cough_detected'\]"):
         coughvid_label_rows(metadata, {"a": "a.webm"}, 0.8)
+
+
+def test_a_corrupt_member_in_a_github_archive_is_named_and_the_archive_dropped(serve, tmp_path):
+    cfg = serve(virufy=virufy_files(VIRUFY))
+    snap = serve.upstream.snapshots["virufy"]
+    victim = "clinical/labels.csv"
+    with zipfile.ZipFile(io.BytesIO(snap.archive)) as zf:
+        stored = zip_of({i.filename: zf.read(i) for i in zf.infolist() if not i.is_dir()},
+                        zipfile.ZIP_STORED)
+    data = bytearray(stored)
+    at = data.index(b"corona_test")  # the bytes of labels.csv, changed behind its CRC
+    data[at:at + 6] = b"CORONA"
+    serve.upstream.files[f"/{snap.repo}/archive/{snap.commit}.zip"] = bytes(data)
+    with pytest.raises(PinMismatch, match=f"{victim}: unreadable.*CRC"):
+        get_source("virufy")(tmp_path / "out", cfg)
+    assert files_under(tmp_path / "cache") == []

@@ -8,13 +8,16 @@ raw file URL. A mismatch names the files and nothing of that source is written.
 """
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from coughlab.config import DataConfig, GitHubPin
-from coughlab.download import Pin, cache_dir, cache_path, fetch_file, stream_digest
+from coughlab.download import (ChecksumError, Pin, cache_dir, cache_path, fetch_file,
+                               stream_digest)
 from coughlab.sources import LabelsError
 from coughlab.sources.archive import Archive
 
@@ -79,8 +82,12 @@ def verify_members(archive: Archive, manifest: Manifest, names: list[str]) -> No
     for name in tqdm(names, desc=f"{archive.source} verifying", unit="file",
                      disable=len(names) < 50):
         expected = manifest.pin(name).hexdigest
-        with archive.open(name) as fh:
-            actual = stream_digest(fh, "git-blob", archive.size(name))
+        try:
+            with archive.open(name) as fh:
+                actual = stream_digest(fh, "git-blob", archive.size(name))
+        except (zipfile.BadZipFile, ChecksumError, EOFError, zlib.error) as err:
+            wrong.append(f"{name}: unreadable ({err})")
+            continue
         if actual != expected:
             wrong.append(f"{name}: git blob {actual}, pinned {expected}")
     if wrong:
