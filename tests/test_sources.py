@@ -407,3 +407,24 @@ def test_a_corrupt_member_in_a_github_archive_is_named_and_the_archive_dropped(s
     with pytest.raises(PinMismatch, match=f"{victim}: unreadable.*CRC"):
         get_source("virufy")(tmp_path / "out", cfg)
     assert files_under(tmp_path / "cache") == []
+
+
+def test_sources_cli_lists_each_source_with_licence_version_size_and_cache(serve, tmp_path,
+                                                                          capsys):
+    from coughlab.sources.__main__ import main
+    cfg = serve(virufy=virufy_files(VIRUFY))
+    get_source("virufy")(tmp_path / "out", cfg)
+    snap = serve.upstream.snapshots["virufy"]
+    params = write_params(tmp_path, f"data.cache_dir='{tmp_path / 'cache'}'",
+                          f"data.manifest_dir='{serve.upstream.manifests}'",
+                          f"data.virufy.commit={snap.commit}", f"data.virufy.url='{cfg.virufy.url}'")
+    capsys.readouterr()
+    main(["--params", str(params)])
+    blocks = {b.split("\n")[0].split()[0]: b for b in capsys.readouterr().out.strip().split("\n\n")}
+    assert sorted(blocks) == ["coswara", "coughvid", "covid19-cough", "local", "virufy"]
+    assert "licence  CC BY-NC-SA 4.0" in blocks["virufy"]
+    assert f"version  github.com/virufy/virufy-data @ {snap.commit}" in blocks["virufy"]
+    assert "cached   yes" in blocks["virufy"]
+    assert "2,297,542,075 bytes" in blocks["coughvid"] and "cached   no" in blocks["coughvid"]
+    assert "licence  CC BY 4.0" in blocks["coswara"] and "CC0 1.0" in blocks["covid19-cough"]
+    assert "cached   no" in blocks["covid19-cough"]  # its manifest is missing here: says so

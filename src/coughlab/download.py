@@ -302,6 +302,7 @@ def _range_start(response) -> int | None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
+        prog="python -m coughlab.download",
         description="Download URL into the coughlab cache (resumable, retried) and print its "
         "sha256, md5 and size: what a publisher's checksum can be compared with before pinning.")
     parser.add_argument("url")

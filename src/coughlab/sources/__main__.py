@@ -61,7 +61,8 @@ def github_row(name: str, cfg: DataConfig) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m coughlab.sources",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=PARAMS_FILE,
                         help="params.yaml to read (default: ./params.yaml, else the defaults)")
     args = parser.parse_args(argv)

@@ -12,6 +12,7 @@ from coughlab.sources import LabelsError, register, validate_labels
 WHAT = "your labelled recordings in data.local_dir with a labels.csv (default: the embedded sample)"
 LICENCE = "yours"
 
+
 @register("local")
 def fetch_local(dest: Path, cfg: DataConfig) -> pd.DataFrame:
     root = Path(cfg.local_dir)
