@@ -7,7 +7,7 @@ import soundfile as sf
 
 from coughlab.config import QualityConfig, SplitConfig
 from coughlab.sample import wav_bytes
-from coughlab.stages.combine import TooManyQuarantined, combine, split_subjects
+from coughlab.stages.combine import SplitError, TooManyQuarantined, combine, split_subjects
 
 from source_fixtures import encode
 from test_audio import tone
@@ -75,9 +75,10 @@ def test_too_many_quarantined_fails_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def subjects_frame(n_subjects=40, clips=3):
-    return pd.DataFrame([{"subject_id": f"s{s}", "label": "positive" if s % 4 == 0 else "negative",
-                          "path": f"{s}_{c}.wav"} for s in range(n_subjects) for c in range(clips)])
+def subjects_frame(n_subjects=40, clips=3, source="a", positive_every=4):
+    return pd.DataFrame([{"subject_id": f"{source}{s}", "source": source, "path": f"{source}{s}_{c}.wav",
+                          "label": "positive" if s % positive_every == 0 else "negative"}
+                         for s in range(n_subjects) for c in range(clips)])
 
 
 def test_split_is_subject_disjoint_stratified_and_seeded():
@@ -95,9 +96,67 @@ def test_split_is_subject_disjoint_stratified_and_seeded():
 
 def test_subject_with_mixed_labels_stays_in_one_split():
     df = subjects_frame(12, 2)
-    df.loc[0, "label"] = "negative"  # subject s0 now has one clip of each label
+    df.loc[0, "label"] = "negative"  # subject a0 now has one clip of each label
     split = split_subjects(df, SplitConfig(valid=0.25, test=0.25), seed=0)
-    assert split[df.subject_id == "s0"].nunique() == 1
+    assert split[df.subject_id == "a0"].nunique() == 1
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_every_source_is_in_every_split_with_both_labels_where_it_can_be(seed):
+    """A large source beside a small one: stratifying by label alone often left the small
+    one out of test or valid."""
+    df = pd.concat([subjects_frame(60, 2, "big", positive_every=2),
+                    subjects_frame(6, 2, "small", positive_every=2)], ignore_index=True)
+    df["split"] = split_subjects(df, SplitConfig(valid=0.15, test=0.15), seed)
+    assert df.groupby("subject_id")["split"].nunique().max() == 1
+    for (source, split), part in df.groupby(["source", "split"]):
+        assert set(part["label"]) == {"positive", "negative"}, (source, split)
+    assert df.groupby("source")["split"].nunique().to_dict() == {"big": 3, "small": 3}
+
+
+@pytest.mark.parametrize("n_subjects", [4, 5])
+def test_a_source_with_few_subjects_still_reaches_every_split(n_subjects):
+    df = pd.concat([subjects_frame(40), subjects_frame(n_subjects, 1, "tiny", positive_every=3)],
+                   ignore_index=True)
+    split = split_subjects(df, SplitConfig(valid=0.15, test=0.15), seed=3)
+    assert set(split[df.source == "tiny"]) == {"train", "valid", "test"}
+
+
+def test_a_source_too_small_for_every_split_is_named():
+    df = pd.concat([subjects_frame(40), subjects_frame(2, 3, "virufy")], ignore_index=True)
+    with pytest.raises(SplitError, match=r"source 'virufy' has 2 independent subject\(s\).*"
+                                         r"3 are needed to put it in train, test, valid"):
+        split_subjects(df, SplitConfig(valid=0.15, test=0.15), seed=0)
+    assert split_subjects(df, SplitConfig(valid=0.0, test=0.5), seed=0).notna().all()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_possible_duplicates_of_one_person_share_a_split(seed):
+    """Equal person_fingerprint (e.g. Virufy patients 083 and 095: same age, gender, history
+    and symptoms, another date) joins subjects, transitively; blank fingerprints join nothing."""
+    df = subjects_frame(30, 2, "v", positive_every=2)
+    df["person_fingerprint"] = ""
+    df.loc[df.subject_id.isin(["v1", "v3"]), "person_fingerprint"] = "x"
+    df.loc[df.subject_id.isin(["v5", "v7"]), "person_fingerprint"] = "y"
+    df.loc[(df.subject_id == "v3") & df.path.str.endswith("_1.wav"), "person_fingerprint"] = "y"
+    df.loc[df.subject_id.isin(["v2", "v4"]), "person_fingerprint"] = "z"
+    df["split"] = split_subjects(df, SplitConfig(valid=0.2, test=0.2), seed)
+    by_subject = df.groupby("subject_id")["split"].first()
+    assert by_subject[["v1", "v3", "v5", "v7"]].nunique() == 1  # x and y meet in v3
+    assert by_subject["v2"] == by_subject["v4"]
+    assert df.groupby("subject_id")["split"].nunique().max() == 1
+    assert by_subject.nunique() == 3
+
+
+def test_sample_data_still_splits_sensibly(tmp_path):
+    from coughlab.sample import generate
+    generate(tmp_path / "data")
+    df = pd.read_csv(tmp_path / "data" / "labels.csv", dtype=str, keep_default_na=False)
+    df["split"] = split_subjects(df, SplitConfig(valid=0.15, test=0.15), seed=42)
+    subjects = df.groupby("split")["subject_id"].nunique()
+    assert subjects["valid"] >= 6 and subjects["test"] >= 6 and subjects["train"] >= 30
+    for split, part in df.groupby("split"):
+        assert set(part["label"]) == {"positive", "negative"}
 
 
 def test_compressed_sources_become_wav_clips_keeping_the_fetched_path(tmp_path):

@@ -1,13 +1,18 @@
 """coughlab.download against a loopback HTTP server: pinning, resume, retries, atomicity."""
 import pytest
 
+import hashlib
+
 from coughlab import download as dl
-from coughlab.config import DataConfig, RemoteArchive
 
 from source_fixtures import ArchiveServer, sha256
 
 BODY = bytes(range(256)) * 800  # 200 KiB: several read chunks would be needed at real scale
 PATH = "/records/1/files/public_dataset.zip"
+
+
+def pin(body=BODY):
+    return dl.Pin("sha256", sha256(body))
 
 
 @pytest.fixture
@@ -23,7 +28,7 @@ def leftovers(folder):
 
 def test_download_verifies_and_places_the_file(server, tmp_path):
     dest = tmp_path / "cache" / "a.zip"
-    assert dl.download(server.url(PATH), dest, sha256(BODY)) == sha256(BODY)
+    assert dl.download(server.url(PATH), dest, pin()) == sha256(BODY)
     assert dest.read_bytes() == BODY
     assert leftovers(dest.parent) == ["a.zip"]
 
@@ -31,7 +36,7 @@ def test_download_verifies_and_places_the_file(server, tmp_path):
 def test_dropped_connection_is_resumed_with_a_range_request(server, tmp_path):
     server.drop(PATH, after=70_000)
     dest = tmp_path / "a.zip"
-    dl.download(server.url(PATH), dest, sha256(BODY), retries=2, backoff=0)
+    dl.download(server.url(PATH), dest, pin(), retries=2, backoff=0)
     assert dest.read_bytes() == BODY
     assert server.requests == [(PATH, None), (PATH, "bytes=70000-")]
     assert leftovers(tmp_path) == ["a.zip"]
@@ -42,11 +47,11 @@ def test_retries_exhausted_leave_no_output_and_the_next_run_resumes(server, tmp_
     dest = tmp_path / "a.zip"
     with pytest.raises(dl.DownloadError, match=r"gave up after 2 attempts .*connection closed "
                        r"after 100000 of 204800 bytes.*100000 bytes are kept .*a\.zip\.part"):
-        dl.download(server.url(PATH), dest, sha256(BODY), retries=1, backoff=0)
+        dl.download(server.url(PATH), dest, pin(), retries=1, backoff=0)
     assert not dest.exists()
     assert leftovers(tmp_path) == ["a.zip.part"]
 
-    dl.download(server.url(PATH), dest, sha256(BODY), retries=0, backoff=0)
+    dl.download(server.url(PATH), dest, pin(), retries=0, backoff=0)
     assert dest.read_bytes() == BODY
     assert server.requests[-1] == (PATH, "bytes=100000-")
     assert leftovers(tmp_path) == ["a.zip"]
@@ -57,7 +62,7 @@ def test_checksum_mismatch_keeps_nothing(server, tmp_path):
     dest = tmp_path / "a.zip"
     with pytest.raises(dl.ChecksumError, match=f"(?s)sha256 mismatch.*expected {wrong}\n"
                        f"  got      {sha256(BODY)}"):
-        dl.download(server.url(PATH), dest, wrong, backoff=0)
+        dl.download(server.url(PATH), dest, dl.Pin("sha256", wrong), backoff=0)
     assert leftovers(tmp_path) == []
 
 
@@ -65,14 +70,14 @@ def test_server_ignoring_range_restarts_from_zero(tmp_path, monkeypatch):
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     with ArchiveServer({PATH: BODY}, honour_range=False).running() as server:
         server.drop(PATH, after=30_000)
-        dl.download(server.url(PATH), tmp_path / "a.zip", sha256(BODY), retries=1, backoff=0)
+        dl.download(server.url(PATH), tmp_path / "a.zip", pin(), retries=1, backoff=0)
     assert (tmp_path / "a.zip").read_bytes() == BODY
     assert leftovers(tmp_path) == ["a.zip"]
 
 
 def test_complete_part_file_is_finished_without_refetching(server, tmp_path):
     (tmp_path / "a.zip.part").write_bytes(BODY)
-    dl.download(server.url(PATH), tmp_path / "a.zip", sha256(BODY), backoff=0)
+    dl.download(server.url(PATH), tmp_path / "a.zip", pin(), backoff=0)
     assert server.requests == [(PATH, f"bytes={len(BODY)}-")]  # answered 416, nothing sent
     assert (tmp_path / "a.zip").read_bytes() == BODY
 
@@ -87,35 +92,11 @@ def test_missing_file_is_not_retried(server, tmp_path):
 def test_verified_cache_is_reused_and_a_stale_one_replaced(server, tmp_path):
     dest = tmp_path / "a.zip"
     dest.write_bytes(BODY)
-    dl.download(server.url(PATH), dest, sha256(BODY))
+    dl.download(server.url(PATH), dest, pin())
     assert server.requests == []
     dest.write_bytes(b"an older, different archive")
-    dl.download(server.url(PATH), dest, sha256(BODY), backoff=0)
+    dl.download(server.url(PATH), dest, pin(), backoff=0)
     assert dest.read_bytes() == BODY
-
-
-def test_unpinned_source_is_refused_with_the_pinning_command(server, tmp_path, monkeypatch):
-    monkeypatch.delenv(dl.CACHE_ENV, raising=False)
-    url = server.url(PATH)
-    cfg = DataConfig(cache_dir=str(tmp_path), covid19_cough=RemoteArchive(url=url, sha256=None))
-    with pytest.raises(dl.UnpinnedSourceError,
-                       match=rf"(?s)data\.covid19_cough\.sha256 is not pinned.*"
-                       rf"python -m coughlab\.download '{url}'"):
-        dl.fetch_archive("covid19-cough", cfg)
-    assert server.requests == []
-    assert leftovers(tmp_path) == []
-
-
-def test_fetch_archive_caches_under_the_configured_folder(server, tmp_path, monkeypatch):
-    monkeypatch.delenv(dl.CACHE_ENV, raising=False)
-    cfg = DataConfig(cache_dir=str(tmp_path),
-                     covid19_cough=RemoteArchive(url=server.url(PATH), sha256=sha256(BODY)))
-    path = dl.fetch_archive("covid19-cough", cfg)
-    assert path.parent == tmp_path and path.name.endswith("-public_dataset.zip")
-    assert dl.fetch_archive("covid19-cough", cfg) == path
-    assert len(server.requests) == 1
-    monkeypatch.setenv(dl.CACHE_ENV, str(tmp_path / "env"))
-    assert dl.fetch_archive("covid19-cough", cfg).parent == tmp_path / "env"
 
 
 def test_same_file_name_from_two_urls_gets_two_cache_entries(tmp_path):
@@ -129,3 +110,57 @@ def test_cli_prints_the_hash_to_pin(server, tmp_path, capsys):
     digest, path = capsys.readouterr().out.strip().splitlines()[-1].split("  ")
     assert digest == sha256(BODY)
     assert open(path, "rb").read() == BODY
+
+
+@pytest.mark.parametrize("algorithm,expected", [
+    ("md5", hashlib.md5(BODY).hexdigest()),
+    ("git-blob", hashlib.sha1(b"blob %d\0" % len(BODY) + BODY).hexdigest()),
+])
+def test_md5_and_git_blob_pins_with_size(server, tmp_path, algorithm, expected):
+    dest = tmp_path / "a.zip"
+    assert dl.download(server.url(PATH), dest, dl.Pin(algorithm, expected, len(BODY))) == expected
+    assert dest.read_bytes() == BODY
+
+
+def test_announced_size_other_than_the_pinned_one_is_refused_before_the_body(server, tmp_path):
+    with pytest.raises(dl.ChecksumError, match=f"announces {len(BODY)} bytes, pinned 5"):
+        dl.download(server.url(PATH), tmp_path / "a.zip", dl.Pin("md5", "0" * 32, 5))
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("cut", [1, 70_000, len(BODY) - 1])
+def test_body_cut_short_behind_a_wrong_content_length_is_never_complete(tmp_path, monkeypatch,
+                                                                        cut):
+    """The server says len(BODY) bytes but has only `cut` of them (and then, asked for the rest,
+    says there is nothing left): without a pin nothing may be taken for the whole file."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with ArchiveServer({PATH: BODY[:cut]}, announce={PATH: len(BODY)}).running() as server:
+        with pytest.raises(dl.DownloadError, match="gave up after 3 attempts"):
+            dl.download(server.url(PATH), tmp_path / "a.zip", None, retries=2, backoff=0)
+    assert not (tmp_path / "a.zip").exists()
+
+
+def test_stalled_server_keeps_the_bytes_received_and_the_next_run_resumes(server, tmp_path):
+    server.stall(PATH, after=1000, seconds=1.5)
+    dest = tmp_path / "a.zip"
+    with pytest.raises(dl.DownloadError, match="connection lost after 1000 bytes"):
+        dl.download(server.url(PATH), dest, pin(), retries=0, timeout=0.5)
+    assert (tmp_path / "a.zip.part").stat().st_size == 1000
+    dl.download(server.url(PATH), dest, pin(), retries=0)
+    assert server.requests[-1] == (PATH, "bytes=1000-")
+    assert dest.read_bytes() == BODY
+
+
+def test_trickling_server_meets_the_overall_deadline_and_the_bytes_are_kept(server, tmp_path):
+    """One byte every 20 ms never trips the per-read timeout; the deadline stops it."""
+    server.trickle[PATH] = 0.02
+    dest = tmp_path / "a.zip"
+    with pytest.raises(dl.DownloadError, match=r"not finished within data\.download\.deadline_s"
+                       r"\. (\d+) bytes are kept"):
+        dl.download(server.url(PATH), dest, pin(), retries=3, timeout=5, deadline=0.5)
+    kept = (tmp_path / "a.zip.part").stat().st_size
+    assert 0 < kept < len(BODY)
+    del server.trickle[PATH]
+    dl.download(server.url(PATH), dest, pin(), retries=0)
+    assert server.requests[-1] == (PATH, f"bytes={kept}-")
+    assert dest.read_bytes() == BODY

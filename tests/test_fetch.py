@@ -1,5 +1,10 @@
 import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from coughlab.config import DataConfig
@@ -7,7 +12,12 @@ from coughlab.sample import wav_bytes
 from coughlab.sources import LabelsError
 from coughlab.stages.fetch import fetch
 
+from helpers import write_params
+from source_fixtures import (ArchiveServer, C19Record, Upstream, coughvid_zip, covid19_cough_files,
+                             virufy_files)
 from test_audio import tone
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_zone(root, rows, files=None):
@@ -80,3 +90,95 @@ def test_failed_fetch_keeps_the_previous_output(tmp_path):
 def test_unknown_source_lists_the_known_ones(tmp_path):
     with pytest.raises(LabelsError, match="unknown data source 'nope'; known sources: .*local"):
         fetch(["nope"], DataConfig(), tmp_path / "out")
+
+
+@pytest.mark.parametrize("spellings", [
+    ["clips/a.wav", "./clips/a.wav"],
+    ["clips/a.wav", "clips//./a.wav"],
+    ["./clips/a.wav", "clips//./a.wav", "clips/./a.wav"],
+])
+def test_one_file_under_several_spellings_is_a_duplicate(tmp_path, spellings):
+    rows = [[p, "positive", f"p{i}", "mine", "app"] for i, p in enumerate(spellings)]
+    cfg = make_zone(tmp_path / "zone", rows, ["clips/a.wav"])
+    with pytest.raises(LabelsError, match="'clips/a.wav' is listed more than once"):
+        fetch(["local"], cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_file_reached_through_a_link_is_a_duplicate(tmp_path):
+    rows = [["clips/a.wav", "positive", "p1", "mine", "app"],
+            ["alias/a.wav", "positive", "p2", "mine", "app"]]
+    cfg = make_zone(tmp_path / "zone", rows, ["clips/a.wav"])
+    (tmp_path / "zone" / "alias").symlink_to(tmp_path / "zone" / "clips")
+    with pytest.raises(LabelsError, match="'alias/a.wav' is the same file as 'clips/a.wav'"):
+        fetch(["local"], cfg, tmp_path / "out")
+
+
+def test_paths_are_written_normalised(tmp_path):
+    cfg = make_zone(tmp_path / "zone", [["./a//1.wav", "positive", "p1", "mine", "app"]], ["a/1.wav"])
+    assert list(fetch(["local"], cfg, tmp_path / "out")["path"]) == ["local/a/1.wav"]
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "labels.csv is empty"),
+    ("path,label,subject_id,source,channel\n", "labels.csv: lists no clips"),
+])
+def test_empty_or_header_only_labels_fail_naming_the_file_and_keep_the_previous_output(
+        tmp_path, content, message):
+    fetch(["local"], make_zone(tmp_path / "good", GOOD), tmp_path / "out")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "labels.csv").write_text(content)
+    with pytest.raises(LabelsError, match=f"{bad}/{message}"):
+        fetch(["local"], DataConfig(local_dir=str(bad)), tmp_path / "out")
+    assert len(list((tmp_path / "out" / "local").rglob("*.wav"))) == 2
+
+
+def hydra_overrides(settings: dict) -> list[str]:
+    """data.* settings as the `-S` overrides of `dvc exp run` (strings quoted: URLs have braces)."""
+    return [f"data.{k}='{v}'" if isinstance(v, str) else f"data.{k}={v}" for k, v in settings.items()]
+
+
+def fixture_upstream(root: Path) -> Upstream:
+    """Every public source at toy size, enough subjects per source for three splits; Virufy
+    patients n03 and n05 alike in everything but the date, as 083 and 095 are."""
+    upstream = Upstream(root)
+    upstream.github("covid19_cough", covid19_cough_files(
+        [C19Record(f"r{i:02d}", i % 2 == 0, ("telegram", "call-center")[i % 3 == 0], None, i)
+         for i in range(14)]))
+    upstream.github("virufy", virufy_files(
+        [(f"pos-0421-p{i:02d}-cough-m-{30 + i}", "positive", 2, 30 + i) for i in range(4)]
+        + [(f"neg-0421-n{i:02d}-cough-m-{60 + i}", "negative", 2, 60 + i) for i in range(5)]
+        + [("neg-0422-n05-cough-m-63", "negative", 2, 63)]))
+    upstream.zenodo(coughvid_zip([(f"u{i:02d}", ("COVID-19", "healthy")[i % 2], 0.9,
+                                   ("webm", "ogg", "wav")[i % 3]) for i in range(12)]))
+    return upstream
+
+
+@pytest.mark.parametrize("sources", [["covid19-cough", "virufy"], ["coughvid"]])
+def test_fetch_and_combine_run_end_to_end_with_no_hand_step(tmp_path, sources):
+    """What `dvc exp run -S 'data.sources=[...]'` runs, against the loopback upstreams: params
+    composed with the same overrides, then the stages' own commands."""
+    upstream = fixture_upstream(tmp_path / "upstream")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "no_proxy": "127.0.0.1",
+           "OMP_NUM_THREADS": "1"}
+    env.pop("COUGHLAB_CACHE", None)
+    with ArchiveServer(upstream.files).running() as server:
+        write_params(work, f"data.sources=[{','.join(sources)}]",
+                     f"data.cache_dir='{tmp_path / 'cache'}'",
+                     *hydra_overrides(upstream.settings(server.port)))
+        for stage in ("fetch", "combine"):
+            run = subprocess.run([sys.executable, "-m", f"coughlab.stages.{stage}"], cwd=work,
+                                 env=env, capture_output=True, text=True)
+            assert run.returncode == 0, run.stderr[-3000:]
+    manifest = pd.read_csv(work / "build" / "combined" / "manifest.csv", dtype=str,
+                           keep_default_na=False)
+    assert sorted(manifest["source"].unique()) == sorted(sources)
+    for source, part in manifest.groupby("source"):
+        assert set(part["split"]) == {"train", "valid", "test"}, source
+    assert manifest.groupby("subject_id")["split"].nunique().max() == 1
+    if "virufy" in sources:
+        twins = manifest[manifest["subject_id"].str.contains("-n03-|-n05-")]
+        assert twins["subject_id"].nunique() == 2 and twins["split"].nunique() == 1

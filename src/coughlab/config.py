@@ -31,24 +31,53 @@ class QualityConfig:
 
 
 @dataclass
-class RemoteArchive:
-    """Where a public source's archive lives; sha256 None = not pinned, so never downloaded."""
-    url: str = ""
-    sha256: Optional[str] = None
+class DownloadConfig:
+    """How files are downloaded; none of it changes what fetch writes."""
+    workers: int = 4
+    retries: int = 5
+    # Per-read timeout, and the deadline for one file's whole transfer: a server trickling
+    # bytes never hits the first; the bytes received so far stay for the next run to resume.
+    timeout_s: float = 60.0
+    deadline_s: float = 6 * 3600.0
 
 
 @dataclass
-class CoughvidConfig(RemoteArchive):
+class ExtractLimits:
+    """What one source's archives may unpack to, so a crafted archive cannot fill the disk."""
+    max_total_bytes: int = 32 * 1024 ** 3
+    max_members: int = 200_000
+    # uncompressed / compressed; audio compresses a few times at most, bombs a thousandfold
+    max_ratio: float = 100.0
+
+
+@dataclass
+class GitHubPin:
+    """A public GitHub repository at one commit. Each file fetch uses is checked against its git
+    blob sha1 in the committed manifest `sources/manifests/<owner>_<name>@<commit>.tsv`.
+    `url` is a template over {repo}, {commit} (and {path} for single files)."""
+    repo: str = ""
+    commit: str = ""
+    url: str = ""
+
+
+@dataclass
+class CoughvidConfig:
+    """A Zenodo file pinned by the md5 and size Zenodo publishes for it."""
+    url: str = ""
+    md5: str = ""
+    size: int = 0
     min_cough_detected: float = 0.8
 
 
 @dataclass
-class CoswaraConfig(RemoteArchive):
+class CoswaraConfig(GitHubPin):
+    # collection dates (folder names such as 20200413); empty: all of them
+    dates: list[str] = field(default_factory=list)
     recordings: list[str] = field(default_factory=lambda: ["cough-heavy", "cough-shallow"])
 
 
 @dataclass
-class VirufyConfig(RemoteArchive):
+class VirufyConfig(GitHubPin):
     clips: str = "segmented"
 
 
@@ -58,13 +87,18 @@ class DataConfig:
     local_dir: str = "data"
     split: SplitConfig = field(default_factory=SplitConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
-    # Downloaded archives; $COUGHLAB_CACHE overrides, None means ~/.cache/coughlab/downloads.
+    # Downloaded files; $COUGHLAB_CACHE overrides, None means ~/.cache/coughlab/downloads.
     cache_dir: Optional[str] = None
-    # Per-source settings (URLs, pinned sha256, thresholds); see conf/data/.
+    # Folder of upstream manifests (git blob sha1 per file); None: the ones shipped in
+    # coughlab/sources/manifests. Tests point it at fixture repositories.
+    manifest_dir: Optional[str] = None
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    extract: ExtractLimits = field(default_factory=ExtractLimits)
+    # Per-source settings (pinned versions, filters); see conf/data/.
     coughvid: CoughvidConfig = field(default_factory=CoughvidConfig)
     coswara: CoswaraConfig = field(default_factory=CoswaraConfig)
     virufy: VirufyConfig = field(default_factory=VirufyConfig)
-    covid19_cough: RemoteArchive = field(default_factory=RemoteArchive)
+    covid19_cough: GitHubPin = field(default_factory=GitHubPin)
 
 
 @dataclass

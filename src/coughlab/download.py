@@ -1,15 +1,16 @@
-"""Download public archives once, verified, into a local cache.
+"""Download public files once, verified, into a local cache.
 
-`download` resumes an interrupted transfer from its `.part` file with an HTTP Range request,
-retries dropped connections with exponential backoff, and renames the file into place only
-after its sha256 matches the pinned value, so a file at `dest` is always complete and verified.
+`download` writes to `<dest>.part`, resumes an interrupted transfer with an HTTP Range
+request, retries dropped connections with exponential backoff, and renames the file into
+place only once it is whole and matches its `Pin`, so a file at `dest` is always complete
+and verified. "Whole" is checked, not assumed: the size the server announced (Content-Length,
+Content-Range) must be what arrived, and a server that contradicts itself is not believed.
+A transfer that outlives its deadline stops with the bytes received so far kept in `.part`
+(they are written as they arrive, never held back in a buffer) for the next run to resume.
 
-Sources never download an archive whose sha256 is not pinned (`fetch_archive`). To pin one,
-download it once and print its hash:
-
-    python -m coughlab.download URL
-
-then put the printed value under `data.<source>.sha256` in conf/data/sample.yaml.
+Pins are what the publisher states: a git blob sha1 per file from a committed manifest
+(GitHub), an md5 and size (Zenodo), or a sha256. `python -m coughlab.download URL` downloads
+a file into the cache and prints its digests.
 """
 from __future__ import annotations
 
@@ -22,38 +23,83 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Callable
 from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from coughlab.config import PARAMS_FILE, DataConfig, load_params
-from coughlab.digest import sha256_file
+from coughlab.config import PARAMS_FILE, DataConfig, DownloadConfig, load_params
 
 DEFAULT_CACHE = Path("~/.cache/coughlab/downloads")
 CACHE_ENV = "COUGHLAB_CACHE"
-USER_AGENT = "coughlab-downloader/1"
+USER_AGENT = "coughlab-downloader/2"
 CHUNK = 1 << 20
 # Worth another try: the server or the path to it may recover. Other 4xx answers will not.
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError,
                   ssl.SSLError)
+ALGORITHMS = ("sha256", "md5", "git-blob")
 
 
 class DownloadError(RuntimeError):
-    """The transfer failed for good (retries exhausted or a non-retryable HTTP answer)."""
+    """The transfer failed for good (retries or deadline exhausted, or a non-retryable answer)."""
 
 
 class ChecksumError(DownloadError):
     """The downloaded bytes are not the pinned ones; nothing was kept."""
 
 
-class UnpinnedSourceError(DownloadError):
-    """A source's archive has no pinned sha256, so it is not downloaded at all."""
-
-
 class _Retry(Exception):
     """One attempt failed in a way that a later attempt may fix."""
+
+
+@dataclass(frozen=True)
+class Pin:
+    """What a file must be: its digest under `algorithm` and, when known, its size in bytes.
+
+    `git-blob` is the sha1 git stores a file under, sha1(b"blob <size>\\0" + content), which
+    GitHub's manifests (`git ls-tree`) list for every file of a commit.
+    """
+    algorithm: str
+    hexdigest: str
+    size: int | None = None
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown digest {self.algorithm!r}; one of {ALGORITHMS}")
+
+
+def stream_digest(fh: IO[bytes], algorithm: str, size: int) -> str:
+    """Digest of `size` bytes read from `fh`; fewer or more bytes than `size` is an error."""
+    if algorithm == "git-blob":
+        digest = hashlib.sha1(b"blob %d\0" % size)
+    else:
+        digest = hashlib.new(algorithm)
+    seen = 0
+    while chunk := fh.read(CHUNK):
+        seen += len(chunk)
+        digest.update(chunk)
+    if seen != size:
+        raise ChecksumError(f"expected {size} bytes, read {seen}")
+    return digest.hexdigest()
+
+
+def file_digest(path: Path | str, algorithm: str) -> str:
+    with open(path, "rb") as fh:
+        return stream_digest(fh, algorithm, os.fstat(fh.fileno()).st_size)
+
+
+def pin_problem(path: Path, pin: Pin) -> str | None:
+    """Why the file at `path` is not `pin` (size first: cheap), or None when it is."""
+    size = path.stat().st_size
+    if pin.size is not None and size != pin.size:
+        return f"size {size} bytes, pinned {pin.size}"
+    actual = file_digest(path, pin.algorithm)
+    if actual != pin.hexdigest.lower():
+        return f"{pin.algorithm} mismatch:\n  expected {pin.hexdigest.lower()}\n  got      {actual}"
+    return None
 
 
 def cache_dir(data_cfg: DataConfig) -> Path:
@@ -66,84 +112,85 @@ def cache_path(cache: Path, url: str) -> Path:
     """Where `url` is cached: its file name behind a short hash of the whole URL.
 
     The hash keeps two URLs that end in the same name (`.../archive/<commit>.zip` of two
-    repositories, Zenodo's `public_dataset.zip`) from sharing a cache entry.
+    repositories) from sharing a cache entry.
     """
     name = Path(urlparse(url).path).name or "download"
     name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
     return cache / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
 
 
-def fetch_archive(source: str, data_cfg: DataConfig) -> Path:
-    """The cached, verified archive of `source` (settings in `data.<key>`); refuses if unpinned."""
-    key = source.replace("-", "_")
-    settings = getattr(data_cfg, key)
-    if not settings.url:
-        raise DownloadError(f"{source}: data.{key}.url is empty; set it in conf/data/sample.yaml")
-    if not settings.sha256:
-        raise UnpinnedSourceError(
-            f"{source}: refusing to download {settings.url} because data.{key}.sha256 is not "
-            f"pinned.\nPin it once: `python -m coughlab.download '{settings.url}'` downloads the "
-            f"archive into the cache and prints its sha256; check it is the data you expect, "
-            f"then set data.{key}.sha256 in conf/data/sample.yaml and run `make params` "
-            f"(or `dvc exp run -S 'data.{key}.sha256=<sha256>'` for one experiment).")
-    dest = cache_path(cache_dir(data_cfg), settings.url)
-    download(settings.url, dest, settings.sha256)
+def fetch_file(url: str, dest: Path, pin: Pin | None, settings: DownloadConfig,
+               progress: Callable[[int], None] | None = None) -> Path:
+    """`download` with the retry, timeout and deadline settings of `data.download`."""
+    download(url, dest, pin, retries=settings.retries, timeout=settings.timeout_s,
+             deadline=settings.deadline_s, progress=progress)
     return dest
 
 
-def download(url: str, dest: Path | str, sha256: str | None, *, retries: int = 5,
-             backoff: float = 2.0, timeout: float = 60.0) -> str:
-    """Fetch `url` to `dest` and return its sha256.
+def download(url: str, dest: Path | str, pin: Pin | None, *, retries: int = 5,
+             backoff: float = 2.0, timeout: float = 60.0, deadline: float | None = None,
+             progress: Callable[[int], None] | None = None) -> str:
+    """Fetch `url` to `dest`; return its digest (the pin's algorithm, sha256 without a pin).
 
-    A file already at `dest` that matches `sha256` is reused. Bytes go to `dest.part` first;
-    a dropped connection is retried `retries` times (waiting `backoff * 2**n` seconds) and
-    resumes where it stopped. `dest` appears only once the whole file matches `sha256`; on a
-    mismatch the bytes are deleted and ChecksumError is raised. When retries run out, `dest`
-    does not exist and the `.part` file stays for the next call to resume.
-    `sha256=None` skips verification: only for `python -m coughlab.download`, which prints
-    the hash so that a person can pin it.
+    A file already at `dest` that matches `pin` is reused. `dest` appears only once the whole
+    body arrived and matches `pin`; on a mismatch the bytes are deleted and ChecksumError names
+    both digests. When retries or the `deadline` (seconds for this call) run out, `dest` does
+    not exist and the `.part` file stays for the next call to resume. `progress`, when given,
+    is called with each chunk's size instead of drawing a bar.
     """
     dest = Path(dest)
-    expected = sha256.lower() if sha256 else None
+    algorithm = pin.algorithm if pin else "sha256"
     if dest.is_file():
-        actual = sha256_file(dest)
-        if expected in (None, actual):
-            return actual
-        print(f"download: cached {dest} does not match the pinned sha256; downloading again")
+        problem = pin_problem(dest, pin) if pin else None
+        if problem is None:
+            return pin.hexdigest.lower() if pin else file_digest(dest, algorithm)
+        print(f"download: cached {dest} is not the pinned file ({problem.splitlines()[0]}); "
+              "downloading again")
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    _transfer(url, part, retries, backoff, timeout)
-    actual = sha256_file(part)
-    if expected is not None and actual != expected:
+    end = time.monotonic() + deadline if deadline else None
+    _transfer(url, part, pin, retries, backoff, timeout, end, progress)
+    problem = pin_problem(part, pin) if pin else None
+    if problem:
         part.unlink()
         raise ChecksumError(
-            f"{url}: sha256 mismatch, the download was deleted.\n  expected {expected}\n"
-            f"  got      {actual}\nEither the pinned value is wrong or the server now serves "
-            f"different bytes; re-pin only after checking the new data.")
+            f"{url}: {problem}\nThe download was deleted. Either the pin is wrong or the server "
+            "now serves different bytes; re-pin only after checking the new data.")
+    digest = pin.hexdigest.lower() if pin else file_digest(part, algorithm)
     os.replace(part, dest)
-    return actual
+    return digest
 
 
-def _transfer(url: str, part: Path, retries: int, backoff: float, timeout: float) -> None:
+def _transfer(url: str, part: Path, pin: Pin | None, retries: int, backoff: float,
+              timeout: float, end: float | None, progress) -> None:
     """Fill `part` with the whole body of `url`, resuming and retrying as needed."""
     errors = []
+    announced: list[int] = []  # sizes the server has stated for this file, in order
     for attempt in range(retries + 1):
         if attempt:
-            time.sleep(backoff * 2 ** (attempt - 1))
+            wait = backoff * 2 ** (attempt - 1)
+            if end is not None:
+                wait = min(wait, max(end - time.monotonic(), 0))
+            time.sleep(wait)
         try:
-            _attempt(url, part, timeout)
+            _attempt(url, part, pin, timeout, end, announced, progress)
             return
         except _Retry as err:
             errors.append(str(err))
             print(f"download: attempt {attempt + 1}/{retries + 1} failed: {err}")
     raise DownloadError(
         f"{url}: gave up after {retries + 1} attempts (last error: {errors[-1]}). "
-        f"{part.stat().st_size if part.exists() else 0} bytes are kept in {part}; "
-        "the next run resumes from there.")
+        f"{_kept(part)}")
 
 
-def _attempt(url: str, part: Path, timeout: float) -> None:
+def _kept(part: Path) -> str:
+    size = part.stat().st_size if part.exists() else 0
+    return f"{size} bytes are kept in {part}; the next run resumes from there."
+
+
+def _attempt(url: str, part: Path, pin: Pin | None, timeout: float, end: float | None,
+             announced: list[int], progress) -> None:
     """One request: from the end of `part` (Range) to the end of the body."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT}
@@ -151,9 +198,10 @@ def _attempt(url: str, part: Path, timeout: float) -> None:
         headers["Range"] = f"bytes={offset}-"
     try:
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                          timeout=timeout)
+                                          timeout=_time_left(url, part, timeout, end))
     except urllib.error.HTTPError as err:
-        if err.code == 416 and offset:  # nothing left to send: `part` is already whole
+        if err.code == 416 and offset:
+            _check_already_whole(url, part, offset, err.headers, announced)
             return
         if err.code in RETRYABLE_STATUS:
             raise _Retry(f"HTTP {err.code} {err.reason}") from err
@@ -168,23 +216,83 @@ def _attempt(url: str, part: Path, timeout: float) -> None:
             mode, start = "ab", offset
         else:  # a plain 200: the server ignores Range, so the body starts at byte 0
             mode, start = "wb", 0
-        length = response.headers.get("Content-Length")
-        total = start + int(length) if length is not None else None
+        total = _announced_total(response, start)
+        _check_total(url, part, pin, total, announced)
         received = start
+        bar = None if progress else tqdm(total=total, initial=start, unit="B", unit_scale=True,
+                                         unit_divisor=1024, desc=part.name.removesuffix(".part"))
         try:
-            with open(part, mode) as fh, tqdm(total=total, initial=start, unit="B",
-                                              unit_scale=True, unit_divisor=1024,
-                                              desc=part.name.removesuffix(".part")) as bar:
-                while chunk := response.read(CHUNK):
+            with open(part, mode) as fh:
+                # read1: whatever has arrived, so a stalled or trickling server loses nothing
+                while chunk := response.read1(CHUNK):
                     fh.write(chunk)
                     received += len(chunk)
-                    bar.update(len(chunk))
+                    (progress or bar.update)(len(chunk))
+                    if end is not None and time.monotonic() > end:
+                        fh.flush()
+                        raise DownloadError(f"{url}: not finished within data.download."
+                                            f"deadline_s. {_kept_after(part, received)}")
                 fh.flush()
                 os.fsync(fh.fileno())
         except NETWORK_ERRORS as err:
             raise _Retry(f"connection lost after {received} bytes: {type(err).__name__}") from err
-    if total is not None and received < total:
+        finally:
+            if bar is not None:
+                bar.close()
+    if total is not None and received != total:
         raise _Retry(f"connection closed after {received} of {total} bytes")
+
+
+def _kept_after(part: Path, received: int) -> str:
+    return f"{received} bytes are kept in {part}; the next run resumes from there."
+
+
+def _time_left(url: str, part: Path, timeout: float, end: float | None) -> float:
+    if end is None:
+        return timeout
+    left = end - time.monotonic()
+    if left <= 0:
+        raise DownloadError(f"{url}: not finished within data.download.deadline_s. {_kept(part)}")
+    return min(timeout, left)
+
+
+def _announced_total(response, start: int) -> int | None:
+    """The whole file's size as this response states it (Content-Range, else Content-Length)."""
+    match = re.match(r"bytes \d+-\d+/(\d+)", response.headers.get("Content-Range", ""))
+    if match:
+        return int(match.group(1))
+    length = response.headers.get("Content-Length")
+    return start + int(length) if length is not None and length.isdigit() else None
+
+
+def _check_total(url: str, part: Path, pin: Pin | None, total: int | None,
+                 announced: list[int]) -> None:
+    """Refuse a size that contradicts the pin; start over when the server contradicts itself."""
+    if total is None:
+        return
+    if pin is not None and pin.size is not None and total != pin.size:
+        raise ChecksumError(f"{url}: the server announces {total} bytes, pinned {pin.size}; "
+                            "nothing was kept")
+    if announced and announced[-1] != total:
+        before = announced[-1]
+        part.unlink(missing_ok=True)
+        announced.clear()
+        raise _Retry(f"the server announced {before} bytes before and {total} now; "
+                     "starting over")
+    announced.append(total)
+
+
+def _check_already_whole(url: str, part: Path, offset: int, headers, announced: list[int]) -> None:
+    """416 to `Range: bytes=<offset>-`: `part` is whole only if every stated size is `offset`."""
+    match = re.fullmatch(r"bytes \*/(\d+)", (headers or {}).get("Content-Range", "") or "")
+    stated = [int(match.group(1))] if match else []
+    sizes = set(announced + stated)
+    if sizes != {offset}:
+        part.unlink(missing_ok=True)
+        announced.clear()
+        said = ", ".join(str(s) for s in sorted(sizes)) or "no size"
+        raise _Retry(f"the server refused bytes from {offset} but stated {said}; the partial "
+                     "file cannot be trusted, starting over")
 
 
 def _range_start(response) -> int | None:
@@ -194,16 +302,17 @@ def _range_start(response) -> int | None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description="Download URL into the coughlab cache (resumable) and print its sha256, "
-        "so it can be pinned as data.<source>.sha256 in conf/data/sample.yaml. The file is "
-        "left where `dvc repro` will look for it, so fetch does not download it again.")
-    parser.add_argument("url", help="the archive URL, as in data.<source>.url")
+        prog="python -m coughlab.download",
+        description="Download URL into the coughlab cache (resumable, retried) and print its "
+        "sha256, md5 and size: what a publisher's checksum can be compared with before pinning.")
+    parser.add_argument("url")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help=f"default: ${CACHE_ENV}, else data.cache_dir, else {DEFAULT_CACHE}")
     args = parser.parse_args(argv)
     cache = args.cache_dir or cache_dir(_data_config())
     dest = cache_path(cache, args.url)
     digest = download(args.url, dest, None)
+    print(f"md5 {file_digest(dest, 'md5')}, {dest.stat().st_size} bytes")
     print(f"{digest}  {dest}")
 
 

@@ -4,10 +4,16 @@ A source is a function `fetch(dest, data_cfg) -> DataFrame`: it puts audio files
 and returns one row per clip with the columns in `REQUIRED_COLUMNS` (plus optional ones such as
 `channel`), `path` relative to `dest`. The fetch stage validates every source's rows the same
 way (`validate_labels`) before anything downstream sees them.
+
+A source may add `person_fingerprint`: equal for recordings whose person-describing metadata
+(age, gender, history, symptoms: everything but ids and dates) is identical, so that combine
+keeps possible recordings of one person in one split.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
+import json
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import pandas as pd
@@ -16,6 +22,7 @@ from coughlab import LABELS
 from coughlab.config import DataConfig
 
 REQUIRED_COLUMNS = ["path", "label", "subject_id", "source"]
+FINGERPRINT = "person_fingerprint"
 
 SourceFetch = Callable[[Path, DataConfig], pd.DataFrame]
 SOURCES: dict[str, SourceFetch] = {}
@@ -48,18 +55,38 @@ def require_columns(df: pd.DataFrame, columns: list[str], what: str) -> None:
                           f"found: {list(df.columns)}")
 
 
+def person_fingerprint(source: str, metadata: dict[str, str]) -> str:
+    """A short key of a person's metadata; "" when it says nothing (every value blank)."""
+    values = {k: str(v).strip().lower() for k, v in sorted(metadata.items())}
+    if not any(values.values()):
+        return ""
+    blob = json.dumps(values, sort_keys=True).encode()
+    return f"{source}:{hashlib.sha1(blob).hexdigest()[:16]}"
+
+
+def normalise_path(path: str) -> str:
+    """One spelling per file: `./clips/a.wav` and `clips//./a.wav` are `clips/a.wav`."""
+    return str(PurePosixPath(path)) if path else path
+
+
 def validate_labels(df: pd.DataFrame, root: Path, what: str = "labels.csv") -> pd.DataFrame:
     """Check schema, label values, and that each path is a file inside `root`.
 
-    Paths that are absolute or climb out of `root` (`../`) are rejected, not resolved: a
-    labels file must never make the pipeline read outside its own data.
+    Paths are normalised first, so one file cannot be listed twice under two spellings (nor
+    twice through a link: duplicates are found on the resolved file too). Paths that are
+    absolute or climb out of `root` (`../`) are rejected, not resolved: a labels file must
+    never make the pipeline read outside its own data. No rows at all is an error too.
     """
     require_columns(df, REQUIRED_COLUMNS, what)
+    if df.empty:
+        raise LabelsError(f"{what}: lists no clips (only a header); nothing to fetch")
     df = df.copy()
     for col in REQUIRED_COLUMNS:
         df[col] = df[col].astype("string").str.strip()
+    df["path"] = df["path"].map(normalise_path, na_action="ignore")
     problems = []
     root = root.resolve()
+    resolved = {}
     for line, row in zip(range(2, len(df) + 2), df.itertuples(index=False)):
         where = f"{what} line {line}"
         if any(pd.isna(getattr(row, c)) or getattr(row, c) == "" for c in REQUIRED_COLUMNS):
@@ -77,6 +104,10 @@ def validate_labels(df: pd.DataFrame, root: Path, what: str = "labels.csv") -> p
             problems.append(f"{where}: path {row.path!r} points outside the data folder")
         elif not full.is_file():
             problems.append(f"{where}: file {row.path!r} does not exist")
+        elif full in resolved and resolved[full] != row.path:
+            problems.append(f"{where}: {row.path!r} is the same file as {resolved[full]!r}")
+        else:
+            resolved[full] = row.path
     dupes = df["path"][df["path"].duplicated()].unique()
     problems += [f"{what}: path {p!r} is listed more than once" for p in dupes[:10]]
     if problems:

@@ -1,7 +1,8 @@
-"""`coughvid`: COUGHVID crowdsourced coughs (Zenodo record 4498364, `public_dataset.zip`, CC BY 4.0).
+"""`coughvid`: COUGHVID v3 crowdsourced coughs (Zenodo record 7024894, `public_dataset_v3.zip`, CC BY 4.0).
 
-The zip holds `public_dataset/` with `<uuid>.webm` (Opus) or `<uuid>.ogg` (Vorbis) recordings,
-a `<uuid>.json` per recording, and metadata_compiled.csv with one row per uuid. The label is
+The zip (2,297,542,075 bytes, pinned by the md5 Zenodo publishes) holds `coughvid_20211012/`
+with `<uuid>.webm` (Opus), `<uuid>.ogg` (Vorbis) or `<uuid>.wav` recordings, a `<uuid>.json`
+per recording, and metadata_compiled.csv with one row per uuid. The label is
 the self-reported `status`: COVID-19 -> positive, healthy -> negative; `symptomatic` and blank
 statuses are dropped. So are recordings whose `cough_detected` score (the dataset's own cough
 detector, 0-1) is below data.coughvid.min_cough_detected: many uploads hold speech or noise.
@@ -16,32 +17,48 @@ import pandas as pd
 from tqdm import tqdm
 
 from coughlab.config import DataConfig
-from coughlab.download import fetch_archive
-from coughlab.sources import register, require_columns
-from coughlab.sources.archive import Archive, clip_table
+from coughlab.download import Pin, cache_dir, cache_path, fetch_file
+from coughlab.sources import LabelsError, register, require_columns
+from coughlab.sources.archive import Archive, ExtractBudget, clip_table
 
 NAME = "coughvid"
+WHAT = "crowdsourced webm/ogg/wav coughs, self-reported status, cough_detected score"
+LICENCE = "CC BY 4.0"
 CHANNEL = "coughvid-web"
 METADATA = "metadata_compiled.csv"
 STATUS_LABELS = {"COVID-19": "positive", "healthy": "negative"}
-AUDIO_SUFFIXES = {".webm", ".ogg"}
+# One recording per uuid; should an upload come in two formats, the first of these wins.
+AUDIO_SUFFIXES = (".webm", ".ogg", ".wav")
 
 
 @register(NAME)
 def fetch_coughvid(dest: Path, cfg: DataConfig) -> pd.DataFrame:
-    with Archive(fetch_archive(NAME, cfg), NAME) as archive:
+    with Archive(zenodo_archive(cfg), ExtractBudget(NAME, cfg.extract)) as archive:
         metadata = pd.read_csv(archive.open(METADATA), dtype={"uuid": str, "status": str})
         rows, dropped = label_rows(metadata, audio_by_uuid(archive.names()),
                                    cfg.coughvid.min_cough_detected)
         for row in tqdm(rows, desc=NAME, unit="clip"):
-            archive.extract(row["path"], dest / row["path"])
+            archive.extract(row["path"], dest)
     return clip_table(NAME, rows, dropped)
+
+
+def zenodo_archive(cfg: DataConfig) -> Path:
+    """The cached zip, downloaded and checked against Zenodo's md5 and size."""
+    settings = cfg.coughvid
+    if not settings.md5:
+        raise LabelsError(f"{NAME}: data.coughvid.md5 is empty; the archive is only used "
+                          "pinned (Zenodo lists each file's md5 on the record page)")
+    return fetch_file(settings.url, cache_path(cache_dir(cfg), settings.url),
+                      Pin("md5", settings.md5, settings.size or None), cfg.download)
 
 
 def audio_by_uuid(names: list[str]) -> dict[str, str]:
     """`uuid -> file name` for the audio files at the top of the archive."""
-    return {PurePosixPath(n).stem: n for n in names
-            if "/" not in n and PurePosixPath(n).suffix in AUDIO_SUFFIXES}
+    audio = {}
+    for suffix in reversed(AUDIO_SUFFIXES):
+        audio.update({PurePosixPath(n).stem: n for n in names
+                      if "/" not in n and PurePosixPath(n).suffix == suffix})
+    return audio
 
 
 def label_rows(metadata: pd.DataFrame, audio: dict[str, str],

@@ -1,5 +1,8 @@
 """`covid19-cough`: call-center and Telegram coughs (github.com/covid19-cough/dataset, CC0 1.0).
 
+Every file used is checked against its git blob sha1 in the committed manifest of the pinned
+commit (coughlab.sources.pins), whatever bytes GitHub's archive zip happens to have.
+
 metadata.json lists every recording raw/<uuid>.mp3 (1324 at the pinned commit):
 `covid19` (true -> positive, false -> negative), `source` (call-center: 8 kHz stereo,
 telegram: 48 kHz mono; kept as `channel`) and `verified` (PCR-confirmed, kept as a column).
@@ -19,27 +22,31 @@ import pandas as pd
 from tqdm import tqdm
 
 from coughlab.config import DataConfig
-from coughlab.digest import sha256_stream
-from coughlab.download import fetch_archive
 from coughlab.sources import LabelsError, register
-from coughlab.sources.archive import Archive, clip_table, safe_name
+from coughlab.sources.archive import Archive, ExtractBudget, clip_table, safe_name
+from coughlab.sources.pins import github_archive, load_manifest, verify_members
 
 NAME = "covid19-cough"
+WHAT = "call-center (8 kHz stereo) and Telegram (48 kHz mono) mp3, labels from metadata.json"
+LICENCE = "CC0 1.0"
 SUBJECT_PREFIX = "c19c-"
 CHANNELS = {"call-center", "telegram"}
+METADATA = "metadata.json"
 
 
 @register(NAME)
 def fetch_covid19_cough(dest: Path, cfg: DataConfig) -> pd.DataFrame:
-    with Archive(fetch_archive(NAME, cfg), NAME) as archive:
-        records = json.load(archive.open("metadata.json"))
-        present = set(archive.names())
-        rows, dropped = label_records(records, present)
-        digests = {row["path"]: member_sha256(archive, row["path"])
-                   for row in tqdm(rows, desc=f"{NAME} hashing", unit="clip")}
+    manifest = load_manifest(cfg.covid19_cough, cfg)
+    with Archive(github_archive(cfg.covid19_cough, cfg), ExtractBudget(NAME, cfg.extract)) as archive:
+        verify_members(archive, manifest, [METADATA])
+        records = json.load(archive.open(METADATA))
+        rows, dropped = label_records(records, set(manifest.paths("raw/")))
+        verify_members(archive, manifest, [row["path"] for row in rows])
+        # verified, so the manifest's blob hash is the content's: equal hash, equal bytes
+        digests = {row["path"]: manifest.blobs[row["path"]] for row in rows}
         rows, dropped_dupes = drop_duplicates(rows, digests)
         for row in tqdm(rows, desc=NAME, unit="clip"):
-            archive.extract(row["path"], dest / row["path"])
+            archive.extract(row["path"], dest)
     dropped.update(dropped_dupes)
     return clip_table(NAME, rows, dropped)
 
@@ -88,8 +95,3 @@ def drop_duplicates(rows: list[dict], digests: dict[str, str]) -> tuple[list[dic
         if len(group) > 1:
             dropped["identical audio, extra copy"] += len(group) - 1
     return sorted(kept, key=lambda row: row["path"]), dropped
-
-
-def member_sha256(archive: Archive, name: str) -> str:
-    with archive.open(name) as fh:
-        return sha256_stream(fh)

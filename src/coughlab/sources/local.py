@@ -9,6 +9,9 @@ import pandas as pd
 from coughlab.config import DataConfig
 from coughlab.sources import LabelsError, register, validate_labels
 
+WHAT = "your labelled recordings in data.local_dir with a labels.csv (default: the embedded sample)"
+LICENCE = "yours"
+
 
 @register("local")
 def fetch_local(dest: Path, cfg: DataConfig) -> pd.DataFrame:
@@ -19,6 +22,9 @@ def fetch_local(dest: Path, cfg: DataConfig) -> pd.DataFrame:
                           "embedded sample, or `dvc pull data.dvc`")
     try:
         df = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise LabelsError(f"{labels_csv} is empty: it needs a header "
+                          "(path,label,subject_id,source,channel) and one row per clip") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise LabelsError(f"{labels_csv}: not a readable CSV ({err})") from err
     df = validate_labels(df, root, str(labels_csv))

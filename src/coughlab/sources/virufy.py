@@ -10,8 +10,11 @@ clinical/original/<pos|neg>/) and `corona_test` (the PCR result: positive -> pos
 negative -> negative, anything else dropped). data.virufy.clips picks `segmented`
 (clinical/segmented/<pos|neg>/<recording>-<n>.mp3: the dataset's own cut of each recording at
 silences, non-cough segments removed; 121 clips) or `original` (the whole recordings).
-subject_id is `virufy-<recording>`: one recording per patient, so all of a patient's
-segments stay in one split.
+subject_id is `virufy-<recording>`, so all of a recording's segments stay in one split. Two
+recordings may still be one person on two days (patients 083 and 095 share age, gender,
+history and symptoms): `person_fingerprint` hashes every labels.csv column but the file name
+and the result, and combine keeps recordings with equal fingerprints in one split.
+Every file used is checked against the committed manifest of the pinned commit.
 """
 from __future__ import annotations
 
@@ -21,11 +24,15 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from coughlab.config import DataConfig
-from coughlab.download import fetch_archive
-from coughlab.sources import LabelsError, register, require_columns
-from coughlab.sources.archive import Archive, clip_table
+from coughlab.sources import FINGERPRINT, LabelsError, person_fingerprint, register, require_columns
+from coughlab.sources.archive import Archive, ExtractBudget, clip_table
+from coughlab.sources.pins import github_archive, load_manifest, verify_members
 
 NAME = "virufy"
+WHAT = "16 hospital patients with PCR results, clinical mp3 (data.virufy.clips: segmented or original)"
+LICENCE = "CC BY-NC-SA 4.0 + addendum: no redistribution without Virufy's approval"
+# labels.csv columns that name the recording or its result rather than describe the person
+NOT_PERSON = {"cough_filename", "corona_test"}
 CHANNEL = "virufy-clinical"
 LABELS_CSV = "clinical/labels.csv"
 PCR_LABELS = {"positive": "positive", "negative": "negative"}
@@ -38,22 +45,36 @@ def fetch_virufy(dest: Path, cfg: DataConfig) -> pd.DataFrame:
     clips = cfg.virufy.clips
     if clips not in CLIPS:
         raise LabelsError(f"{NAME}: data.virufy.clips is {clips!r}; choose one of {list(CLIPS)}")
-    with Archive(fetch_archive(NAME, cfg), NAME) as archive:
+    manifest = load_manifest(cfg.virufy, cfg)
+    with Archive(github_archive(cfg.virufy, cfg), ExtractBudget(NAME, cfg.extract)) as archive:
+        verify_members(archive, manifest, [LABELS_CSV])
         labels = pd.read_csv(archive.open(LABELS_CSV), dtype=str, keep_default_na=False)
         recordings, dropped = recording_labels(labels)
-        audio = [n for n in archive.names() if n.startswith(f"clinical/{clips}/")
-                 and PurePosixPath(n).suffix.lower() in AUDIO_SUFFIXES]
+        fingerprints = recording_fingerprints(labels)
         rows = []
-        for name in audio:
+        for name in manifest.paths(f"clinical/{clips}/"):
+            if PurePosixPath(name).suffix.lower() not in AUDIO_SUFFIXES:
+                continue
             recording = recording_of(PurePosixPath(name).stem, recordings)
             if recording is None:
                 dropped["clip of an unlabelled recording"] += 1
                 continue
-            archive.extract(name, dest / name)
             rows.append({"path": name, "label": recordings[recording],
                          "subject_id": f"{NAME}-{recording}", "source": NAME,
-                         "channel": CHANNEL})
+                         "channel": CHANNEL, FINGERPRINT: fingerprints[recording]})
+        verify_members(archive, manifest, [row["path"] for row in rows])
+        for row in rows:
+            archive.extract(row["path"], dest)
     return clip_table(NAME, rows, dropped)
+
+
+def recording_fingerprints(labels: pd.DataFrame) -> dict[str, str]:
+    """`recording stem -> fingerprint` of the columns that describe the person."""
+    person = [c for c in labels.columns if c not in NOT_PERSON and not c.startswith("Unnamed")
+              and c.strip()]
+    return {PurePosixPath(row["cough_filename"].strip()).stem:
+            person_fingerprint(NAME, {c: row[c] for c in person})
+            for row in labels.to_dict("records")}
 
 
 def recording_labels(labels: pd.DataFrame) -> tuple[dict[str, str], Counter]:

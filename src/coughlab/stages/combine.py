@@ -36,25 +36,87 @@ class TooManyQuarantined(RuntimeError):
     pass
 
 
-def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int) -> pd.Series:
-    """Assign each row the split of its subject: subject-disjoint, label-stratified, seeded.
+class SplitError(ValueError):
+    """A source has too few independent subjects to appear in every split."""
 
-    A subject's label is its majority label, so a subject with mixed clips stays whole.
+
+# Column a source may fill so that possible recordings of one person share a split
+# (coughlab.sources.FINGERPRINT; not imported, so combine does not depend on the sources).
+FINGERPRINT = "person_fingerprint"
+
+
+def subject_groups(df: pd.DataFrame) -> pd.Series:
+    """`subject_id -> group`: subjects sharing a non-empty person_fingerprint (possibly one
+    person recorded twice) form one group, named after its first subject id in sorted order."""
+    parent = {s: s for s in sorted(df["subject_id"].unique())}
+
+    def root(s: str) -> str:
+        while parent[s] != s:
+            parent[s] = parent[parent[s]]
+            s = parent[s]
+        return s
+
+    if FINGERPRINT in df.columns:
+        pairs = df.loc[df[FINGERPRINT].fillna("").astype(str) != "", [FINGERPRINT, "subject_id"]]
+        for _, subjects in sorted(pairs.groupby(FINGERPRINT)["subject_id"]):
+            first, *rest = sorted(set(subjects))
+            for other in rest:
+                a, b = sorted((root(first), root(other)))
+                parent[b] = a
+    return pd.Series({s: root(s) for s in parent}, name="group")
+
+
+def _majority(values: pd.Series) -> str:
+    """Most frequent value; ties go to the first in sorted order (deterministic)."""
+    return values.value_counts().sort_index().idxmax()
+
+
+def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int) -> pd.Series:
+    """Assign each row the split of its subject, seeded.
+
+    Subject-disjoint, and possible duplicates of one person (equal person_fingerprint) stay
+    together. Stratified by source x label: within each source, each label's groups are
+    shuffled and cut by the split fractions; then every source is made to appear in every
+    split with a non-zero fraction, or SplitError names the source with too few subjects.
+    A group's source and label are the majority of its clips.
     """
-    subject_label = df.groupby("subject_id")["label"].agg(lambda s: s.value_counts().idxmax())
+    groups = subject_groups(df)
+    row_group = df["subject_id"].map(groups)
+    strata = df.groupby(row_group).agg(source=("source", _majority), label=("label", _majority))
+    fractions = {"test": split.test, "valid": split.valid}
+    needed = ["train", *(name for name, f in fractions.items() if f > 0)]
     rng = np.random.default_rng(seed)
-    assignment = {}
-    for label in sorted(subject_label.unique()):
-        subjects = sorted(subject_label.index[subject_label == label])
-        subjects = [subjects[i] for i in rng.permutation(len(subjects))]
-        n = len(subjects)
-        n_test = int(round(n * split.test)) if n >= 3 else 0
-        n_valid = int(round(n * split.valid)) if n >= 3 else 0
-        if n >= 3:  # keep every split non-empty for every label when there are enough people
-            n_test, n_valid = max(n_test, 1), max(n_valid, 1)
-        for i, subj in enumerate(subjects):
-            assignment[subj] = "test" if i < n_test else "valid" if i < n_test + n_valid else "train"
-    return df["subject_id"].map(assignment)
+    assignment: dict[str, str] = {}
+    for source in sorted(strata["source"].unique()):
+        in_source = strata[strata["source"] == source]
+        if len(in_source) < len(needed):
+            raise SplitError(
+                f"source {source!r} has {len(in_source)} independent subject(s) (possible "
+                f"duplicates of one person counted once); {len(needed)} are needed to put it in "
+                f"{', '.join(needed)}. Add recordings, leave it out of data.sources, or set "
+                "data.split.valid / data.split.test to 0.")
+        for label in sorted(in_source["label"].unique()):
+            members = sorted(in_source.index[in_source["label"] == label])
+            members = [members[i] for i in rng.permutation(len(members))]
+            n = len(members)
+            counts = {name: int(round(n * f)) for name, f in fractions.items()}
+            if n >= 3:  # every split gets each label when there are enough people
+                counts = {name: max(c, 1) if fractions[name] > 0 else 0
+                          for name, c in counts.items()}
+            for i, group in enumerate(members):
+                assignment[group] = ("test" if i < counts["test"] else
+                                     "valid" if i < counts["test"] + counts["valid"] else "train")
+        _cover_every_split(list(in_source.index), needed, assignment)
+    return row_group.map(assignment)
+
+
+def _cover_every_split(groups: list[str], needed: list[str], assignment: dict[str, str]) -> None:
+    """Move groups (the last placed in the fullest split) until each needed split has one."""
+    for name in needed:
+        members = {n: [g for g in groups if assignment[g] == n] for n in needed}
+        if not members[name]:
+            donor = max(needed, key=lambda n: len(members[n]))
+            assignment[members[donor][-1]] = name
 
 
 def wav_path(fetched_path: str) -> str:
