@@ -1,8 +1,8 @@
 """Stage combine: decode every fetched clip, mono, one sample rate, quality gate, split.
 
 Outputs (build/combined/):
-- clips/...wav      mono 32-bit float at audio.sample_rate (the Lambda feeds float samples to
-                    the graph: 16-bit clips would make training see other numbers), at the build/fetched/ path (+ .wav if not wav)
+- clips/...wav      mono 32-bit float at audio.sample_rate, at the build/fetched/ path (+ .wav
+                    if not wav); float, because the Lambda feeds float samples to the graph
 - manifest.csv      one row per kept clip: labels.csv columns (path -> the wav, fetched_path the
                     original) + split, orig_sr, orig_channels, seconds
 - quarantine.csv    one row per rejected clip with its reason (unreadable, empty, silent, ...)
@@ -10,7 +10,8 @@ Outputs (build/combined/):
 
 Quarantine is never fatal on its own; combine fails only if the quarantined fraction exceeds
 data.quality.max_quarantine_fraction, which signals a broken source rather than bad clips.
-Splits are subject-disjoint (no person in two splits) and stratified by label, from `seed`.
+Splits are subject-disjoint (no person in two splits; possible duplicates of one person, by
+`person_fingerprint`, stay together) and stratified by source x label, from `seed`.
 """
 from __future__ import annotations
 
