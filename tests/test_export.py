@@ -56,8 +56,9 @@ def test_handler_hears_what_the_pipeline_heard_from_the_original_files(exported_
 
 
 def test_export_refuses_a_model_the_handler_hears_differently(exported_model, tmp_path):
-    """Training on 16-bit clips (what combine used to write) while the Lambda feeds float
-    samples is train/serve skew: the parity gate must stop the export, leaving no output."""
+    """Clips that lost precision in combine (it used to write 16-bit PCM) while the Lambda feeds
+    float samples is train/serve skew: the parity gate must stop the export, leaving no output.
+    The loss is exaggerated to 6 bits here: this tiny untrained network barely moves at 16."""
     import shutil
 
     import soundfile as sf
@@ -69,7 +70,7 @@ def test_export_refuses_a_model_the_handler_hears_differently(exported_model, tm
     shutil.copytree(exported_model["combined"], combined)
     for clip in (combined / "clips").iterdir():
         wave, sr = sf.read(clip, dtype="float32")
-        sf.write(clip, np.round(wave * 64) / 64, sr, subtype="FLOAT")  # coarse quantisation
+        sf.write(clip, np.round(wave * 32) / 32, sr, subtype="FLOAT")
     featurize(combined, tmp_path / "features", AudioConfig())
     with pytest.raises(RuntimeError, match="disagree"):
         export_lambda(exported_model["model_pt"].parent, exported_model["metrics"], combined,
