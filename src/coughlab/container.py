@@ -18,6 +18,10 @@ is the last completed epoch, and the restarted job resumes from it to the same e
 """
 from __future__ import annotations
 
+from coughlab.determinism import pin_cpu_kernels
+
+pin_cpu_kernels()  # before torch loads: its kernel choice is made at import
+
 import argparse
 import json
 import os
