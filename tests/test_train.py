@@ -78,8 +78,9 @@ def test_training_is_bit_identical_whatever_the_cpu_kernels_and_threads(workspac
         assert outputs(root, tag) == outputs(root, "straight"), tag
 
 
-@pytest.mark.parametrize("sig, after_epoch", [(signal.SIGKILL, 0), (signal.SIGINT, 1),
-                                              (signal.SIGKILL, 3)])
+@pytest.mark.parametrize("sig, after_epoch", [
+    pytest.param(sig, epoch, id=f"{sig.name}-after-epoch-{epoch}")
+    for sig, epoch in ((signal.SIGKILL, 0), (signal.SIGINT, 1), (signal.SIGKILL, 3))])
 def test_interrupted_training_resumes_invisibly(workspace, sig, after_epoch):
     """Same model.pt, metrics.json and curves as the uninterrupted run, byte for byte."""
     root, features = workspace
