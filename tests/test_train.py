@@ -147,8 +147,10 @@ def test_fingerprint_covers_the_training_code_and_image(tmp_path, monkeypatch):
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     monkeypatch.delenv(model.TRAINING_IMAGE_ENV, raising=False)
     base = fingerprint(params, features)
-    monkeypatch.setenv(model.TRAINING_IMAGE_ENV, "123.dkr.ecr.eu-west-1.amazonaws.com/coughlab-train:abc")
+    image = "123.dkr.ecr.eu-west-1.amazonaws.com/coughlab-train:abc"
+    monkeypatch.setenv(model.TRAINING_IMAGE_ENV, image)
     with_image = fingerprint(params, features)
+    assert fingerprint(params, features, training_image=image) == with_image
     monkeypatch.setattr(model, "code_digest", lambda: "other code")
     assert len({base, with_image, fingerprint(params, features)}) == 3
 
@@ -184,30 +186,43 @@ def test_crafted_checkpoint_is_refused_without_running_code(tmp_path):
     """Even with a matching fingerprint and digest (anyone can compute both)."""
     marker = tmp_path / "pwned"
     fp = "f" * 64
-    write_checkpoint(tmp_path / "ckpt", fp, model.Checkpoint(0, [], {"model": Evil(marker)}))
+    write_checkpoint(tmp_path / "ckpt", fp,
+                     model.Checkpoint(0, [{"train_loss": 0.5}], {"model": Evil(marker)}))
     with pytest.raises(ValueError, match="refusing to load"):
         read_checkpoint(tmp_path / "ckpt", fp, torch.device("cpu"))
     assert not marker.exists()
 
 
+def tiny_checkpoint(epoch: int = 0) -> model.Checkpoint:
+    return model.Checkpoint(epoch, [{"train_loss": 0.5}] * (epoch + 1), {"model": {}})
+
+
 def test_checkpoint_tensors_are_not_read_before_the_fingerprint_matches(tmp_path, monkeypatch,
                                                                          capsys):
-    write_checkpoint(tmp_path, "a" * 64, model.Checkpoint(0, [], {"model": {}}))
+    write_checkpoint(tmp_path, "a" * 64, tiny_checkpoint())
     monkeypatch.setattr(model.torch, "load", lambda *a, **k: pytest.fail("tensors were read"))
     assert read_checkpoint(tmp_path, "b" * 64, torch.device("cpu")) is None
     assert "belongs to other params" in capsys.readouterr().out
 
 
+def edit_record(checkpoint_dir: Path, **changes) -> None:
+    path = checkpoint_dir / CHECKPOINT_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
 @pytest.mark.parametrize("damage", [
-    lambda d: (d / CHECKPOINT_FILE).write_text("{not json"),
-    lambda d: (d / CHECKPOINT_FILE).write_text(json.dumps({"fingerprint": "a" * 64, "epoch": 0,
-                                                           "tensors": "../../etc/passwd",
-                                                           "sha256": "0", "history": []})),
-    lambda d: next(d.glob("checkpoint-*.pt")).write_bytes(b"truncated"),
-    lambda d: next(d.glob("checkpoint-*.pt")).unlink(),
+    pytest.param(lambda d: (d / CHECKPOINT_FILE).write_text("{not json"), id="not-json"),
+    pytest.param(lambda d: edit_record(d, tensors="../../etc/passwd"), id="path-outside"),
+    pytest.param(lambda d: edit_record(d, epoch="0"), id="epoch-not-int"),
+    pytest.param(lambda d: edit_record(d, history=[{"train_loss": "x"}]), id="history-not-numbers"),
+    pytest.param(lambda d: edit_record(d, history=[]), id="history-short"),
+    pytest.param(lambda d: next(d.glob("checkpoint-*.pt")).write_bytes(b"truncated"),
+                 id="tensors-truncated"),
+    pytest.param(lambda d: next(d.glob("checkpoint-*.pt")).unlink(), id="tensors-missing"),
 ])
 def test_damaged_checkpoint_is_ignored(tmp_path, damage, capsys):
-    write_checkpoint(tmp_path, "a" * 64, model.Checkpoint(0, [], {"model": {}}))
+    write_checkpoint(tmp_path, "a" * 64, tiny_checkpoint())
+    assert read_checkpoint(tmp_path, "a" * 64, torch.device("cpu")) is not None
     damage(tmp_path)
     assert read_checkpoint(tmp_path, "a" * 64, torch.device("cpu")) is None
     assert "ignoring" in capsys.readouterr().out

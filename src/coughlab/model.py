@@ -180,14 +180,21 @@ def write_checkpoint(checkpoint_dir: Path, fingerprint_hex: str, checkpoint: Che
             old.unlink(missing_ok=True)
 
 
+def valid_history(history, last_epoch: int) -> bool:
+    """One {metric name: number} per epoch up to `last_epoch`."""
+    return (isinstance(history, list) and len(history) == last_epoch + 1
+            and all(isinstance(row, dict) and all(isinstance(value, (int, float))
+                                                  for value in row.values()) for row in history))
+
+
 def read_checkpoint_record(path: Path) -> dict | None:
     """The JSON record, or None (with the reason printed) when it is not one we wrote."""
     try:
         record = json.loads(path.read_text())
         valid = (isinstance(record, dict) and isinstance(record.get("fingerprint"), str)
                  and isinstance(record.get("epoch"), int) and isinstance(record.get("sha256"), str)
-                 and isinstance(record.get("history"), list)
-                 and CHECKPOINT_TENSORS.fullmatch(str(record.get("tensors"))) is not None)
+                 and CHECKPOINT_TENSORS.fullmatch(str(record.get("tensors"))) is not None
+                 and valid_history(record.get("history"), record["epoch"]))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         valid = False
     if not valid:
@@ -292,17 +299,20 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def fingerprint(params: Params, features_dir: Path) -> str:
+def fingerprint(params: Params, features_dir: Path, training_image: str | None = None) -> str:
     """What a checkpoint must match to be resumed: training params, the exact features, the
-    training code and, on SageMaker, the image ($COUGHLAB_TRAINING_IMAGE).
+    training code and, on SageMaker, the image training runs in (`training_image`, by default
+    $COUGHLAB_TRAINING_IMAGE, which the job sets).
 
     A finished checkpoint from older code would otherwise hand back the old weights.
     """
+    if training_image is None:
+        training_image = os.environ.get(TRAINING_IMAGE_ENV, "")
     digest = hashlib.sha256()
     train = {k: v for k, v in asdict(params.train).items() if k not in ("backend", "sagemaker")}
     digest.update(json.dumps({"seed": params.seed, "lr": params.lr, "model": asdict(params.model),
                               "train": train, "code": code_digest(),
-                              "image": os.environ.get(TRAINING_IMAGE_ENV, "")},
+                              "image": training_image},
                              sort_keys=True).encode())
     for split in ("train", "valid"):
         digest.update(bytes.fromhex(sha256_file(Path(features_dir) / f"{split}.npz")))
