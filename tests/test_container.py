@@ -77,7 +77,7 @@ def test_sigterm_then_restart_ends_with_the_uninterrupted_weights(tmp_path, one_
     _, err = victim.communicate(timeout=120)
     assert victim.returncode == EXIT_TERMINATED, err[-2000:]
     assert "SIGTERM: stopped after saving" in err
-    stopped_at = torch.load(checkpoint, weights_only=False)["epoch"]
+    stopped_at = json.loads(checkpoint.read_text())["epoch"]
     assert stopped_at < EPOCHS - 1, "training finished before SIGTERM arrived"
     assert not (spot.model / MODEL_FILE).exists()
     assert not spot.failure.exists()
@@ -92,6 +92,13 @@ def test_sigterm_then_restart_ends_with_the_uninterrupted_weights(tmp_path, one_
     for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(ta, tb), f"{name} differs after resuming from epoch {stopped_at}"
     assert last_step(straight) == last_step(spot) == EPOCHS - 1
+    assert curves(spot) == curves(straight)
+
+
+def curves(layout: Layout) -> dict[str, bytes]:
+    """The job's output/data: metrics.json and the per-epoch curves, by relative path."""
+    return {str(f.relative_to(layout.output_data)): f.read_bytes()
+            for f in sorted(layout.output_data.rglob("*")) if f.is_file()}
 
 
 def write_features(layout: Layout) -> None:

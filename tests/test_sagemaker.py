@@ -141,7 +141,7 @@ def test_dispatch_sends_the_exact_request_and_unpacks_the_model(aws_env, tmp_pat
     path = run_training_job(PARAMS, features, model_dir, live_dir, SETTINGS, clients, name=JOB,
                             poll_seconds=0)
 
-    assert sent == [expected_request(fingerprint(PARAMS, features))]
+    assert sent == [expected_request(fingerprint(PARAMS, features, IMAGE))]
     uploaded = clients.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"exp/coughlab/input/{JOB}/")
     assert {o["Key"].rsplit("/", 1)[1] for o in uploaded["Contents"]} == {"train.npz", "valid.npz"}
     body = clients.s3.get_object(Bucket=BUCKET, Key=f"exp/coughlab/input/{JOB}/features/train.npz")
@@ -181,7 +181,7 @@ def stubbed(service: str) -> tuple[object, Stubber]:
 def test_request_passes_botocore_validation_for_create_training_job(tmp_path):
     sm, stub = stubbed("sagemaker")
     features = make_features(tmp_path / "features")
-    fp = fingerprint(PARAMS, features)
+    fp = fingerprint(PARAMS, features, IMAGE)
     request = training_job_request(job_paths(JOB, fp, BUCKET, "exp/coughlab"), PARAMS, SETTINGS, fp)
     assert request == expected_request(fp)
     stub.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:us-east-1:"

@@ -1,3 +1,5 @@
+import ast
+import json
 import os
 import signal
 import subprocess
@@ -8,50 +10,95 @@ from pathlib import Path
 import pytest
 import torch
 
+from coughlab import model
 from coughlab.config import ModelConfig, load_params
-from coughlab.model import (CHECKPOINT_FILE, MODEL_FILE, build_net, epoch_line, load_model,
-                            train_model)
+from coughlab.model import (CHECKPOINT_FILE, MODEL_FILE, build_net, epoch_line, fingerprint,
+                            load_model, read_checkpoint, train_model, write_checkpoint)
 
 from helpers import git_repo, make_features, write_params
 
 TINY = ("train.epochs=6", "train.batch_size=8", "model.width=8")
+# Settings that change which kernels torch, MKL and oneDNN pick (on an AVX-512 machine).
+OTHER_CPU = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "ATEN_CPU_CAPABILITY": "avx2"}
 
 
-def run_train(workdir: Path, features: Path, tag: str) -> subprocess.Popen:
+def run_train(workdir: Path, features: Path, tag: str, threads: int = 1,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "coughlab.stages.train", "--features", str(features),
            "--model-dir", f"model-{tag}", "--checkpoint-dir", f"ckpt-{tag}", "--live-dir", f"live-{tag}"]
-    # One thread per run: two torch processes on two cores otherwise fight over OpenMP threads.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), **(env or {})}
     return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def test_killed_training_resumes_to_the_same_weights(tmp_path):
-    git_repo(tmp_path)
-    write_params(tmp_path, *TINY)
-    features = make_features(tmp_path / "features")
+def finish(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
 
-    straight = run_train(tmp_path, features, "straight")
-    assert straight.wait(timeout=300) == 0, straight.stderr.read().decode()[-2000:]
 
-    victim = run_train(tmp_path, features, "resumed")
-    checkpoint = tmp_path / "ckpt-resumed" / CHECKPOINT_FILE
+def outputs(workdir: Path, tag: str) -> dict[str, bytes]:
+    """What the stage writes to its DVC outputs (model.pt, metrics.json, curves), by path."""
+    dirs = [workdir / f"model-{tag}", workdir / f"live-{tag}"]
+    return {f"{d.name.split('-')[0]}/{f.relative_to(d)}": f.read_bytes()
+            for d in dirs for f in sorted(d.rglob("*")) if f.is_file()}
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    net_a, _ = load_model(a)
+    net_b, _ = load_model(b)
+    for (name, ta), tb in zip(net_a.state_dict().items(), net_b.state_dict().values()):
+        assert torch.equal(ta, tb), f"{name} differs"
+
+
+def checkpoint_epoch(checkpoint_dir: Path) -> int | None:
+    try:
+        return json.loads((checkpoint_dir / CHECKPOINT_FILE).read_text())["epoch"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A git repo with tiny params and features, and one uninterrupted run ("straight")."""
+    root = git_repo(tmp_path_factory.mktemp("train"))
+    write_params(root, *TINY)
+    features = make_features(root / "features")
+    finish(run_train(root, features, "straight"))
+    return root, features
+
+
+def test_training_is_bit_identical_whatever_the_cpu_kernels_and_threads(workspace):
+    """Fails without coughlab.determinism on an AVX-512 machine: oneDNN's AVX2 kernels round
+    differently. (On an AVX2-only machine the forced settings change nothing.)"""
+    root, features = workspace
+    finish(run_train(root, features, "other-cpu", threads=2, env=OTHER_CPU))
+    finish(run_train(root, features, "three-threads", threads=3))
+    for tag in ("other-cpu", "three-threads"):
+        assert_same_weights(root / "model-straight" / MODEL_FILE, root / f"model-{tag}" / MODEL_FILE)
+        assert outputs(root, tag) == outputs(root, "straight"), tag
+
+
+@pytest.mark.parametrize("sig, after_epoch", [
+    pytest.param(sig, epoch, id=f"{sig.name}-after-epoch-{epoch}")
+    for sig, epoch in ((signal.SIGKILL, 0), (signal.SIGINT, 1), (signal.SIGKILL, 3))])
+def test_interrupted_training_resumes_invisibly(workspace, sig, after_epoch):
+    """Same model.pt, metrics.json and curves as the uninterrupted run, byte for byte."""
+    root, features = workspace
+    tag = f"{sig.name}-{after_epoch}"
+    victim = run_train(root, features, tag)
     deadline = time.monotonic() + 300
-    while not checkpoint.exists() and victim.poll() is None and time.monotonic() < deadline:
+    while ((checkpoint_epoch(root / f"ckpt-{tag}") or -1) < after_epoch and victim.poll() is None
+           and time.monotonic() < deadline):
         time.sleep(0.01)
-    victim.send_signal(signal.SIGKILL)
-    assert victim.wait(timeout=60) == -signal.SIGKILL
-    killed_at = torch.load(checkpoint, weights_only=False)["epoch"]
-    assert killed_at < 5, "training finished before it could be killed"
-    assert not (tmp_path / "model-resumed" / MODEL_FILE).exists()
+    victim.send_signal(sig)
+    assert victim.wait(timeout=60) != 0, "training finished before it could be stopped"
+    stopped_at = checkpoint_epoch(root / f"ckpt-{tag}")
+    assert stopped_at is not None and stopped_at < 5
+    assert not (root / f"model-{tag}" / MODEL_FILE).exists()
 
-    resumed = run_train(tmp_path, features, "resumed")
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err.decode()[-2000:]
-
-    a, _ = load_model(tmp_path / "model-straight" / MODEL_FILE)
-    b, _ = load_model(tmp_path / "model-resumed" / MODEL_FILE)
-    for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(ta, tb), f"{name} differs after resume from epoch {killed_at}"
+    finish(run_train(root, features, tag))
+    assert_same_weights(root / "model-straight" / MODEL_FILE, root / f"model-{tag}" / MODEL_FILE)
+    assert outputs(root, tag) == outputs(root, "straight"), f"stopped after epoch {stopped_at}"
 
 
 def test_checkpoint_from_other_params_is_not_resumed(tmp_path, monkeypatch, capsys):
@@ -63,8 +110,190 @@ def test_checkpoint_from_other_params_is_not_resumed(tmp_path, monkeypatch, caps
     write_params(tmp_path, "train.epochs=2", "train.batch_size=8", "model.width=8", "lr=1e-2")
     train_model(load_params(), features, tmp_path / "m2", tmp_path / "ckpt")
     assert "ignoring" in capsys.readouterr().out
-    saved = torch.load(tmp_path / "ckpt" / CHECKPOINT_FILE, weights_only=False)
-    assert saved["epoch"] == 1
+    assert checkpoint_epoch(tmp_path / "ckpt") == 1
+
+
+def zero_the_checkpoints_weights(checkpoint_dir: Path, fingerprint_hex: str) -> None:
+    """Make the finished checkpoint's weights recognisable (as old code's would differ)."""
+    stale = read_checkpoint(checkpoint_dir, fingerprint_hex, torch.device("cpu"))
+    stale.tensors["model"] = {k: torch.zeros_like(v) for k, v in stale.tensors["model"].items()}
+    write_checkpoint(checkpoint_dir, fingerprint_hex, stale)
+
+
+def test_changed_training_code_retrains_instead_of_returning_the_old_model(tmp_path, monkeypatch,
+                                                                             capsys):
+    monkeypatch.chdir(tmp_path)
+    git_repo(tmp_path)
+    features = make_features(tmp_path / "features")
+    write_params(tmp_path, "train.epochs=2", "train.batch_size=8", "model.width=8")
+    params = load_params()
+    monkeypatch.setattr(model, "code_digest", lambda: "code v1")
+    train_model(params, features, tmp_path / "m1", tmp_path / "ckpt")
+    zero_the_checkpoints_weights(tmp_path / "ckpt", fingerprint(params, features))
+
+    stale_path = train_model(params, features, tmp_path / "stale", tmp_path / "ckpt")
+    assert all(not v.any() for v in load_model(stale_path)[0].state_dict().values()
+               if v.is_floating_point()), "same code: the finished checkpoint is reused"
+
+    monkeypatch.setattr(model, "code_digest", lambda: "code v2")
+    capsys.readouterr()
+    fresh = train_model(params, features, tmp_path / "m2", tmp_path / "ckpt")
+    assert "belongs to other params, features or training code" in capsys.readouterr().out
+    assert_same_weights(tmp_path / "m1" / MODEL_FILE, fresh)
+
+
+def test_fingerprint_covers_the_training_code_and_image(tmp_path, monkeypatch):
+    features = make_features(tmp_path / "features")
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    monkeypatch.delenv(model.TRAINING_IMAGE_ENV, raising=False)
+    base = fingerprint(params, features)
+    image = "123.dkr.ecr.eu-west-1.amazonaws.com/coughlab-train:abc"
+    monkeypatch.setenv(model.TRAINING_IMAGE_ENV, image)
+    with_image = fingerprint(params, features)
+    assert fingerprint(params, features, training_image=image) == with_image
+    monkeypatch.setattr(model, "code_digest", lambda: "other code")
+    assert len({base, with_image, fingerprint(params, features)}) == 3
+
+
+def coughlab_imports(source: Path) -> set[str]:
+    """The coughlab modules a source file imports, as file names ("atomic.py")."""
+    found = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("coughlab"):
+            parts = node.module.split(".")[1:]
+            found.add(f"{parts[0]}.py" if parts else "__init__.py")
+    return found
+
+
+def test_code_digest_covers_every_module_training_imports():
+    package = Path(model.__file__).parent
+    for name in model.TRAINING_CODE:
+        missing = coughlab_imports(package / name) - set(model.TRAINING_CODE)
+        assert not missing, f"{name} imports {missing}: add them to TRAINING_CODE"
+
+
+class Evil:
+    """Unpickling this runs a shell command that leaves a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_crafted_checkpoint_is_refused_without_running_code(tmp_path):
+    """Even with a matching fingerprint and digest (anyone can compute both)."""
+    marker = tmp_path / "pwned"
+    fp = "f" * 64
+    write_checkpoint(tmp_path / "ckpt", fp,
+                     model.Checkpoint(0, [{"train_loss": 0.5}], {"model": Evil(marker)}))
+    with pytest.raises(ValueError, match="refusing to load"):
+        read_checkpoint(tmp_path / "ckpt", fp, torch.device("cpu"))
+    assert not marker.exists()
+
+
+def tiny_checkpoint(epoch: int = 0) -> model.Checkpoint:
+    return model.Checkpoint(epoch, [{"train_loss": 0.5}] * (epoch + 1), {"model": {}})
+
+
+def test_checkpoint_tensors_are_not_read_before_the_fingerprint_matches(tmp_path, monkeypatch,
+                                                                         capsys):
+    write_checkpoint(tmp_path, "a" * 64, tiny_checkpoint())
+    monkeypatch.setattr(model.torch, "load", lambda *a, **k: pytest.fail("tensors were read"))
+    assert read_checkpoint(tmp_path, "b" * 64, torch.device("cpu")) is None
+    assert "belongs to other params" in capsys.readouterr().out
+
+
+def edit_record(checkpoint_dir: Path, **changes) -> None:
+    path = checkpoint_dir / CHECKPOINT_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.mark.parametrize("damage", [
+    pytest.param(lambda d: (d / CHECKPOINT_FILE).write_text("{not json"), id="not-json"),
+    pytest.param(lambda d: edit_record(d, tensors="../../etc/passwd"), id="path-outside"),
+    pytest.param(lambda d: edit_record(d, epoch="0"), id="epoch-not-int"),
+    pytest.param(lambda d: edit_record(d, history=[{"train_loss": "x"}]), id="history-not-numbers"),
+    pytest.param(lambda d: edit_record(d, history=[]), id="history-short"),
+    pytest.param(lambda d: next(d.glob("checkpoint-*.pt")).write_bytes(b"truncated"),
+                 id="tensors-truncated"),
+    pytest.param(lambda d: next(d.glob("checkpoint-*.pt")).unlink(), id="tensors-missing"),
+])
+def test_damaged_checkpoint_is_ignored(tmp_path, damage, capsys):
+    write_checkpoint(tmp_path, "a" * 64, tiny_checkpoint())
+    assert read_checkpoint(tmp_path, "a" * 64, torch.device("cpu")) is not None
+    damage(tmp_path)
+    assert read_checkpoint(tmp_path, "a" * 64, torch.device("cpu")) is None
+    assert "ignoring" in capsys.readouterr().out
+
+
+def test_crafted_model_is_refused_without_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {}, "model": Evil(marker)}, tmp_path / MODEL_FILE)
+    with pytest.raises(ValueError, match="refusing to load"):
+        load_model(tmp_path / MODEL_FILE)
+    assert not marker.exists()
+
+
+def tensors_in(tree) -> list[torch.Tensor]:
+    if isinstance(tree, dict):
+        return [t for v in tree.values() for t in tensors_in(v)]
+    if isinstance(tree, list):
+        return [t for v in tree for t in tensors_in(v)]
+    return [tree] if isinstance(tree, torch.Tensor) else []
+
+
+def test_checkpoint_loads_every_tensor_onto_the_given_device(tmp_path, monkeypatch):
+    """Model, optimizer state and smoothed loss all land on the learner's device (here the
+    meta device stands in for CUDA); the stage passes the DataLoaders' device."""
+    monkeypatch.chdir(tmp_path)
+    git_repo(tmp_path)
+    features = make_features(tmp_path / "features")
+    write_params(tmp_path, "train.epochs=1", "train.batch_size=8", "model.width=8")
+    params = load_params()
+    train_model(params, features, tmp_path / "m", tmp_path / "ckpt")
+    fp = fingerprint(params, features)
+    loaded = read_checkpoint(tmp_path / "ckpt", fp, torch.device("meta"))
+    tensors = tensors_in(loaded.tensors)
+    assert tensors_in(loaded.tensors["opt"]) and len(tensors) > len(loaded.tensors["model"])
+    assert {t.device.type for t in tensors} == {"meta"}
+
+    devices = []
+    real_read = model.read_checkpoint
+    monkeypatch.setattr(model, "read_checkpoint",
+                        lambda d, e, device: devices.append(device) or real_read(d, e, device))
+    train_model(params, features, tmp_path / "m", tmp_path / "ckpt")
+    assert devices == [torch.device("cpu")]  # fastai's default_device() without a GPU
+
+
+class StopAfterFirstEpoch(Exception):
+    pass
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_resume_on_cuda(tmp_path, monkeypatch):
+    """The spot-restart path on a GPU: Adam must find its state on the GPU, not the CPU."""
+    from fastai.callback.core import Callback
+
+    class Stop(Callback):
+        order = 100
+
+        def after_epoch(self):
+            if self.epoch == 0:
+                raise StopAfterFirstEpoch
+
+    monkeypatch.chdir(tmp_path)
+    git_repo(tmp_path)
+    features = make_features(tmp_path / "features")
+    write_params(tmp_path, "train.epochs=3", "train.batch_size=8", "model.width=8")
+    params = load_params()
+    with pytest.raises(StopAfterFirstEpoch):
+        train_model(params, features, tmp_path / "m", tmp_path / "ckpt", callbacks=[Stop()])
+    assert checkpoint_epoch(tmp_path / "ckpt") == 0
+    path = train_model(params, features, tmp_path / "m", tmp_path / "ckpt")
+    assert torch.load(path, weights_only=True)["device"].startswith("cuda")
+    assert checkpoint_epoch(tmp_path / "ckpt") == 2
 
 
 @pytest.mark.parametrize("arch", ["cnn", "resnet18", "resnet34"])

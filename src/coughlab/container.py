@@ -24,6 +24,10 @@ the CPU (output/failure says why: usually a host driver too old for the image's 
 from __future__ import annotations
 
 # Only light imports at module level: `main` installs the SIGTERM handler before torch/fastai.
+from coughlab.determinism import pin_cpu_kernels
+
+pin_cpu_kernels()  # before torch loads: its kernel choice is made at import
+
 import argparse
 import json
 import os

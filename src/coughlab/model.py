@@ -3,18 +3,26 @@
 `train_model` is shared by the local backend (stage train) and the SageMaker container, so a
 spot job and a laptop run produce the same artifact. Training is deterministic per epoch:
 every epoch reseeds from (seed, epoch), so a run resumed from an epoch checkpoint ends with
-the same weights as one that was never interrupted.
+the same weights, curves and metrics as one that was never interrupted. On the CPU it is
+also bit-identical across x86-64 machines (see coughlab.determinism).
+
+Checkpoints and models may come from S3 or a DVC remote, so nothing here is unpickled:
+tensors load with `weights_only=True`, and a checkpoint's fingerprint is read from its JSON
+record, and checked, before its tensors are touched.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import os
+import pickle
 import random
+import re
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +31,7 @@ import torchvision
 
 # fastai.layers calls torch.jit.script at import time; torch 2.14 warns about it on every run.
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+import fastai
 import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
 import fastai.callback.data  # noqa: F401  (patches DataBlock.weighted_dataloaders)
 from fastai.callback.core import Callback
@@ -33,16 +42,26 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import RocAucBinary
 from fastai.optimizer import Adam
 from fastai.torch_core import set_seed
+from fastcore.foundation import L
 from torch import nn
 
 from coughlab import LABELS
-from coughlab.atomic import atomic_file
+from coughlab.atomic import atomic_file, atomic_write_text
 from coughlab.audio import SpecAugment
 from coughlab.config import AudioConfig, ModelConfig, Params, SpecAugmentConfig
+from coughlab.determinism import cpu_kernels_pinned
 from coughlab.digest import sha256_file
 
 MODEL_FILE = "model.pt"
-CHECKPOINT_FILE = "checkpoint.pt"
+# The checkpoint's JSON record (fingerprint, epoch, logged curves, digest of its tensor file);
+# the tensors are in checkpoint-<epoch>.pt beside it.
+CHECKPOINT_FILE = "checkpoint.json"
+CHECKPOINT_TENSORS = re.compile(r"checkpoint-\d{4,}\.pt")
+# Set by the SageMaker job to its image URI: checkpoints from another image are not resumed.
+TRAINING_IMAGE_ENV = "COUGHLAB_TRAINING_IMAGE"
+# The coughlab modules train_model executes: editing any of them invalidates checkpoints.
+TRAINING_CODE = ("__init__.py", "atomic.py", "audio.py", "config.py", "determinism.py",
+                 "digest.py", "model.py")
 
 
 def conv_block(n_in: int, n_out: int) -> nn.Sequential:
@@ -141,20 +160,146 @@ class SpecAugmentCallback(Callback):
             self.learn.xb = (self.augment(self.xb[0]),)
 
 
+@dataclass
+class Checkpoint:
+    """A completed epoch: what resuming needs to continue exactly as if never stopped."""
+    epoch: int
+    history: list[dict[str, float]]  # the logged metrics of every epoch up to `epoch`
+    tensors: dict  # "model", "opt" and the Recorder's smoothed loss ("smooth_loss")
+
+
+def epoch_metrics(recorder: Recorder) -> dict[str, float]:
+    """The values logged for the epoch just finished: train/valid loss, valid ROC-AUC."""
+    names = recorder.metric_names[1:-1]  # drop "epoch" and "time"
+    return {name: float(value) for name, value in zip(names, recorder.log[1:])}
+
+
+def plain(value):
+    """`value` as dicts, lists, numbers and torch.Tensor only, which `weights_only` loading
+    accepts: fastai keeps its own list type and tensor subclass, its schedules numpy floats."""
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, L)):
+        return [plain(item) for item in value]
+    if isinstance(value, torch.Tensor):
+        return value.as_subclass(torch.Tensor)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_checkpoint(checkpoint_dir: Path, fingerprint_hex: str, checkpoint: Checkpoint) -> None:
+    """Tensors first, then the JSON record naming them (the commit), then older tensor files.
+
+    A kill at any point leaves a record whose tensor file exists and matches its digest.
+    """
+    name = f"checkpoint-{checkpoint.epoch:04d}.pt"
+    with atomic_file(checkpoint_dir / name) as fh:
+        torch.save(checkpoint.tensors, fh)
+    record = {"fingerprint": fingerprint_hex, "epoch": checkpoint.epoch, "tensors": name,
+              "sha256": sha256_file(checkpoint_dir / name), "history": checkpoint.history}
+    atomic_write_text(checkpoint_dir / CHECKPOINT_FILE, json.dumps(record, indent=2) + "\n")
+    for old in checkpoint_dir.glob("checkpoint*.pt"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def valid_history(history, last_epoch: int) -> bool:
+    """One {metric name: number} per epoch up to `last_epoch`."""
+    return (isinstance(history, list) and len(history) == last_epoch + 1
+            and all(isinstance(row, dict) and all(isinstance(value, (int, float))
+                                                  for value in row.values()) for row in history))
+
+
+def read_checkpoint_record(path: Path) -> dict | None:
+    """The JSON record, or None (with the reason printed) when it is not one we wrote."""
+    try:
+        record = json.loads(path.read_text())
+        valid = (isinstance(record, dict) and isinstance(record.get("fingerprint"), str)
+                 and isinstance(record.get("epoch"), int) and isinstance(record.get("sha256"), str)
+                 and CHECKPOINT_TENSORS.fullmatch(str(record.get("tensors"))) is not None
+                 and valid_history(record.get("history"), record["epoch"]))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        valid = False
+    if not valid:
+        print(f"train: ignoring {path}: not a coughlab checkpoint record")
+        return None
+    return record
+
+
+def read_checkpoint(checkpoint_dir: Path, expected: str, device: torch.device) -> Checkpoint | None:
+    """The checkpoint in `checkpoint_dir` if it matches `expected`, its tensors on `device`.
+
+    The fingerprint and the tensor file's sha256 are checked from the JSON record before any
+    tensor is read; the tensors load with `weights_only=True`, so a crafted file cannot run
+    code. Everything goes straight to the learner's device (optimizer state included, as
+    fastai's Learner.load does), or the first Adam step on a GPU mixes CPU and CUDA tensors.
+    """
+    path = Path(checkpoint_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    record = read_checkpoint_record(path)
+    if record is None:
+        return None
+    if record["fingerprint"] != expected:
+        print(f"train: ignoring {path}: it belongs to other params, features or training code")
+        return None
+    tensors = path.parent / record["tensors"]
+    if not tensors.is_file() or sha256_file(tensors) != record["sha256"]:
+        print(f"train: ignoring {path}: {tensors.name} is missing or incomplete")
+        return None
+    try:
+        state = torch.load(tensors, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{tensors} holds more than plain tensors, refusing to load it "
+                         f"(delete {checkpoint_dir} to start afresh): {exc}") from None
+    return Checkpoint(record["epoch"], record["history"], state)
+
+
+def resume(learn: Learner, checkpoint: Checkpoint) -> None:
+    """Put a checkpoint's weights and optimizer state into `learn`."""
+    learn.model.load_state_dict(checkpoint.tensors["model"])
+    learn.create_opt()
+    opt = checkpoint.tensors["opt"]
+    learn.opt.load_state_dict({"state": opt["state"], "hypers": L(opt["hypers"])})
+
+
 class EpochCheckpoint(Callback):
-    """After each epoch, atomically save model + optimizer + epoch + fingerprint."""
+    """After each epoch, save weights, optimizer, smoothed loss and the logged curves.
+
+    On resume it puts back the Recorder's smoothed training loss (which fastai resets at the
+    start of every fit), so the train_loss logged after a resume equals the uninterrupted one.
+    """
     order = Recorder.order + 1
 
-    def __init__(self, path: Path, fingerprint: str, start_epoch: int):
-        self.path, self.fingerprint, self.start_epoch = Path(path), fingerprint, start_epoch
+    def __init__(self, checkpoint_dir: Path, fingerprint_hex: str, resumed: Checkpoint | None):
+        self.checkpoint_dir, self.fingerprint_hex = Path(checkpoint_dir), fingerprint_hex
+        self.resumed = resumed
+        self.start_epoch = resumed.epoch + 1 if resumed else 0
+        self.history = list(resumed.history) if resumed else []
+
+    def before_fit(self):
+        if self.resumed is not None:
+            smooth = self.resumed.tensors["smooth_loss"]
+            self.recorder.smooth_loss.count = smooth["count"]
+            self.recorder.smooth_loss.val = smooth["val"]
 
     def after_epoch(self):
         if self.epoch < self.start_epoch:  # fastai calls after_epoch for skipped epochs too
             return
-        state = {"model": self.learn.model.state_dict(), "opt": self.learn.opt.state_dict(),
-                 "epoch": self.epoch, "fingerprint": self.fingerprint}
-        with atomic_file(self.path) as fh:
-            torch.save(state, fh)
+        self.history.append(epoch_metrics(self.recorder))
+        smooth = self.recorder.smooth_loss
+        tensors = plain({"model": self.learn.model.state_dict(), "opt": self.learn.opt.state_dict(),
+                         "smooth_loss": {"count": smooth.count, "val": smooth.val}})
+        write_checkpoint(self.checkpoint_dir, self.fingerprint_hex,
+                         Checkpoint(self.epoch, self.history, tensors))
+
+
+def log_epoch(live, epoch: int, metrics: dict[str, float]) -> None:
+    live.step = epoch
+    for name, value in metrics.items():
+        live.log_metric(name, value)
+    live.next_step()
 
 
 class LiveMetrics(Callback):
@@ -165,39 +310,65 @@ class LiveMetrics(Callback):
         self.live, self.start_epoch = live, start_epoch
 
     def after_epoch(self):
-        if self.epoch < self.start_epoch:
-            return
-        names = self.recorder.metric_names[1:-1]  # drop "epoch" and "time"
-        self.live.step = self.epoch
-        for name, value in zip(names, self.recorder.log[1:]):
-            self.live.log_metric(name, float(value))
-        self.live.next_step()
+        if self.epoch >= self.start_epoch:
+            log_epoch(self.live, self.epoch, epoch_metrics(self.recorder))
 
 
-def fingerprint(params: Params, features_dir: Path) -> str:
-    """What a checkpoint must match to be resumed: training params and the exact features."""
+def code_digest() -> str:
+    """sha256 of the coughlab sources training executes and of the torch and fastai versions."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256(f"torch {torch.__version__} fastai {fastai.__version__}".encode())
+    for name in TRAINING_CODE:
+        digest.update(name.encode() + bytes.fromhex(sha256_file(package / name)))
+    return digest.hexdigest()
+
+
+def fingerprint(params: Params, features_dir: Path, training_image: str | None = None) -> str:
+    """What a checkpoint must match to be resumed: training params, the exact features, the
+    training code and, on SageMaker, the image training runs in (`training_image`, by default
+    $COUGHLAB_TRAINING_IMAGE, which the job sets).
+
+    A finished checkpoint from older code would otherwise hand back the old weights.
+    """
+    if training_image is None:
+        training_image = os.environ.get(TRAINING_IMAGE_ENV, "")
     digest = hashlib.sha256()
     train = {k: v for k, v in asdict(params.train).items() if k not in ("backend", "sagemaker")}
     digest.update(json.dumps({"seed": params.seed, "lr": params.lr, "model": asdict(params.model),
-                              "train": train}, sort_keys=True).encode())
+                              "train": train, "code": code_digest(),
+                              "image": training_image},
+                             sort_keys=True).encode())
     for split in ("train", "valid"):
         digest.update(bytes.fromhex(sha256_file(Path(features_dir) / f"{split}.npz")))
     return digest.hexdigest()
 
 
-def resume_epoch(learn: Learner, checkpoint: Path, expected: str) -> int:
-    """Load a matching checkpoint into `learn`; return the first epoch still to run."""
-    if not checkpoint.exists():
-        return 0
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if state.get("fingerprint") != expected:
-        print(f"train: ignoring {checkpoint}: it belongs to other params or features")
-        return 0
-    learn.model.load_state_dict(state["model"])
-    learn.create_opt()
-    learn.opt.load_state_dict(state["opt"])
-    print(f"train: resuming after epoch {state['epoch']} from {checkpoint}")
-    return state["epoch"] + 1
+@contextlib.contextmanager
+def reproducible_cpu_kernels():
+    """oneDNN off and one intra-op thread while training, restored afterwards.
+
+    oneDNN picks its convolution kernels by CPU; MKL's gemm and ATen's full reductions
+    split the work by thread count (measured: 3 threads give other weights than 1 or 2).
+    The env half of the pinning (ATen's AVX2 kernels, MKL_CBWR) must precede `import torch`.
+    """
+    if not cpu_kernels_pinned():
+        print("train: torch was imported before coughlab.determinism.pin_cpu_kernels(): the "
+              "weights may differ on other CPUs", file=sys.stderr)
+    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = onednn
+
+
+def device_name(device: torch.device) -> str:
+    """"cpu" (bit-identical on every x86-64 machine), or the GPU (repeatable on that model)."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return device.type
 
 
 def train_model(params: Params, features_dir: Path, model_dir: Path, checkpoint_dir: Path,
@@ -207,6 +378,12 @@ def train_model(params: Params, features_dir: Path, model_dir: Path, checkpoint_
     `callbacks` are extra fastai callbacks, e.g. the SageMaker container's stop-on-SIGTERM,
     which orders itself after EpochCheckpoint so it stops only once the epoch is saved.
     """
+    with reproducible_cpu_kernels():
+        return fit_and_save(params, features_dir, model_dir, checkpoint_dir, live_dir, callbacks)
+
+
+def fit_and_save(params: Params, features_dir: Path, model_dir: Path, checkpoint_dir: Path,
+                 live_dir: Path | None, callbacks: Sequence[Callback]) -> Path:
     from dvclive import Live
 
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -216,15 +393,21 @@ def train_model(params: Params, features_dir: Path, model_dir: Path, checkpoint_
     learn = Learner(dls, build_net(params.model),
                     loss_func=CrossEntropyLossFlat(weight=class_weights.to(dls.device)),
                     opt_func=Adam, metrics=[RocAucBinary()], wd=params.train.weight_decay)
-    checkpoint = Path(checkpoint_dir) / CHECKPOINT_FILE
     fp = fingerprint(params, features_dir)
-    start = resume_epoch(learn, checkpoint, fp)
+    resumed = read_checkpoint(Path(checkpoint_dir), fp, dls.device)
+    start = 0
+    if resumed is not None:
+        resume(learn, resumed)
+        start = resumed.epoch + 1
+        print(f"train: resuming after epoch {resumed.epoch} from {checkpoint_dir}")
     cbs = [EpochSeed(params.seed), SpecAugmentCallback(params.train.spec_augment),
-           EpochCheckpoint(checkpoint, fp, start)]
+           EpochCheckpoint(checkpoint_dir, fp, resumed)]
     live = None
     if live_dir is not None:
-        live = Live(str(live_dir), resume=start > 0, dvcyaml=None, save_dvc_exp=False,
-                    report=None)
+        # Rewritten from the checkpoint's history: the curves on disk may be an epoch behind.
+        live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+        for epoch, metrics in enumerate(resumed.history if resumed else []):
+            log_epoch(live, epoch, metrics)
         cbs.append(LiveMetrics(live, start))
     cbs.extend(callbacks)
     if start < params.train.epochs:
@@ -236,7 +419,7 @@ def train_model(params: Params, features_dir: Path, model_dir: Path, checkpoint_
             learn.fit_one_cycle(params.train.epochs, params.lr, cbs=cbs, start_epoch=start)
     if live is not None:
         live.end()
-    return save_model(learn.model, params, Path(model_dir))
+    return save_model(learn.model, params, Path(model_dir), device_name(dls.device))
 
 
 def epoch_line(names: Sequence[str], row: Sequence) -> str:
@@ -246,19 +429,28 @@ def epoch_line(names: Sequence[str], row: Sequence) -> str:
     return "  ".join(cells)
 
 
-def save_model(net: nn.Module, params: Params, model_dir: Path) -> Path:
+def save_model(net: nn.Module, params: Params, model_dir: Path, device: str = "cpu") -> Path:
+    """Weights and plain metadata only (loadable with `weights_only=True`); `device` says what
+    trained it, since only CPU training is bit-identical across machines."""
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / MODEL_FILE
     with atomic_file(path) as fh:
         torch.save({"state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
                     "model": asdict(params.model), "audio": asdict(params.audio),
-                    "labels": list(LABELS)}, fh)
+                    "labels": list(LABELS), "device": device}, fh)
     return path
 
 
 def load_model(path: Path) -> tuple[nn.Module, AudioConfig]:
-    """The trained network (eval mode, CPU) and the audio config it was trained with."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    """The trained network (eval mode, CPU) and the audio config it was trained with.
+
+    model.pt may come from S3 or a DVC remote: it is never unpickled, only read as tensors.
+    """
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path} holds more than plain tensors, refusing to load it: "
+                         f"{exc}") from None
     net = build_net(ModelConfig(**saved["model"]))
     net.load_state_dict(saved["state_dict"])
     return net.eval(), AudioConfig(**saved["audio"])

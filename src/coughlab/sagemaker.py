@@ -353,7 +353,9 @@ def run_training_job(params: Params, features_dir: Path, model_dir: Path, live_d
     """Upload, start, follow, download; returns model_dir/model.pt."""
     validate_job_config(params.train.sagemaker)
     check_features(features_dir)
-    fp = fingerprint(params, features_dir)
+    # The same fingerprint the container computes (it sees the image as $COUGHLAB_TRAINING_IMAGE),
+    # so each image gets its own checkpoint prefix.
+    fp = fingerprint(params, features_dir, settings.image)
     job = job_paths(name or job_name(fp), fp, settings.bucket, params.train.sagemaker.s3_prefix)
     upload_features(clients.s3, features_dir, job.input_uri)
     clients.sagemaker.create_training_job(**training_job_request(job, params, settings, fp))

@@ -1,6 +1,7 @@
 """Stage train: fit the classifier on build/features and write build/model/model.pt.
 
-train.backend=local trains in this process (GPU if present). Checkpoints go to
+train.backend=local trains in this process (GPU if present; on the CPU the weights are
+bit-identical on every x86-64 machine, see coughlab.determinism). Checkpoints go to
 build/checkpoints/ after every epoch (a DVC `persist` output), so a killed run resumes where
 it stopped when re-run with the same params and features; per-epoch curves go to reports/train/.
 
@@ -10,11 +11,15 @@ writes the same build/model/ and reports/train/; its checkpoints stay in S3.
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+from coughlab.determinism import pin_cpu_kernels
 
-from coughlab.config import load_params
-from coughlab.model import train_model
+pin_cpu_kernels()  # before torch loads: its kernel choice is made at import
+
+import argparse  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from coughlab.config import load_params  # noqa: E402
+from coughlab.model import train_model  # noqa: E402
 
 FEATURES = Path("build/features")
 MODEL_DIR = Path("build/model")
