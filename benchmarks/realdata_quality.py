@@ -26,6 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from coughlab.determinism import pin_cpu_kernels
+
+pin_cpu_kernels()  # before torch loads, as the train stage does: folds train bit-identically
+
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
