@@ -58,11 +58,12 @@ def expected_request(fp: str) -> dict:
             "seed": "7", "lr": "0.01",
             "audio.sample_rate": "16000", "audio.clip_seconds": "3.0", "audio.n_fft": "1024",
             "audio.hop_length": "256", "audio.n_mels": "64", "audio.f_min": "20.0",
-            "audio.f_max": "7600.0",
+            "audio.f_max": "7600.0", "audio.band_mean_norm": "false",
             "model.arch": '"cnn"', "model.width": "8", "model.dropout": "0.1",
             "train.backend": '"sagemaker"', "train.epochs": "3", "train.batch_size": "8",
             "train.weight_decay": "0.02", "train.spec_augment.freq_mask": "4",
             "train.spec_augment.time_mask": "8", "train.spec_augment.n_masks": "1",
+            "train.balance": '"label"',
         },
         # The container's checkpoint fingerprint includes it: new code never resumes old weights.
         "Environment": {"COUGHLAB_TRAINING_IMAGE": IMAGE},

@@ -6,7 +6,7 @@ SageMaker runs `docker run <image> train` and talks to the container through fil
   input/config/hyperparameters.json  training params, one dotted key per leaf, JSON-text values
   input/data/features/               the channel with train.npz and valid.npz
   checkpoints/                       synced to S3 by SageMaker, restored after a spot restart;
-                                     checkpoint.pt plus the training curves in live/
+                                     checkpoint.json + checkpoint-NNNN.pt, and the curves in live/
   model/model.pt                     SageMaker packs model/ into model.tar.gz on success
   output/data/                       the training curves, packed into output.tar.gz
   output/failure                     the reason SageMaker shows when the job fails
@@ -53,7 +53,7 @@ TRAINING_SPLITS = ("train", "valid")
 # settings stay on the launching side.
 TRAINING_SECTIONS = ("seed", "lr", "audio", "model", "train")
 EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
-CHECKPOINT_FILE = "checkpoint.pt"  # coughlab.model's name for it, without importing torch
+CHECKPOINT_FILE = "checkpoint.json"  # coughlab.model's name for it, without importing torch
 # The NVIDIA kernel driver's view: its version, and one entry per GPU the container can see.
 NVIDIA_PROC = Path("/proc/driver/nvidia")
 # SageMaker's CUDA instance families: ml.g4dn, ml.g5, ml.g6, ml.g6e, ml.gr6, ml.p3, ml.p4d, ml.p5...
