@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -310,3 +311,34 @@ def test_unknown_architecture_is_a_clear_error():
 def test_epoch_line_names_every_value():
     assert epoch_line(["epoch", "train_loss", "time"], [3, 0.512345, "00:01"]) == \
         "epoch 3  train_loss 0.5123  time 00:01"
+
+
+def test_cell_weights_give_every_channel_label_cell_the_same_total():
+    channel = np.array(["phone"] * 6 + ["app"] * 2)
+    label = np.array([1, 1, 1, 1, 1, 0, 1, 0])
+    weights = model.cell_weights([channel, label])
+    totals = {(c, y): weights[(channel == c) & (label == y)].sum()
+              for c, y in {(c, y) for c, y in zip(channel, label)}}
+    assert set(np.round(list(totals.values()), 12)) == {0.25}  # 4 cells, equal shares, sum 1
+
+
+def test_channel_label_balance_draws_batches_evenly_from_each_cell(tmp_path):
+    """balance=channel_label: in what the model sees, channel says nothing about the label."""
+    features = make_features(tmp_path / "features", n_per_split=(60, 8, 8))
+    with np.load(features / "train.npz") as npz:
+        channel, y = npz["channel"], npz["y"]
+    dls, class_weights = model.dataloaders(features, 8, seed=0, balance="channel_label")
+    drawn = np.concatenate([dls.train.get_idxs() for _ in range(200)])
+    cells = [f"{c}|{label}" for c, label in zip(channel[drawn], y[drawn])]
+    shares = np.unique(cells, return_counts=True)[1] / len(cells)
+    assert len(shares) == 4 and np.abs(shares - 0.25).max() < 0.01
+    assert torch.equal(class_weights, torch.ones(2))
+    plain = np.concatenate([model.dataloaders(features, 8, 0)[0].train.get_idxs() for _ in range(20)])
+    plain_cells = [f"{c}|{label}" for c, label in zip(channel[plain], y[plain])]
+    plain_shares = np.unique(plain_cells, return_counts=True)[1] / len(plain_cells)
+    assert sorted(np.round(plain_shares, 2)) == [0.17, 0.17, 0.33, 0.33]  # as in the data
+
+
+def test_unknown_balance_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="train.balance='source'.*label or channel_label"):
+        model.dataloaders(make_features(tmp_path / "f", n_per_split=(4, 2, 2)), 2, 0, "source")
