@@ -126,7 +126,7 @@ def rewrite_meta(**changes):
 
 @pytest.mark.parametrize("break_model,message", [
     (rewrite_meta(parity={"max_abs_diff": 3e-3, "tolerance": 1e-4}), "disagree by 0.003"),
-    (rewrite_meta(parity=None), "never checked against PyTorch"),
+    (rewrite_meta(parity=None), "never checked against the pipeline"),
     (rewrite_meta(test_metrics={"roc_auc": 0.55}), "ROC-AUC 0.5500 is below the minimum 0.7"),
     (rewrite_meta(test_metrics={}), "no test_metrics.roc_auc"),
     (swap_graph, "is not the model"),
@@ -145,7 +145,7 @@ def test_refused_model_never_reaches_aws(aws_env, tmp_path, capsys):
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="coughlab-deploy")
     model_dir = write_model(tmp_path / "lambda", parity={"max_abs_diff": 1.0, "tolerance": 1e-4})
-    with pytest.raises(SystemExit, match="deploy refused: ONNX and PyTorch disagree"):
+    with pytest.raises(SystemExit, match="deploy refused: the Lambda handler and the pipeline disagree"):
         deploy.main(["--bucket", "coughlab-deploy", "--role", "arn:aws:iam::123456789012:role/x",
                      "--model-dir", str(model_dir), "--deps-dir", str(write_deps(tmp_path / "deps")),
                      "--build-dir", str(tmp_path / "build")])
@@ -483,7 +483,7 @@ def test_deploy_publishes_a_capped_url_whose_cors_allows_only_itself(aws_target,
     write_deps(tmp_path / "deps")
     model_dir = write_model(tmp_path / "lambda", onnx=b"graph one")
     args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"],
-            "--reserved-concurrency", "3"]
+            "--reserved-concurrency", "3", "--repo", aws_target["repo"]]
     lam = boto3.client("lambda")
 
     deploy_cli(tmp_path, model_dir, *args)
@@ -505,7 +505,7 @@ def test_deploy_publishes_a_capped_url_whose_cors_allows_only_itself(aws_target,
 def test_iam_auth_takes_the_public_permission_away(aws_target, tmp_path, capsys):
     write_deps(tmp_path / "deps")
     model_dir = write_model(tmp_path / "lambda")
-    args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"]]
+    args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"], "--repo", aws_target["repo"]]
     lam = boto3.client("lambda")
     deploy_cli(tmp_path, model_dir, *args)
     assert function_url_state(lam)[1] == ["coughlab-public-url", "coughlab-public-url-invoke"]

@@ -1,7 +1,7 @@
 """Ship build/lambda as a python3.12 Lambda: S3, a new published version, then the alias `live`.
 
 Order of work, each step only after the previous one succeeded:
-1. release gate: model.json must describe this model.onnx, with ONNX-vs-PyTorch parity within
+1. release gate: model.json must describe this model.onnx, with handler-vs-pipeline parity within
    its tolerance and test ROC-AUC at or above --min-roc-auc; the git tree must be clean and
    `dvc status` must find nothing out of date (so dvc.lock describes what ships and the commit
    reproduces it); otherwise nothing is built or sent;
@@ -127,9 +127,10 @@ def check_release(model_dir: Path, meta: dict, min_roc_auc: float) -> None:
     diff, tolerance = parity.get("max_abs_diff"), parity.get("tolerance")
     if diff is None or tolerance is None:
         raise DeployRefused("model.json has no parity.max_abs_diff/parity.tolerance: the "
-                            "ONNX graph was never checked against PyTorch; re-run export-lambda")
+                            "model was never checked against the pipeline; re-run export-lambda")
     if not diff <= tolerance:
-        raise DeployRefused(f"ONNX and PyTorch disagree by {diff:.3g} > tolerance {tolerance:g}")
+        raise DeployRefused(f"the Lambda handler and the pipeline disagree by {diff:.3g} > "
+                            f"tolerance {tolerance:g}")
     roc_auc = (meta.get("test_metrics") or {}).get("roc_auc")
     if roc_auc is None:
         raise DeployRefused("model.json has no test_metrics.roc_auc; re-run evaluate and export-lambda")
