@@ -173,3 +173,17 @@ def test_compressed_sources_become_wav_clips_keeping_the_fetched_path(tmp_path):
         "loc/d.wav": "loc/d.wav"}
     for rel in manifest["path"]:
         assert sf.info(tmp_path / "out" / "clips" / rel).samplerate == 16000
+
+
+def test_combined_clips_are_float_and_byte_identical_run_after_run(tmp_path):
+    """Float samples (what the Lambda feeds the graph), and no write-time stamp in the file:
+    libsndfile's default PEAK chunk holds the clock, which changed dvc.lock on every rerun."""
+    import time
+
+    src = fetched(tmp_path / "fetched", {"a/x.wav": wav_bytes(tone(44100), 44100)})
+    combine(src, tmp_path / "one", 16000, QUALITY, SplitConfig(0.0, 0.0), seed=1)
+    time.sleep(1.1)  # the stamp has a resolution of one second
+    combine(src, tmp_path / "two", 16000, QUALITY, SplitConfig(0.0, 0.0), seed=1)
+    one, two = (tmp_path / run / "clips" / "a" / "x.wav" for run in ("one", "two"))
+    assert one.read_bytes() == two.read_bytes()
+    assert sf.info(one).subtype == "FLOAT"

@@ -62,6 +62,18 @@ def _load_with_pyav(path: Path) -> tuple[np.ndarray, int]:
     return np.concatenate(chunks, axis=1).astype(np.float32), int(sr)
 
 
+# libsndfile's sndfile.h command, not exported by soundfile: without it every float WAV gets a
+# PEAK chunk stamped with the time of writing, so the same clip would never hash the same.
+SFC_SET_ADD_PEAK_CHUNK = 0x1050
+
+
+def write_float_wav(path: Path | str, wave: np.ndarray, sample_rate: int) -> None:
+    """Mono 32-bit float WAV whose bytes depend only on the samples and the rate."""
+    with sf.SoundFile(str(path), "w", sample_rate, 1, subtype="FLOAT", format="WAV") as f:
+        sf._snd.sf_command(f._file, SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
+        f.write(np.asarray(wave, dtype=np.float32))
+
+
 def to_mono(wave: np.ndarray) -> np.ndarray:
     """Average channels: `[channels, n]` -> `[n]`."""
     return wave.mean(axis=0, dtype=np.float32) if wave.ndim == 2 else wave.astype(np.float32)

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 from tqdm import tqdm
 
 from coughlab.atomic import atomic_dir
-from coughlab.audio import AudioDecodeError, load_audio, quality_problem, resample, to_mono
+from coughlab.audio import (AudioDecodeError, load_audio, quality_problem, resample, to_mono,
+                            write_float_wav)
 from coughlab.config import QualityConfig, SplitConfig, load_params
 
 IN = Path("build/fetched")
@@ -137,7 +137,7 @@ def process_clip(src: Path, dst: Path, sample_rate: int, quality: QualityConfig)
         return {"reason": reason, "detail": f"{mono.size} samples at {sr} Hz"}
     out = resample(mono, sr, sample_rate)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(dst, out, sample_rate, subtype="FLOAT")
+    write_float_wav(dst, out, sample_rate)
     return {"orig_sr": sr, "orig_channels": wave.shape[0], "seconds": round(mono.size / sr, 3)}
 
 
