@@ -29,7 +29,7 @@ import torch
 from coughlab.atomic import atomic_write_text
 from coughlab.audio import Featurizer, fit_length, load_audio, resample, to_mono
 from coughlab.config import AudioConfig
-from machine import load_average, machine_info
+from machine import load_average, machine_info, repo_relative
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata" / "dev"
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {name: summarize(r, len(paths) - r[0]["skipped"]) for name, r in runs.items()}
     result = {
         "benchmark": "featurize_throughput",
-        "dataset": str(dataset),
+        "dataset": repo_relative(dataset),
         "n_clips": len(paths),
         "repeats": args.repeats,
         "batch": args.batch,

@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import load_average, machine_info
+from machine import load_average, machine_info, repo_relative
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata" / "dev"
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from coughlab.atomic import atomic_write_text
 
-    result = {"benchmark": "lambda_latency", "dataset": str(dataset),
+    result = {"benchmark": "lambda_latency", "dataset": repo_relative(dataset),
               "clip_sample_rate": args.clip_rate, "cold_repeats": args.cold,
               "warm_calls": args.warm, "threads": args.threads, **machine_info(),
               "load_average_before": load_average(), "targets": TARGETS}

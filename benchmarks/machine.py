@@ -17,3 +17,9 @@ def load_average() -> float:
 def machine_info() -> dict:
     return {"platform": platform.platform(), "python": platform.python_version(),
             "cpu_count": os.cpu_count()}
+
+
+def repo_relative(path: Path | str) -> str:
+    """`path` as seen from the repository root (e.g. ../shared/realdata/dev): results files
+    must not carry the absolute paths of the machine they ran on."""
+    return os.path.relpath(Path(path).resolve(), Path(__file__).resolve().parents[1])

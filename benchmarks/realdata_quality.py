@@ -43,7 +43,7 @@ from coughlab.metrics import (channel_auc, choose_threshold, metadata_baseline_s
                               youden_threshold)
 from coughlab.model import load_model, predict_proba, train_model
 from coughlab.stages.featurize import featurize_waves
-from machine import machine_info
+from machine import machine_info, repo_relative
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata" / "dev"
@@ -248,7 +248,7 @@ def report(options: list[str], seeds: list[int]) -> None:
         summary = summarize(runs)
         results[name] = {"overrides": OPTIONS[name], "seeds": seeds, "summary": summary,
                          "meets_targets": meets_targets(summary), "per_seed": runs}
-    payload = {"benchmark": "realdata_quality", "dataset": "../shared/realdata/dev",
+    payload = {"benchmark": "realdata_quality", "dataset": repo_relative(REALDATA),
                "protocol": f"{FOLDS}-fold cross-validation, subject-grouped, stratified by "
                            "channel x label; valid = 15 % of the training folds' subjects",
                "bootstrap": {"resamples": BOOTSTRAP, "unit": "subject"}, "targets": TARGETS,
