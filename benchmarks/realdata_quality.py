@@ -52,12 +52,14 @@ OOF_DIR = RESULTS / "realdata_oof"
 TELEPHONE = ["audio.sample_rate=8000", "audio.n_fft=512", "audio.hop_length=128",
              "audio.n_mels=40", "audio.f_min=300", "audio.f_max=3400",
              "audio.band_mean_norm=true"]
-# Each option is a set of Hydra overrides on conf/, exactly as `dvc exp run -S` would take them.
+# Each option is a set of Hydra overrides on conf/, exactly as `dvc exp run -S` would take them,
+# spelt out in full so that changing conf/'s defaults never changes what an option means.
+BALANCED, CLASS_WEIGHTED = ["train.balance=channel_label"], ["train.balance=label"]
 OPTIONS = {
-    "baseline": [],
-    "telephone": TELEPHONE,
-    "balanced": ["train.balance=channel_label"],
-    "telephone+balanced": TELEPHONE + ["train.balance=channel_label"],
+    "baseline": CLASS_WEIGHTED,
+    "telephone": TELEPHONE + CLASS_WEIGHTED,
+    "balanced": BALANCED,
+    "telephone+balanced": TELEPHONE + BALANCED,
 }
 FOLDS = 5
 VALID_FRACTION = 0.15
