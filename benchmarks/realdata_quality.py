@@ -9,7 +9,8 @@ subjects are held out as the valid split that picks the threshold, as evaluate d
 
 Two phases, so the expensive one runs once:
   run     trains every option x seed x fold; writes out-of-fold predictions to
-          benchmarks/results/realdata_oof/<option>-seed<seed>.csv
+          benchmarks/results/realdata_oof/<option>-seed<seed>.csv (git-ignored: they carry
+          the dev set's labels, which stay outside the repository)
   report  reads them and writes benchmarks/results/realdata_quality.json and a table:
           within-channel ROC-AUC, per-channel AUCs with subject-bootstrap CIs, channel
           leakage per label, the metadata-only baseline and the threshold's sd across seeds.
