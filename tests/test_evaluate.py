@@ -141,6 +141,8 @@ def test_make_repro_ends_with_the_verdict():
     import subprocess
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    dry = subprocess.run(["make", "-n", "repro", "STAMP=/dev/null", "VENV=.venv"], cwd=root,
-                         capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    # --no-print-directory: under `make test` this make is nested and would add "Leaving directory".
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "repro", "STAMP=/dev/null",
+                          "VENV=.venv"], cwd=root, capture_output=True, text=True,
+                         check=True).stdout.strip().splitlines()
     assert dry[-1].endswith("-m coughlab.stages.evaluate --verdict")
