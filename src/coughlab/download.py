@@ -31,11 +31,11 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from coughlab.config import PARAMS_FILE, DataConfig, DownloadConfig, load_params
+from coughlab.digest import CHUNK, feed
 
 DEFAULT_CACHE = Path("~/.cache/coughlab/downloads")
 CACHE_ENV = "COUGHLAB_CACHE"
 USER_AGENT = "coughlab-downloader/2"
-CHUNK = 1 << 20
 # Worth another try: the server or the path to it may recover. Other 4xx answers will not.
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError,
@@ -77,10 +77,7 @@ def stream_digest(fh: IO[bytes], algorithm: str, size: int) -> str:
         digest = hashlib.sha1(b"blob %d\0" % size)
     else:
         digest = hashlib.new(algorithm)
-    seen = 0
-    while chunk := fh.read(CHUNK):
-        seen += len(chunk)
-        digest.update(chunk)
+    seen = feed(digest, fh)
     if seen != size:
         raise ChecksumError(f"expected {size} bytes, read {seen}")
     return digest.hexdigest()

@@ -16,20 +16,12 @@ from pathlib import Path
 import yaml
 
 from coughlab.atomic import atomic_write_text
-from coughlab.digest import CHUNK
+from coughlab.digest import file_hexdigest
 
 RECORD = Path("reports/model.json")
 # The params the train stage declares in dvc.yaml, plus audio, which featurize read and
 # which model.pt carries; dvc.lock records these values for train.
 TRAIN_PARAMS = ("seed", "lr", "model", "train", "audio")
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def dvc_md5(path: Path | str) -> str:
@@ -42,11 +34,11 @@ def dvc_md5(path: Path | str) -> str:
     if not path.is_dir():
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: cannot record its DVC hash")
-        return file_md5(path)
-    entries = sorted(({"md5": file_md5(p), "relpath": p.relative_to(path).as_posix()}
+        return file_hexdigest(path, "md5")
+    entries = sorted(({"md5": file_hexdigest(p, "md5"),
+                       "relpath": p.relative_to(path).as_posix()}
                       for p in path.rglob("*") if p.is_file()), key=lambda e: e["relpath"])
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
-
 
 
 def read_params(params_file: Path) -> dict:
