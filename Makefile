@@ -58,7 +58,7 @@ define use_dvc_remote
 		dvc remote add --local --force --default storage "$$COUGHLAB_DVC_REMOTE"; \
 	elif ! dvc remote default >/dev/null 2>&1; then \
 		echo "No DVC remote is configured: this project ships none, so your data goes only" >&2; \
-		echo "to a bucket you own. Add one once (README: Remote storage):" >&2; \
+		echo "to a bucket you own. Add one once (docs/pipeline.md: Remote storage):" >&2; \
 		echo "    dvc remote add -d storage s3://<your-bucket>/coughlab" >&2; \
 		echo "or export COUGHLAB_DVC_REMOTE=s3://<your-bucket>/coughlab (kept in .dvc/config.local)" >&2; \
 		exit 2; \

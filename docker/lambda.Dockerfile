@@ -14,7 +14,7 @@
 #   --build-arg BASE_IMAGE=public.ecr.aws/lambda/python:3.12@$(docker buildx imagetools inspect \
 #       public.ecr.aws/lambda/python:3.12 --format '{{json .Manifest.Digest}}' | jq -r .)
 # No digest is committed: the machines this repository is developed on cannot pull images, and
-# a digest copied from elsewhere could not be checked here (README: Container images).
+# a digest copied from elsewhere could not be checked here (docs/sagemaker.md: Container images).
 ARG BASE_IMAGE=public.ecr.aws/lambda/python:3.12
 FROM ${BASE_IMAGE}
 

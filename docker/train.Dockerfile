@@ -1,8 +1,8 @@
-# Training image for train.backend=sagemaker (README: "Training on SageMaker managed spot").
+# Training image for train.backend=sagemaker (docs/sagemaker.md).
 # SageMaker starts it as `docker run <image> train`; the entrypoint is coughlab.container,
 # which follows the /opt/ml contract (hyperparameters, the "features" channel, checkpoints,
 # model/, output/failure). Build from the repository root, as a single-platform image with no
-# attestation manifests (what SageMaker and Lambda pull; README shows the push):
+# attestation manifests (what SageMaker and Lambda pull; docs/sagemaker.md shows the push):
 #   docker buildx build --platform linux/amd64 --provenance=false --load \
 #       -f docker/train.Dockerfile -t coughlab-train .
 #
@@ -10,7 +10,7 @@
 #   --build-arg BASE_IMAGE=python:3.11-slim@$(docker buildx imagetools inspect python:3.11-slim \
 #       --format '{{json .Manifest.Digest}}' | jq -r .)
 # No digest is committed: the machines this repository is developed on cannot pull images, and
-# a digest copied from elsewhere could not be checked here (README: Container images).
+# a digest copied from elsewhere could not be checked here (docs/sagemaker.md: Container images).
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 

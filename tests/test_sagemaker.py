@@ -398,13 +398,11 @@ def test_train_stage_with_sagemaker_backend_needs_the_aws_settings(tmp_path, mon
 
 
 def readme_policies() -> dict[str, list[dict]]:
-    """The README's IAM policy documents, grouped under the bold heading above them."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## AWS permissions (IAM)"):]
-    section = section[:section.index("\n## ", 1)]
+    """docs/iam.md's IAM policy documents, grouped under the bold heading above them."""
+    text = (ROOT / "docs" / "iam.md").read_text()
     return {chunk.split("**", 1)[0]: [json.loads(block) for block in
                                       re.findall(r"```json\n(.*?)```", chunk, re.S)]
-            for chunk in section.split("\n**")[1:]}
+            for chunk in text.split("\n**")[1:]}
 
 
 def allowed(policies: list[dict]) -> set[str]:
