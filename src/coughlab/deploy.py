@@ -40,10 +40,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from coughlab.atomic import atomic_dir, atomic_file, atomic_write_text
 from coughlab.digest import model_version, sha256_file
+from coughlab.progress import progress_bar
 
 MODEL_DIR = Path("build/lambda")
 HANDLER = Path("lambda/handler.py")
@@ -273,7 +272,7 @@ def build_zip(deps_dir: Path, handler: Path, model_dir: Path, out: Path,
                           f"{max_unzipped_bytes / MIB:.1f} MiB limit; use the container image "
                           "(docker/lambda.Dockerfile, --image-uri) instead")
     with (atomic_file(out) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf,
-          tqdm(total=unzipped, desc="zip", unit="B", unit_scale=True, leave=False) as bar):
+          progress_bar(total=unzipped, desc="zip", unit="B", unit_scale=True, leave=False) as bar):
         for name, path in entries.items():
             info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -286,8 +285,8 @@ def build_zip(deps_dir: Path, handler: Path, model_dir: Path, out: Path,
 
 
 def upload(s3, package: Package, bucket: str, key: str) -> None:
-    with tqdm(total=package.zipped_bytes, desc=f"s3://{bucket}/{key}", unit="B",
-              unit_scale=True, leave=False) as bar:
+    with progress_bar(total=package.zipped_bytes, desc=f"s3://{bucket}/{key}", unit="B",
+                      unit_scale=True, leave=False) as bar:
         s3.upload_file(str(package.path), bucket, key, Callback=bar.update)
 
 

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import IO, Callable
 from urllib.parse import urlparse
 
-from tqdm import tqdm
-
 from coughlab.config import PARAMS_FILE, DataConfig, DownloadConfig, load_params
 from coughlab.digest import CHUNK, feed
+from coughlab.progress import progress_bar
 
 DEFAULT_CACHE = Path("~/.cache/coughlab/downloads")
 CACHE_ENV = "COUGHLAB_CACHE"
@@ -216,8 +215,9 @@ def _attempt(url: str, part: Path, pin: Pin | None, timeout: float, end: float |
         total = _announced_total(response, start)
         _check_total(url, part, pin, total, announced)
         received = start
-        bar = None if progress else tqdm(total=total, initial=start, unit="B", unit_scale=True,
-                                         unit_divisor=1024, desc=part.name.removesuffix(".part"))
+        bar = None if progress else progress_bar(
+            total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=part.name.removesuffix(".part"))
         try:
             with open(part, mode) as fh:
                 # read1: whatever has arrived, so a stalled or trickling server loses nothing

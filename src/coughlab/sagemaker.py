@@ -28,12 +28,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tqdm import tqdm
-
 from coughlab.atomic import atomic_dir
 from coughlab.config import Params, SageMakerConfig
 from coughlab.container import CHANNEL, TRAINING_SPLITS, check_features, hyperparameters
 from coughlab.model import MODEL_FILE, fingerprint
+from coughlab.progress import progress_bar
 
 ENV_ROLE = "COUGHLAB_SM_ROLE"
 ENV_BUCKET = "COUGHLAB_SM_BUCKET"
@@ -168,8 +167,8 @@ def upload_features(s3, features_dir: Path, input_uri: str) -> None:
     bucket, prefix = split_s3_uri(input_uri)
     for split in TRAINING_SPLITS:
         path = features_dir / f"{split}.npz"
-        with tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
-                  desc=f"upload {path.name}") as bar:
+        with progress_bar(total=path.stat().st_size, unit="B", unit_scale=True,
+                          desc=f"upload {path.name}") as bar:
             s3.upload_file(str(path), bucket, f"{prefix}{path.name}", Callback=bar.update)
 
 
@@ -339,7 +338,8 @@ def download_tar(s3, uri: str, dest: Path, required: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=dest.parent) as tmp:
         archive = Path(tmp) / Path(key).name
-        with tqdm(total=size, unit="B", unit_scale=True, desc=f"download {archive.name}") as bar:
+        with progress_bar(total=size, unit="B", unit_scale=True,
+                          desc=f"download {archive.name}") as bar:
             s3.download_file(bucket, key, str(archive), Callback=bar.update)
         with atomic_dir(dest) as out, tarfile.open(archive) as tar:
             tar.extractall(out, filter="data")  # refuses absolute paths, .. and devices

@@ -28,10 +28,10 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Iterable
 
 import pandas as pd
-from tqdm import tqdm
 
 from coughlab.config import DataConfig
 from coughlab.download import cache_dir, fetch_file
+from coughlab.progress import progress_bar
 from coughlab.sources import FINGERPRINT, LabelsError, person_fingerprint, register, require_columns
 from coughlab.sources.archive import (CountingReader, ExtractBudget, UnsafeArchive, clip_table,
                                       safe_name, unsafe_member)
@@ -60,7 +60,8 @@ def fetch_coswara(dest: Path, cfg: DataConfig) -> pd.DataFrame:
     fingerprints = participant_fingerprints(metadata)
     budget = ExtractBudget(NAME, cfg.extract)
     rows = []
-    for date, parts in tqdm(sorted(parts_by_date.items()), desc=f"{NAME} extracting", unit="date"):
+    for date, parts in progress_bar(sorted(parts_by_date.items()), desc=f"{NAME} extracting",
+                                    unit="date"):
         rows += extract_date([files[p] for p in parts], safe_name(date, "date folder"), labels,
                              wanted, dest, budget)
     for row in rows:
@@ -91,7 +92,7 @@ def download_files(manifest: Manifest, paths: list[str], cfg: DataConfig) -> dic
             raise UnsafeArchive(f"{NAME}: refusing manifest path {path!r}")
     local = {path: folder / path for path in paths}
     lock, done = threading.Lock(), [0]
-    with tqdm(desc=f"{NAME} download", unit="B", unit_scale=True, unit_divisor=1024) as bar:
+    with progress_bar(desc=f"{NAME} download", unit="B", unit_scale=True, unit_divisor=1024) as bar:
         bar.set_postfix_str(f"0/{len(paths)} files")
 
         def advance(n: int) -> None:

@@ -14,10 +14,10 @@ from collections import Counter
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
-from tqdm import tqdm
 
 from coughlab.config import DataConfig
 from coughlab.download import Pin, cache_dir, cache_path, fetch_file
+from coughlab.progress import progress_bar
 from coughlab.sources import LabelsError, register, require_columns
 from coughlab.sources.archive import Archive, ExtractBudget, clip_table
 
@@ -37,7 +37,7 @@ def fetch_coughvid(dest: Path, cfg: DataConfig) -> pd.DataFrame:
         metadata = pd.read_csv(archive.open(METADATA), dtype={"uuid": str, "status": str})
         rows, dropped = label_rows(metadata, audio_by_uuid(archive.names()),
                                    cfg.coughvid.min_cough_detected)
-        for row in tqdm(rows, desc=NAME, unit="clip"):
+        for row in progress_bar(rows, desc=NAME, unit="clip"):
             archive.extract(row["path"], dest)
     return clip_table(NAME, rows, dropped)
 

@@ -19,9 +19,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from coughlab.config import DataConfig
+from coughlab.progress import progress_bar
 from coughlab.sources import LabelsError, register
 from coughlab.sources.archive import Archive, ExtractBudget, clip_table, safe_name
 from coughlab.sources.pins import github_archive, load_manifest, verify_members
@@ -45,7 +45,7 @@ def fetch_covid19_cough(dest: Path, cfg: DataConfig) -> pd.DataFrame:
         # verified, so the manifest's blob hash is the content's: equal hash, equal bytes
         digests = {row["path"]: manifest.blobs[row["path"]] for row in rows}
         rows, dropped_dupes = drop_duplicates(rows, digests)
-        for row in tqdm(rows, desc=NAME, unit="clip"):
+        for row in progress_bar(rows, desc=NAME, unit="clip"):
             archive.extract(row["path"], dest)
     dropped.update(dropped_dupes)
     return clip_table(NAME, rows, dropped)

@@ -13,11 +13,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from coughlab.config import DataConfig, GitHubPin
 from coughlab.download import (ChecksumError, Pin, cache_dir, cache_path, fetch_file,
                                stream_digest)
+from coughlab.progress import progress_bar
 from coughlab.sources import LabelsError
 from coughlab.sources.archive import Archive
 
@@ -79,8 +78,8 @@ def github_archive(pin: GitHubPin, data_cfg: DataConfig) -> Path:
 def verify_members(archive: Archive, manifest: Manifest, names: list[str]) -> None:
     """Check each named archive member against the manifest; raise naming every mismatch."""
     wrong = []
-    for name in tqdm(names, desc=f"{archive.source} verifying", unit="file",
-                     disable=len(names) < 50):
+    for name in progress_bar(names, desc=f"{archive.source} verifying", unit="file",
+                             disable=len(names) < 50):
         expected = manifest.pin(name).hexdigest
         try:
             with archive.open(name) as fh:

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from coughlab.atomic import atomic_dir
 from coughlab.audio import (AudioDecodeError, load_audio, quality_problem, resample, to_mono,
                             write_float_wav)
 from coughlab.config import QualityConfig, SplitConfig, load_params
+from coughlab.progress import progress_bar
 
 IN = Path("build/fetched")
 OUT = Path("build/combined")
@@ -146,7 +146,7 @@ def combine(src_dir: Path, out: Path, sample_rate: int, quality: QualityConfig,
     labels = pd.read_csv(src_dir / "labels.csv", dtype=str, keep_default_na=False)
     with atomic_dir(out) as tmp:
         kept, quarantined = [], []
-        for row in tqdm(labels.to_dict("records"), desc="combine", unit="clip"):
+        for row in progress_bar(labels.to_dict("records"), desc="combine", unit="clip"):
             clip = wav_path(row["path"])
             result = process_clip(src_dir / row["path"], tmp / "clips" / clip, sample_rate, quality)
             if "reason" in result:

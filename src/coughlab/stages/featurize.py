@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 import torch
-from tqdm import tqdm
 
 from coughlab import LABELS
 from coughlab.atomic import atomic_dir
 from coughlab.audio import Featurizer, fit_length
 from coughlab.config import AudioConfig, load_params
+from coughlab.progress import progress_bar
 from coughlab.stages.combine import SPLITS
 
 IN = Path("build/combined")
@@ -34,7 +34,7 @@ def featurize_waves(waves: list[np.ndarray], cfg: AudioConfig, desc: str = "feat
     """Log-mel windows `[n, 1, n_mels, frames]` of mono clips already at `cfg.sample_rate`."""
     featurizer = Featurizer(cfg).eval()
     chunks = []
-    for start in tqdm(range(0, len(waves), BATCH), desc=desc, unit="batch"):
+    for start in progress_bar(range(0, len(waves), BATCH), desc=desc, unit="batch"):
         batch = [fit_length(torch.from_numpy(w), featurizer.length) for w in waves[start : start + BATCH]]
         chunks.append(featurizer.logmel(torch.stack(batch)).numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, 1, cfg.n_mels, 0), np.float32)
