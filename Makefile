@@ -8,7 +8,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # Stage commands in dvc.yaml call `python`; this makes it the project's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install repro data params test test-fast deploy-lambda push pull report
+.PHONY: help install repro data params test test-fast serve deploy-lambda push pull report
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
@@ -47,6 +47,10 @@ test: install  ## run the whole test suite, end-to-end runs included
 
 test-fast: install  ## unit tests only (skips the fresh-clone end-to-end runs)
 	$(PY) -m pytest -m "not slow"
+
+PORT ?= 8000
+serve: install  ## try the model before deploying: the recording page + API on 127.0.0.1:PORT (8000)
+	$(PY) -m coughlab.serve --model-dir build/lambda --host 127.0.0.1 --port $(PORT)
 
 deploy-lambda: install  ## gate the model, build the python3.12 zip, publish it, move alias `live`
 	$(PY) -m coughlab.deploy

@@ -1,6 +1,7 @@
 """The recording page in a real browser: Chromium's fake microphone plays a cough recording,
 the page records it with MediaRecorder and POSTs it to lambda/handler.py behind a local
-Function URL (tests/function_url.py), and must show the handler's answer for those bytes.
+Function URL (coughlab.serve, what `make serve` runs), and must show the handler's answer for
+those bytes.
 
 Needs Debian's chromium at /usr/bin/chromium (`make install` puts it there); outside CI a
 machine without it skips these tests, under CI (env CI set) they fail instead.
@@ -8,10 +9,13 @@ machine without it skips these tests, under CI (env CI set) they fail instead.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
-import importlib.util
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,8 @@ import pytest
 import soundfile as sf
 import soxr
 
-from function_url import FunctionUrl
+from coughlab import serve
+from coughlab.serve import FunctionUrl
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDLER = ROOT / "lambda" / "handler.py"
@@ -28,6 +33,19 @@ CHROMIUM = Path("/usr/bin/chromium")
 FAKE_MIC_RATE = 48000
 QUIET_FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
                "--disable-sync"]
+POSTED_BODIES = """
+window.postedBodies = [];
+const pageFetch = window.fetch;
+window.fetch = async (url, init = {}) => {
+  if (init.body instanceof Blob) {
+    const bytes = new Uint8Array(await init.body.arrayBuffer());
+    let text = "";
+    for (const byte of bytes) text += String.fromCharCode(byte);
+    window.postedBodies.push(btoa(text));
+  }
+  return pageFetch(url, init);
+};
+"""
 WEBM_MAGIC = b"\x1a\x45\xdf\xa3"  # EBML header: the start of every webm file
 
 if not CHROMIUM.exists():
@@ -41,14 +59,34 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402 - after th
 
 def load_handler(model_dir: Path, **env: str):
     """lambda/handler.py as its own module, reading MODEL_DIR (and other settings) at import."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MODEL_DIR", str(model_dir))
-        for key, value in env.items():
-            mp.setenv(key, value)
-        spec = importlib.util.spec_from_file_location("browser_handler_" + "_".join(env), HANDLER)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return module
+    return serve.load_handler(HANDLER, model_dir, **env)
+
+
+def make_serve_command() -> list[str]:
+    """The command `make serve` runs, as make prints it (`make -n`), minus the python path."""
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "serve", "STAMP=/dev/null",
+                          "VENV=.venv"], cwd=ROOT, capture_output=True, text=True, check=True)
+    *_, last = dry.stdout.strip().splitlines()
+    return last.split()[1:]  # drop .venv/bin/python: the tests' interpreter runs it
+
+
+@contextlib.contextmanager
+def make_serve(model_dir: Path):
+    """`make serve` as a subprocess on a free port, with the model in `model_dir`; yields
+    (url, process); its stdout (one line per request) is read after it stops."""
+    command = [sys.executable, *make_serve_command()]
+    command[command.index("--model-dir") + 1] = str(model_dir)
+    command[command.index("--port") + 1] = "0"
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        first = process.stdout.readline()
+        found = re.search(r"serving (http://127\.0\.0\.1:\d+/)", first)
+        assert found, f"make serve printed {first!r}; stderr: {process.stderr.read()}"
+        yield found.group(1), process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +146,9 @@ def open_page(playwright, url: str, mic: Path, grant_microphone: bool = True):
     page = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
                                is_mobile=True, has_touch=True).new_page()
     page.fetched, page.console_errors = [], []  # from the first request on
+    # A fetch() body that is a Blob (the recording) is not in what Chromium reports of a request:
+    # keep a base64 copy of each in window.postedBodies (init scripts are not subject to the CSP).
+    page.add_init_script(POSTED_BODIES)
     page.on("request", lambda r: page.fetched.append(r.url))
     page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
     page.goto(url)
@@ -130,30 +171,42 @@ def replay(handler, post) -> dict:
     return {"status": response["statusCode"], **json.loads(response["body"])}
 
 
-def test_page_shows_the_handlers_answer_for_the_recording(playwright, handler, cough_wav):
-    with FunctionUrl(handler.handler) as url:
-        browser, page = open_page(playwright, url.url, cough_wav)
+def test_make_serve_runs_the_page_and_api_on_loopback_with_the_exported_model():
+    assert make_serve_command() == ["-m", "coughlab.serve", "--model-dir", "build/lambda",
+                                    "--host", "127.0.0.1", "--port", "8000"]
+
+
+def test_page_shows_the_handlers_answer_for_the_recording(playwright, handler, exported_model,
+                                                           cough_wav):
+    with make_serve(exported_model["lambda_dir"]) as (url, server):
+        browser, page = open_page(playwright, url, cough_wav)
+        responses = []  # what the browser got, as the browser saw it
+        page.on("response", lambda response: responses.append(response))
         record(page, seconds=3)
         expect(page.locator("#result")).to_be_visible(timeout=30_000)
+        (post,) = [r for r in responses if r.request.method == "POST"]
+        headers, status, served_answer = post.request.all_headers(), post.status, post.json()
+        body = base64.b64decode(page.evaluate("window.postedBodies")[0])
         drawn = page.evaluate("""() => { const c = document.getElementById('wave');
             return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some(v => v); }""")
         shown = {key: page.locator(f"#{key}").inner_text()
                  for key in ("p-positive", "label", "threshold", "model-version")}
         browser.close()
+    served = server.stdout.read().splitlines()
 
-    (get, post), = [url.requests]
-    assert get.method == "GET" and get.status == 200
+    assert served == ["GET / -> 200", "POST / -> 200"]
     # One self-contained page: nothing fetched from anywhere else, and its CSP blocks none of
     # its own inline script and style (a blocked one is a console error).
-    assert page.fetched == [url.url, url.url]  # GET the page, POST the recording
+    assert page.fetched == [url, url]  # GET the page, POST the recording
     assert page.console_errors == []
     assert drawn, "the waveform canvas stayed blank while recording"
+    assert status == 200
     # The browser's own format, passed through untouched: webm/opus as Chromium records it.
-    assert post.headers["content-type"] == "audio/webm;codecs=opus"
-    assert post.body.startswith(WEBM_MAGIC)
-    answer = replay(handler, post)
+    assert headers["content-type"] == "audio/webm;codecs=opus"
+    assert body.startswith(WEBM_MAGIC)
+    answer = replay(handler, serve.Request("POST", "/", headers, body))
     assert answer["status"] == 200, answer
-    assert post.status == 200
+    assert {"status": 200, **served_answer} == answer
     assert shown["p-positive"] == f"{answer['p_positive'] * 100:.1f} %"
     assert shown["label"].lower().startswith(answer["label"])
     assert shown["threshold"] == f"{answer['threshold'] * 100:.1f} %"

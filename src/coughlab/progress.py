@@ -19,15 +19,18 @@ _REDRAW = re.compile(r"[\r\n]|\x1b\[A")
 
 
 class _Lines:
-    """A file that turns tqdm's in-place redraws into one line per redraw."""
+    """A file that turns tqdm's in-place redraws into one line per redraw (a repeat of the
+    previous line, as tqdm's final redraw of a bar that did not move, is left out)."""
 
     def __init__(self, stream: IO[str]):
         self.stream = stream
+        self.last = ""
 
     def write(self, text: str) -> int:
         for part in _REDRAW.split(text):
-            if part := part.rstrip():
+            if (part := part.rstrip()) and part != self.last:
                 self.stream.write(part + "\n")
+                self.last = part
         return len(text)
 
     def flush(self) -> None:
