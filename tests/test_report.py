@@ -1,12 +1,21 @@
-"""`make report`: the PR comment shows what a branch changes against main, with old and new values."""
+"""`make report`: the PR comment shows what a branch changes against main, with old and new values,
+and the changed plots as images."""
 import json
+import shutil
+import struct
 import subprocess
 import sys
+import zlib
+from pathlib import Path
 
 import pytest
 import yaml
 
 from coughlab import report
+
+ROOT = Path(__file__).resolve().parents[1]
+# The colours DVC's templates give the two revisions of a `dvc plots diff`.
+WORKSPACE_COLOUR, BASE_COLOUR = (0x94, 0x5D, 0xD6), (0x13, 0xAD, 0xC7)
 
 DVC_YAML = {"stages": {"train": {
     "cmd": "python train.py",
@@ -38,6 +47,41 @@ def table_rows(markdown):
             for line in markdown.splitlines() if line.startswith("|")]
 
 
+def png_colours(png: bytes) -> dict[tuple[int, int, int], int]:
+    """Pixel count per RGB colour of an 8-bit RGB(A) PNG (what vl-convert writes)."""
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    pos, chunks = 8, {}
+    while pos < len(png):
+        length, kind = struct.unpack(">I4s", png[pos:pos + 8])
+        chunks.setdefault(kind, []).append(png[pos + 8:pos + 8 + length])
+        pos += 12 + length
+    width, height, depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"][0])
+    assert (depth, colour_type, interlace) in ((8, 6, 0), (8, 2, 0))
+    channels = 4 if colour_type == 6 else 3
+    raw, stride = zlib.decompress(b"".join(chunks[b"IDAT"])), width * channels
+    previous, counts = bytearray(stride), {}
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):  # undo the PNG row filter
+            left = line[i - channels] if i >= channels else 0
+            up, corner = previous[i], previous[i - channels] if i >= channels else 0
+            if kind == 1:
+                line[i] = (line[i] + left) & 255
+            elif kind == 2:
+                line[i] = (line[i] + up) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 255
+            elif kind == 4:
+                p = left + up - corner
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 255
+        for x in range(0, stride, channels):
+            colour = tuple(line[x:x + 3])
+            counts[colour] = counts.get(colour, 0) + 1
+        previous = line
+    return counts
+
+
 @pytest.fixture
 def two_commit_repo(tmp_path):
     """main: lr 0.003, ROC-AUC 0.8, a 3-point ROC; branch `feature` (checked out): lr 0.001,
@@ -65,10 +109,18 @@ def test_report_lists_changed_metrics_params_and_plots(two_commit_repo, capsys):
     assert ["reports/plots/roc.json", "3", "4", "changed"] in rows
     assert ["reports/plots/pr.json", "2", "2", "same"] in rows
     unchanged = {"test.f1", "train.epochs"}
-    assert not [row for row in rows if unchanged & set(row)]
+    assert not [row for row in rows if unchanged & set(row) and len(row) > 2]  # in no diff
     assert "pr-report.md" in capsys.readouterr().out
-    # This metrics.json predates the confound figures: the report says so rather than failing.
-    assert "has no within-channel figures" in markdown
+    # Not the layout with the confound figures: its numbers, in the file's order.
+    assert rows[:4] == [["reports/metrics.json", "workspace"], ["---", "---"],
+                        ["test.roc_auc", "0.9"], ["test.f1", "0.7"]]
+    # The changed ROC as an image with both revisions; the unchanged PR curve as none.
+    assert "![reports/plots/roc.json](pr-plots/reports-plots-roc-json.png)" in markdown
+    images = two_commit_repo / "build" / "pr-plots"
+    assert [p.name for p in images.iterdir()] == ["reports-plots-roc-json.png"]
+    colours = png_colours((images / "reports-plots-roc-json.png").read_bytes())
+    assert colours[WORKSPACE_COLOUR] > 100 and colours[BASE_COLOUR] > 100
+    assert "Model card" not in markdown  # no build/lambda/model_card.md here
 
 
 CONFOUNDED = {
@@ -122,3 +174,52 @@ def test_unknown_base_revision_is_a_clear_error(two_commit_repo):
     with pytest.raises(SystemExit, match="base revision 'origin/main' not found"):
         report.main(["--base", "origin/main", "--repo", str(two_commit_repo)])
     assert not (two_commit_repo / "build" / "pr-report.md").exists()
+
+
+def test_report_includes_the_model_card_under_its_own_heading(two_commit_repo):
+    card = two_commit_repo / "build" / "lambda" / "model_card.md"
+    card.parent.mkdir(parents=True)
+    card.write_text("# Model card: cough classifier 43f685139a7d\n\n## Intended use\n\nResearch.\n")
+    report.main(["--base", "main", "--repo", str(two_commit_repo)])
+    markdown = (two_commit_repo / "build" / "pr-report.md").read_text()
+    _, section = markdown.split("### Model card (build/lambda/model_card.md)\n\n")
+    assert section == "#### Model card: cough classifier 43f685139a7d\n\n##### Intended use\n\nResearch.\n"
+
+
+@pytest.fixture
+def project_plots_repo(tmp_path):
+    """This project's dvc.yaml, plot templates (.dvc/plots) and committed plot data on `main`;
+    the workspace has every plot file with its last data row dropped."""
+    repo = tmp_path / "plots"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
+    data = [p.relative_to(ROOT) for folder in ("reports/plots", "reports/train/plots")
+            for p in sorted((ROOT / folder).rglob("*")) if p.suffix in (".json", ".tsv")]
+    for path in data:
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / path, repo / path)
+    commit(repo, "baseline")
+    for path in data:
+        file = repo / path
+        if path.suffix == ".json":
+            file.write_text(json.dumps(json.loads(file.read_text())[:-1]))
+        else:
+            file.write_text("".join(file.read_text().splitlines(keepends=True)[:-1]))
+    return repo
+
+
+def test_every_plot_of_the_project_renders_from_a_real_dvc_plots_diff(project_plots_repo, tmp_path):
+    changes = report.plots_changes(report.plots_diff(project_plots_repo, "main"), "main")
+    expected = {next(iter(plot)) for plot in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]}
+    assert expected <= {c.name for c in changes}
+    assert {c.change for c in changes} == {"changed"}
+    images = report.render_images(changes, tmp_path / "pr-plots")
+    assert set(images) == {c.name for c in changes}
+    for plot, names in images.items():
+        png = (tmp_path / "pr-plots" / names[0]).read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and png[12:16] == b"IHDR", plot
+        width, height = struct.unpack(">II", png[16:24])
+        assert width >= 300 and height >= 200, (plot, width, height)

@@ -6,22 +6,28 @@ the warning when the margin's CI does not lie above 0.
 
 CI posts it as a pull-request comment (.github/workflows/pr.yml, after `dvc repro`). The
 metric and parameter tables are `dvc metrics diff --md` and `dvc params diff --md` as DVC
-prints them. A comment cannot hold DVC's interactive plots, so the plots section says which
-plots changed and how many rows each revision has; `dvc plots diff <base>` renders them (CI
-uploads that as the `dvc-plots` artifact).
+prints them. Each plot that changed is rendered to a PNG next to the report (pr-plots/, from
+the Vega-Lite spec `dvc plots diff <base> --json` fills with both revisions' data, by
+vl-convert, no browser or Node needed) and shown in the report as an image; CML uploads those
+with the comment. The model card of the exported model (build/lambda/model_card.md), when
+there is one, closes the report.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from coughlab.atomic import atomic_write_text
+from coughlab.atomic import atomic_dir, atomic_write_text
 
 OUT = Path("build/pr-report.md")
+IMAGES = "pr-plots"  # folder of the plot images, next to the report
 METRICS = Path("reports/metrics.json")
+MODEL_CARD = Path("build/lambda/model_card.md")
 WORKSPACE = "workspace"  # DVC's name for the files on disk
 
 
@@ -63,31 +69,77 @@ def plot_rows(content: dict) -> dict[str, list[str]]:
     return rows
 
 
-def plots_changes(repo: Path, base: str) -> list[tuple[str, int, int, str]]:
-    """(plot, rows in base, rows in workspace, change) for every plot DVC knows of."""
-    plots = json.loads(dvc(repo, "plots", "diff", base, "--json")).get("data", {})
+@dataclass
+class PlotChange:
+    name: str
+    old_rows: int
+    new_rows: int
+    change: str  # added, removed, changed or same
+    specs: list[dict] = field(default_factory=list)  # Vega-Lite, data of both revisions inline
+
+
+def plots_diff(repo: Path, base: str) -> dict:
+    return json.loads(dvc(repo, "plots", "diff", base, "--json")).get("data", {})
+
+
+def plots_changes(plots: dict, base: str) -> list[PlotChange]:
+    """What changed in every plot of `dvc plots diff --json` output."""
     changes = []
     for name, renders in plots.items():
         rows: dict[str, list[str]] = {}
-        for render in renders:
-            if render["type"] == "vega":
-                for rev, values in plot_rows(render["content"]).items():
-                    rows.setdefault(rev, []).extend(values)
+        specs = [render["content"] for render in renders if render["type"] == "vega"]
+        for spec in specs:
+            for rev, values in plot_rows(spec).items():
+                rows.setdefault(rev, []).extend(values)
         old, new = rows.get(base), rows.get(WORKSPACE)
         if old is None and new is None:
             continue
         change = ("added" if old is None else "removed" if new is None
                   else "changed" if sorted(old) != sorted(new) else "same")
-        changes.append((name, len(old or []), len(new or []), change))
+        changes.append(PlotChange(name, len(old or []), len(new or []), change, specs))
     return changes
 
 
-def plots_table(changes: list[tuple[str, int, int, str]], base: str) -> str:
+def plots_table(changes: list[PlotChange], base: str) -> str:
     if not changes:
         return "_No plots._"
     lines = [f"| Plot | {base} rows | {WORKSPACE} rows | Change |", "|---|---|---|---|"]
-    lines += [f"| {name} | {old} | {new} | {change} |" for name, old, new, change in changes]
+    lines += [f"| {c.name} | {c.old_rows} | {c.new_rows} | {c.change} |" for c in changes]
     return "\n".join(lines)
+
+
+def image_name(plot: str, index: int) -> str:
+    """A file name that says which plot it is: `ROC (test)` -> roc-test.png."""
+    slug = re.sub(r"[^a-z0-9]+", "-", plot.lower()).strip("-") or "plot"
+    return f"{slug}.png" if index == 0 else f"{slug}-{index + 1}.png"
+
+
+def render_images(changes: list[PlotChange], folder: Path) -> dict[str, list[str]]:
+    """PNGs of every added or changed plot, both revisions in one chart, in `folder` (replaced
+    as a whole); plot name -> image file names."""
+    import vl_convert  # dev extra: only the report needs it
+
+    shown = [c for c in changes if c.change in ("added", "changed")]
+    names: dict[str, list[str]] = {}
+    with atomic_dir(folder) as tmp:
+        for c in shown:
+            for index, spec in enumerate(c.specs):
+                name = image_name(c.name, index)
+                try:
+                    png = vl_convert.vegalite_to_png(spec, scale=2)
+                except ValueError as err:
+                    raise ReportError(f"plot {c.name!r} cannot be rendered: {err}") from err
+                (Path(tmp) / name).write_bytes(png)
+                names.setdefault(c.name, []).append(name)
+    return names
+
+
+def images_section(images: dict[str, list[str]], base: str) -> str:
+    if not images:
+        return "_No plot changed._"
+    return "\n\n".join(f"**{plot}** ({base} and {WORKSPACE})\n\n"
+                        + "\n".join(f"![{plot}]({IMAGES}/{name})" for name in names)
+                        for plot, names in images.items())
 
 
 def figure_row(name: str, d: dict, key: str, sign: str = "") -> str:
@@ -97,10 +149,29 @@ def figure_row(name: str, d: dict, key: str, sign: str = "") -> str:
     return f"| {name} | {shown} | {bounds} |"
 
 
+def numbers(tree: dict, prefix: str = "") -> list[tuple[str, float]]:
+    """Every number in a metrics tree as (dotted key, value), in the file's order."""
+    found = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            found += numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            found.append((f"{prefix}{key}", value))
+    return found
+
+
+def numbers_table(metrics: dict) -> str:
+    """The workspace's metrics as evaluate ordered them (headline first), when they are not
+    in the layout confound_section reads."""
+    lines = [f"| {METRICS} | {WORKSPACE} |", "|---|---|"]
+    lines += [f"| {key} | {value:.4g} |" for key, value in numbers(metrics)]
+    return "\n".join(lines) if len(lines) > 2 else f"_{METRICS} holds no numbers._"
+
+
 def confound_section(metrics: dict) -> str:
     """The figures that say whether the model hears coughs or the recording channel."""
     if "margin" not in metrics:
-        return "_reports/metrics.json has no within-channel figures; re-run `dvc repro evaluate`._"
+        return numbers_table(metrics)
     head, base, margin = metrics["headline"], metrics["metadata_baseline"], metrics["margin"]
     leakage = metrics["channel_leakage"]
     lines = ["| Test figure | Value | 95% CI (subjects resampled) |", "|---|---|---|",
@@ -132,20 +203,33 @@ def workspace_metrics(repo: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def render_report(repo: Path, base: str) -> str:
+def model_card_section(repo: Path) -> list[str]:
+    """The exported model's card, its headings nested under the report's, if export wrote one."""
+    path = repo / MODEL_CARD
+    if not path.is_file():
+        return []
+    card = re.sub(r"^(#{1,3}) ", lambda m: "#" * (len(m.group(1)) + 3) + " ",
+                  path.read_text().strip(), flags=re.M)
+    return [f"### Model card ({MODEL_CARD})", card]
+
+
+def render_report(repo: Path, base: str, out: Path) -> str:
+    """The report's markdown; the plot images go to pr-plots/ next to `out`."""
     base_commit = short_commit(repo, base)
     head_commit = short_commit(repo, "HEAD")
     current = workspace_metrics(repo)
     metrics = dvc(repo, "metrics", "diff", base, "--md")
     params = dvc(repo, "params", "diff", base, "--md")
-    plots = plots_changes(repo, base)
+    plots = plots_changes(plots_diff(repo, base), base)
+    images = render_images(plots, out.parent / IMAGES)
     return "\n\n".join([
         f"## coughlab: {WORKSPACE} (HEAD {head_commit}) vs {base} ({base_commit})",
         "### Does it hear coughs or the recording channel?", confound_section(current),
         "### Metrics", table_or(metrics, "No metric changed."),
         "### Params", table_or(params, "No parameter changed."),
-        "### Plots", plots_table(plots, base),
-        f"Render them with `dvc plots diff {base}` (CI: the `dvc-plots` artifact of this run).",
+        "### Plots", plots_table(plots, base), images_section(images, base),
+        f"Interactive: `dvc plots diff {base}` (CI: the `dvc-plots` artifact of this run).",
+        *model_card_section(repo),
     ]) + "\n"
 
 
@@ -159,11 +243,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repo", type=Path, default=Path("."),
                         help="repository root (default: the current directory)")
     args = parser.parse_args(argv)
+    out = args.out if args.out.is_absolute() else args.repo / args.out
     try:
-        report = render_report(args.repo, args.base)
+        report = render_report(args.repo, args.base, out)
     except ReportError as err:
         sys.exit(f"report: {err}")
-    out = args.out if args.out.is_absolute() else args.repo / args.out
     atomic_write_text(out, report)
     print(f"report: wrote {out}")
 
