@@ -8,7 +8,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # Stage commands in dvc.yaml call `python`; this makes it the project's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install repro data params test test-fast serve deploy-lambda push pull report
+.PHONY: help install tracked-sample repro data params test test-fast serve deploy-lambda push pull report
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,aws]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-install: $(STAMP) $(CHROMIUM)  ## create .venv, install coughlab with the dev and aws extras, and chromium
+install: $(STAMP) $(CHROMIUM) tracked-sample  ## create .venv, install coughlab (dev, aws extras) and chromium; data/ if it is the sample
 
 # tests/test_browser.py drives Debian's chromium through Playwright (no Playwright browser
 # download needed); installed only when absent.
@@ -26,6 +26,18 @@ $(CHROMIUM):
 	@if command -v apt-get >/dev/null; then \
 	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	else echo "no apt-get here: install Chromium as $(CHROMIUM), or tests/test_browser.py skips"; fi
+
+# data/ is DVC-tracked (data.dvc) and fetch depends on it whichever data.sources are chosen, so
+# a fresh clone (no DVC cache) needs it before `dvc repro` or `dvc exp run -S
+# 'data.sources=[...]'`. install regenerates the embedded sample when data/ is missing and keeps
+# it only if it is what data.dvc tracks; other data (yours) comes from your remote (make pull),
+# which a sample left in its place would block.
+tracked-sample: | $(STAMP)
+	@if [ ! -e data ]; then \
+	  $(PY) -m coughlab.sample data && if ! dvc data status --json data | $(PY) -c \
+	    'import json, sys; sys.exit(bool(json.load(sys.stdin).get("uncommitted")))'; then rm -rf data; \
+	    echo "data.dvc tracks other data than the embedded sample: get it with make pull"; fi; \
+	fi
 
 data/labels.csv: | $(STAMP)
 	$(PY) -m coughlab.sample data
