@@ -8,7 +8,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # Stage commands in dvc.yaml call `python`; this makes it the project's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install tracked-sample repro data params test test-fast serve deploy-lambda push pull report
+.PHONY: help install repro data params test test-fast deploy-lambda push pull report
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
@@ -32,6 +32,7 @@ $(CHROMIUM):
 # 'data.sources=[...]'`. install regenerates the embedded sample when data/ is missing and keeps
 # it only if it is what data.dvc tracks; other data (yours) comes from your remote (make pull),
 # which a sample left in its place would block.
+.PHONY: tracked-sample
 tracked-sample: | $(STAMP)
 	@if [ ! -e data ]; then \
 	  $(PY) -m coughlab.sample data && if ! dvc data status --json data | $(PY) -c \
@@ -60,6 +61,7 @@ test: install  ## run the whole test suite, end-to-end runs included
 test-fast: install  ## unit tests only (skips the fresh-clone end-to-end runs)
 	$(PY) -m pytest -m "not slow"
 
+.PHONY: serve
 PORT ?= 8000
 serve: install  ## try the model before deploying: the recording page + API on 127.0.0.1:PORT (8000)
 	$(PY) -m coughlab.serve --model-dir build/lambda --host 127.0.0.1 --port $(PORT)

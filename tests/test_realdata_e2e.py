@@ -6,11 +6,12 @@ only the download locations and pins pointed at them.
 """
 import json
 import re
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from source_fixtures import ArchiveServer, C19Record, Upstream, covid19_cough_files, virufy_files
 from test_pipeline_e2e import ENV, VENV_BIN, clone_working_tree, run, stages_run
@@ -25,6 +26,12 @@ def readme_real_data_command() -> list[str]:
     text = (ROOT / "docs" / "data-sources.md").read_text()
     line = re.search(r"^dvc exp run -S 'data\.sources=\[[^]]*\]'$", text, re.M).group(0)
     return ["dvc", "exp", "run", "-S", line.split("'")[1]]
+
+
+def report_outputs() -> list[str]:
+    """The outputs the PR workflow's dvc-cache job pulls (its REPORT_OUTPUTS)."""
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "pr.yml").read_text())
+    return workflow["jobs"]["dvc-cache"]["env"]["REPORT_OUTPUTS"].split()
 
 
 def upstreams(workdir: Path) -> Upstream:
@@ -68,3 +75,21 @@ def test_fresh_clone_runs_the_real_data_command_after_make_install(tmp_path):
     assert {line.split(",")[3] for line in fetched[1:]} == {"covid19-cough", "virufy"}
     model = json.loads((clone / "build" / "lambda" / "model.json").read_text())
     assert (clone / "build" / "lambda" / "model.onnx").stat().st_size > 0, model
+
+    # What the PR workflow does with these results: dvc-cache pulls only the outputs the report
+    # needs (never the recordings) into a machine that has none, and report's
+    # `dvc repro --allow-missing` then has nothing to re-run for a PR that changed nothing.
+    remote = tmp_path / "remote"
+    run(clone, "dvc", "remote", "add", "--local", "-d", "storage", str(remote))
+    run(clone, "dvc", "push")
+    for lost in (".dvc/cache", "build", "data"):
+        shutil.rmtree(clone / lost)
+    run(clone, "make", "install", f"VENV={VENV_BIN.parent}", f"STAMP={installed}")  # as CI does
+    run(clone, "dvc", "pull", "--allow-missing", *report_outputs())
+    assert not (clone / "build" / "fetched").exists()
+    assert not (clone / "build" / "combined" / "clips").exists()
+    assert (clone / "build" / "lambda" / "model.onnx").is_file()
+    metrics = (clone / "reports" / "metrics.json").read_bytes()
+    rerun = run(clone, "dvc", "repro", "--allow-missing")
+    assert stages_run(rerun) == set(), rerun
+    assert (clone / "reports" / "metrics.json").read_bytes() == metrics

@@ -55,13 +55,15 @@ def png_colours(png: bytes) -> dict[tuple[int, int, int], int]:
         length, kind = struct.unpack(">I4s", png[pos:pos + 8])
         chunks.setdefault(kind, []).append(png[pos + 8:pos + 8 + length])
         pos += 12 + length
-    width, height, depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"][0])
+    header = struct.unpack(">IIBBBBB", chunks[b"IHDR"][0])
+    width, height, depth, colour_type, interlace = *header[:4], header[6]
     assert (depth, colour_type, interlace) in ((8, 6, 0), (8, 2, 0))
     channels = 4 if colour_type == 6 else 3
     raw, stride = zlib.decompress(b"".join(chunks[b"IDAT"])), width * channels
     previous, counts = bytearray(stride), {}
     for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        start = y * (stride + 1)
+        kind, line = raw[start], bytearray(raw[start + 1:start + 1 + stride])
         for i in range(stride):  # undo the PNG row filter
             left = line[i - channels] if i >= channels else 0
             up, corner = previous[i], previous[i - channels] if i >= channels else 0
@@ -74,7 +76,8 @@ def png_colours(png: bytes) -> dict[tuple[int, int, int], int]:
             elif kind == 4:
                 p = left + up - corner
                 pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
-                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 255
+                paeth = left if pa <= pb and pa <= pc else up if pb <= pc else corner
+                line[i] = (line[i] + paeth) & 255
         for x in range(0, stride, channels):
             colour = tuple(line[x:x + 3])
             counts[colour] = counts.get(colour, 0) + 1
