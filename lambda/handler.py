@@ -505,12 +505,15 @@ def request_method(event) -> str | None:
 
 @functools.cache
 def recording_page() -> dict:
-    """The recording page, read once per container, with a CSP that runs only its own code.
+    """The recording page, read once per container, with a CSP that runs only its own code and
+    the upload limit it refuses larger recordings by, before posting them.
 
     The CSP names the sha256 of each inline <script>/<style> block: nothing else can run or
     style the page, and it can only talk to its own origin.
     """
-    html = PAGE.read_text(encoding="utf-8")
+    html = PAGE.read_text(encoding="utf-8").replace(
+        '<meta name="max-audio-bytes" content="MAX_AUDIO_BYTES">',
+        f'<meta name="max-audio-bytes" content="{MAX_AUDIO_BYTES}">')  # the page checks it too
 
     def sources(tag: str) -> str:
         blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)
