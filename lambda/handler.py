@@ -59,6 +59,9 @@ MAX_AUDIO_BYTES = int(os.environ.get(
     "MAX_AUDIO_BYTES", (FUNCTION_URL_PAYLOAD_BYTES - EVENT_ALLOWANCE_BYTES) * 3 // 4))
 MAX_AUDIO_SECONDS = float(os.environ.get("MAX_AUDIO_SECONDS", 120))
 MAX_AUDIO_CHANNELS = int(os.environ.get("MAX_AUDIO_CHANNELS", 8))
+# Origins allowed besides the URL's own, e.g. a CloudFront domain in front of it (comma-separated).
+ALLOWED_ORIGINS = {o.strip().lower() for o in os.environ.get("ALLOWED_ORIGINS", "").split(",")
+                   if o.strip()}
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4000, 192000
 # soxr HQ's filter reaches ~0.025 s either side at the lowest accepted rate: the span cut
 # before resampling keeps this much more on each side, so its edges do not reach the output.
@@ -371,8 +374,8 @@ def check_origin(event: dict) -> None:
     still arrives, so it is refused here, before any work.
     """
     origin = header(event.get("headers"), "origin")
-    if not origin:
-        return  # not sent by a page: curl, SDKs, the S3 trigger
+    if not origin or origin.lower() in ALLOWED_ORIGINS:
+        return  # not sent by a page (curl, SDKs), or by a page allowed by name
     host = own_host(event)
     if not host or urllib.parse.urlsplit(origin).netloc.lower() != host:
         raise RequestError(403, "cross_origin", "only the recording page served by this URL "

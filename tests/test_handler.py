@@ -641,6 +641,13 @@ def test_origin_is_compared_with_the_host_header_without_a_domain_name(handler):
     assert handler.handler(event)["statusCode"] == 403  # an Origin, and nothing to match it to
 
 
+def test_allowed_origins_admit_a_front_end_by_name(exported_model, monkeypatch):
+    monkeypatch.setenv("ALLOWED_ORIGINS", "https://coughs.example.org, https://other.example")
+    fronted = import_handler(exported_model["lambda_dir"], monkeypatch)
+    assert fronted.handler(url_post(wav(), origin="https://coughs.example.org"))["statusCode"] == 200
+    assert fronted.handler(url_post(wav(), origin="https://evil.example"))["statusCode"] == 403
+
+
 # --- the body limit a Function URL allows ------------------------------------------------------
 
 def test_the_largest_accepted_file_fits_a_function_url_request(handler):
