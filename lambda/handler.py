@@ -6,7 +6,9 @@ for S3 events); never torch or coughlab. Two kinds of event:
 - Function URL / API Gateway GET: the recording page (`page.html`, next to this file): record a
   cough in the browser, POST it here, see the answer.
 - Function URL / API Gateway POST. Body: the audio file itself (base64, as API Gateway
-  delivers binary bodies) or JSON `{"audio": "<base64 of the file>"}`. Formats: what browsers
+  delivers binary bodies) with an audio Content-Type (`audio/webm`, `audio/wav`,
+  `application/octet-stream`, ...), or JSON `{"audio": "<base64 of the file>"}` as
+  `application/json`. Formats: what browsers
   and phones record (webm/opus, ogg/opus, mp4/m4a aac) and wav, flac, ogg/vorbis, mp3.
   Reply: 200 `{"p_positive": 0.83, "label": "positive", "threshold": 0.5, ...}`; bad input gets
   a 4xx JSON `{"error": code, "message": ...}`, never a stack trace.
