@@ -58,7 +58,8 @@ def child_onnx(clip: Path, spawned_at: float, n_warm: int) -> dict:
     import handler
 
     t1 = time.perf_counter()
-    event = {"body": base64.b64encode(clip.read_bytes()).decode(), "isBase64Encoded": True}
+    event = {"body": base64.b64encode(clip.read_bytes()).decode(), "isBase64Encoded": True,
+             "headers": {"content-type": "application/octet-stream"}}
     first = handler.handler(event)
     first_done = time.time()
     t2 = time.perf_counter()

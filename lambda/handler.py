@@ -6,17 +6,25 @@ for S3 events); never torch or coughlab. Two kinds of event:
 - Function URL / API Gateway GET: the recording page (`page.html`, next to this file): record a
   cough in the browser, POST it here, see the answer.
 - Function URL / API Gateway POST. Body: the audio file itself (base64, as API Gateway
-  delivers binary bodies) or JSON `{"audio": "<base64 of the file>"}`. Formats: what browsers
+  delivers binary bodies) with an audio Content-Type (`audio/webm`, `audio/wav`,
+  `application/octet-stream`, ...), or JSON `{"audio": "<base64 of the file>"}` as
+  `application/json`. Formats: what browsers
   and phones record (webm/opus, ogg/opus, mp4/m4a aac) and wav, flac, ogg/vorbis, mp3.
   Reply: 200 `{"p_positive": 0.83, "label": "positive", "threshold": 0.5, ...}`; bad input gets
   a 4xx JSON `{"error": code, "message": ...}`, never a stack trace.
 - S3 ObjectCreated: each record's object is size-checked, downloaded and scored on its own;
   one bad record or clip does not fail the others.
 
-Limits, checked before the work they bound: MAX_AUDIO_BYTES of file, MAX_AUDIO_SECONDS and
+Only what a browser cannot send from another site without a CORS preflight is scored: the
+Content-Type must be an audio one (or application/json), and an Origin header, where there is
+one, must be the URL's own. Answers are strict JSON (no NaN/Infinity).
+
+Limits, checked before the work they bound: MAX_AUDIO_BYTES of file (by default what still
+fits a Function URL's 6 MB request once base64 has grown it by 4/3), MAX_AUDIO_SECONDS and
 MAX_AUDIO_CHANNELS from the file header (and again while decoding, for formats whose header
-has no length), sample rates within 4-192 kHz. A clip that training would have quarantined
-(empty, non-finite, too short, silent: model.json's `quality`) gets 422 with that reason.
+has no length), sample rates within 4-192 kHz. Only decoded samples are scored, and the
+seconds reported are the decoded ones. A clip that training would have quarantined (empty,
+non-finite, too short, silent: model.json's `quality`) gets 422 with that reason.
 
 The model is loaded once per container (first call), not per request.
 """
@@ -44,16 +52,30 @@ log.setLevel(logging.INFO)
 
 MODEL_DIR = Path(os.environ.get("MODEL_DIR", Path(__file__).resolve().parent / "model"))
 PAGE = Path(__file__).resolve().parent / "page.html"
-MAX_AUDIO_BYTES = int(os.environ.get("MAX_AUDIO_BYTES", 10 * 1024 * 1024))
+# A Function URL refuses a request over Lambda's 6 MB synchronous payload before the handler
+# runs (the caller gets Lambda's own error, not this JSON). The body travels base64-encoded,
+# 4/3 of the file, inside an event that also carries headers and requestContext.
+FUNCTION_URL_PAYLOAD_BYTES = 6 * 2**20
+EVENT_ALLOWANCE_BYTES = 256 * 2**10
+MAX_AUDIO_BYTES = int(os.environ.get(
+    "MAX_AUDIO_BYTES", (FUNCTION_URL_PAYLOAD_BYTES - EVENT_ALLOWANCE_BYTES) * 3 // 4))
 MAX_AUDIO_SECONDS = float(os.environ.get("MAX_AUDIO_SECONDS", 120))
 MAX_AUDIO_CHANNELS = int(os.environ.get("MAX_AUDIO_CHANNELS", 8))
+# Origins allowed besides the URL's own, e.g. a CloudFront domain in front of it (comma-separated).
+ALLOWED_ORIGINS = {o.strip().lower() for o in os.environ.get("ALLOWED_ORIGINS", "").split(",")
+                   if o.strip()}
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4000, 192000
 # soxr HQ's filter reaches ~0.025 s either side at the lowest accepted rate: the span cut
 # before resampling keeps this much more on each side, so its edges do not reach the output.
 RESAMPLER_MARGIN_SECONDS = 0.05
 DECODE_BLOCK_FRAMES = 65536
-JSON_OBJECT_START = re.compile(r"\s*\{")
 FORMATS = "wav, flac, ogg (vorbis/opus), mp3, webm (opus), mp4/m4a (aac)"
+# Media types a page on another site cannot POST without a CORS preflight (text/plain,
+# application/x-www-form-urlencoded and multipart/form-data it can), plus the containers
+# browsers label as video.
+AUDIO_CONTENT_TYPES = ("audio/", "video/webm", "video/mp4", "video/ogg", "application/ogg",
+                       "application/octet-stream")
+JSON_CONTENT_TYPE = "application/json"
 QUALITY_MESSAGES = {
     "empty": "the file decodes to no audio samples",
     "non_finite": "the audio contains NaN or infinite samples",
@@ -120,6 +142,12 @@ def too_long() -> RequestError:
     return RequestError(413, "audio_too_long", f"longer than the limit of {MAX_AUDIO_SECONDS:g} s")
 
 
+def too_large(size: str) -> RequestError:
+    return RequestError(413, "audio_too_large", f"{size}; the limit is {MAX_AUDIO_BYTES} bytes "
+                        f"({MAX_AUDIO_BYTES / 1e6:.1f} MB: a Function URL takes 6 MB per "
+                        "request, and base64 makes a file a third larger)")
+
+
 def mono_blocks(blocks, sample_rate: int) -> np.ndarray:
     """Concatenate `[channels, n]` float32 blocks mixed to mono, stopping once past the limit."""
     limit, total, parts = max_frames(sample_rate), 0, []
@@ -131,14 +159,28 @@ def mono_blocks(blocks, sample_rate: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
+def decoded_blocks(f: sf.SoundFile):
+    """`[channels, n]` float32 blocks holding exactly the frames libsndfile decoded.
+
+    Not SoundFile.blocks(): without a fill_value it yields its whole buffer when the file ends
+    before its header says (a truncated mp3), the unfilled rest being whatever memory held.
+    read(out=...) returns only the frames read.
+    """
+    buffer = np.empty((DECODE_BLOCK_FRAMES, f.channels), np.float32)
+    while True:
+        frames = f.read(out=buffer)
+        if not len(frames):
+            return
+        yield frames.T
+
+
 def decode_soundfile(audio: bytes) -> tuple[np.ndarray, int] | None:
     """wav/flac/ogg/mp3/... via libsndfile; None when libsndfile cannot read the file."""
     try:
         with sf.SoundFile(io.BytesIO(audio)) as f:
             check_header(f.samplerate, f.channels, f.frames)
             f.seek(0)  # as sf.read does: libsndfile's ogg/opus gives wrong samples until a seek
-            blocks = (b.T for b in f.blocks(DECODE_BLOCK_FRAMES, dtype="float32", always_2d=True))
-            return mono_blocks(blocks, f.samplerate), f.samplerate
+            return mono_blocks(decoded_blocks(f), f.samplerate), f.samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         log.info("soundfile cannot read the audio: %s", type(err).__name__)
         return None
@@ -176,6 +218,20 @@ def header_frames(container, stream, sample_rate: int) -> int | None:
     return None
 
 
+def packed_blocks(frames, resampler):
+    """`[channels, n]` float32 blocks of decoded frames, read as one packed (interleaved) plane.
+
+    Never to_ndarray() on a planar frame: PyAV 18.1 counts planes by walking
+    AVFrame.extended_data to a NULL, and with 8 planar channels (7.1 opus/aac, 8-channel PCM)
+    there is none inside the 8 data pointers, so it reads past them and dies (SIGSEGV). A packed
+    frame has one plane whatever its channel count; the resampler makes every frame packed.
+    """
+    for frame in frames:
+        for out in resampler.resample(frame):
+            channels = out.layout.nb_channels
+            yield np.ascontiguousarray(out.to_ndarray().reshape(-1, channels).T)
+
+
 def decode_pyav(audio: bytes, demuxer: str) -> tuple[np.ndarray, int]:
     """webm/ogg opus, mp4/m4a aac and the rest FFmpeg knows, decoded as coughlab.audio does."""
     import av
@@ -188,9 +244,8 @@ def decode_pyav(audio: bytes, demuxer: str) -> tuple[np.ndarray, int]:
             sample_rate = stream.codec_context.sample_rate or 0
             check_header(sample_rate, stream.codec_context.channels,
                          header_frames(container, stream, sample_rate))
-            resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=sample_rate)
-            blocks = (out.to_ndarray() for frame in container.decode(stream)
-                      for out in resampler.resample(frame))
+            resampler = av.AudioResampler(format="flt", layout=stream.layout.name, rate=sample_rate)
+            blocks = packed_blocks(container.decode(stream), resampler)
             return mono_blocks(blocks, sample_rate), sample_rate
     except (av.error.FFmpegError, ValueError, IndexError, TypeError, OSError) as err:
         log.info("PyAV cannot read the audio: %s", type(err).__name__)
@@ -203,8 +258,7 @@ def decode(audio: bytes) -> tuple[np.ndarray, int]:
     if not audio:
         raise RequestError(400, "empty_audio", "the audio is empty (0 bytes)")
     if len(audio) > MAX_AUDIO_BYTES:
-        raise RequestError(413, "audio_too_large",
-                           f"{len(audio)} bytes; the limit is {MAX_AUDIO_BYTES} bytes")
+        raise too_large(f"{len(audio)} bytes")
     decoded = decode_soundfile(audio)
     if decoded is not None:
         return decoded
@@ -281,34 +335,77 @@ def predict(audio: bytes) -> dict:
         raise RequestError(422, problem, QUALITY_MESSAGES[problem].format(**meta.get("quality") or {}))
     x = graph_input(wave, sr, meta["sample_rate"], meta.get("input_seconds"))
     p = float(session.run([meta["output"]], {meta["input"]: x[None, :]})[0][0])
+    if not math.isfinite(p):
+        raise RequestError(422, "non_finite_score", "the model gave no finite probability for "
+                           "this recording")
     return {"p_positive": p, "label": "positive" if p >= meta["threshold"] else "negative",
             "threshold": meta["threshold"], "model_version": meta["version"],
             "git_commit": meta.get("git_commit"), "seconds": round(wave.size / sr, 3)}
 
 
-def content_type(headers) -> str:
-    """The Content-Type header of an event whose headers may be anything."""
+def header(headers, name: str) -> str:
+    """A header of an event whose headers may be anything ("" when absent or not a string)."""
     if headers is None:
         return ""
     if not isinstance(headers, dict):
         raise RequestError(400, "invalid_headers", "headers must be a JSON object")
     for key, value in headers.items():
-        if isinstance(key, str) and key.lower() == "content-type" and isinstance(value, str):
+        if isinstance(key, str) and key.lower() == name and isinstance(value, str):
             return value
     return ""
 
 
+def media_type(event: dict) -> str:
+    """The request's Content-Type without parameters, lower-cased: "audio/webm;codecs=opus" ->
+    "audio/webm"."""
+    return header(event.get("headers"), "content-type").split(";")[0].strip().lower()
+
+
+def own_host(event: dict) -> str:
+    """host[:port] the request was sent to: the Function URL's domain, else the Host header."""
+    context = event.get("requestContext")
+    domain = context.get("domainName") if isinstance(context, dict) else None
+    return (domain if isinstance(domain, str) and domain else
+            header(event.get("headers"), "host")).lower()
+
+
+def check_origin(event: dict) -> None:
+    """Refuse a request a page on another site sent (browsers name that site in Origin).
+
+    The Function URL's CORS rule only hides the answer from such a page; the request itself
+    still arrives, so it is refused here, before any work.
+    """
+    origin = header(event.get("headers"), "origin")
+    if not origin or origin.lower() in ALLOWED_ORIGINS:
+        return  # not sent by a page (curl, SDKs), or by a page allowed by name
+    host = own_host(event)
+    if not host or urllib.parse.urlsplit(origin).netloc.lower() != host:
+        raise RequestError(403, "cross_origin", "only the recording page served by this URL "
+                           "may call it from a browser")
+
+
+def check_content_type(kind: str) -> None:
+    """Accept only media types a page on another site cannot POST without a preflight."""
+    if kind == JSON_CONTENT_TYPE or kind.startswith(AUDIO_CONTENT_TYPES):
+        return
+    raise RequestError(415, "unsupported_content_type",
+                       f"{'this' if kind else 'no'} Content-Type; send the file with "
+                       "its audio type (e.g. audio/webm, audio/wav, application/octet-stream) "
+                       "or JSON {\"audio\": base64} as application/json")
+
+
 def request_audio(event: dict) -> bytes:
     """The audio bytes of a Function URL / API Gateway request."""
+    check_origin(event)
     body = event.get("body")
     if body is None:
         raise RequestError(400, "missing_body", "POST the audio file, or JSON {\"audio\": base64}")
     if not isinstance(body, str):
         raise RequestError(400, "invalid_body", "body must be a string (base64 or JSON)")
+    kind = media_type(event)
+    check_content_type(kind)
     encoded = event.get("isBase64Encoded") is True
-    is_json = "json" in content_type(event.get("headers")) or (
-        not encoded and JSON_OBJECT_START.match(body) is not None)
-    if is_json:
+    if kind == JSON_CONTENT_TYPE:
         payload = parse_json(_b64(body, "body") if encoded else body)
         if not isinstance(payload, dict) or not isinstance(payload.get("audio"), str):
             raise RequestError(400, "missing_audio", "JSON body needs a string field \"audio\" "
@@ -358,8 +455,7 @@ def read_s3_object(bucket: str, key: str) -> bytes:
     try:
         size = s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"]
         if size > MAX_AUDIO_BYTES:
-            raise RequestError(413, "audio_too_large",
-                               f"{size} bytes; the limit is {MAX_AUDIO_BYTES} bytes")
+            raise too_large(f"{size} bytes")
         data = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read(MAX_AUDIO_BYTES + 1)
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "unknown")
@@ -368,7 +464,7 @@ def read_s3_object(bucket: str, key: str) -> bytes:
     except BotoCoreError as err:
         raise RequestError(502, "s3_error", f"S3 unreachable ({type(err).__name__})") from None
     if len(data) > MAX_AUDIO_BYTES:  # the object grew after HEAD
-        raise RequestError(413, "audio_too_large", f"more than {MAX_AUDIO_BYTES} bytes")
+        raise too_large(f"more than {MAX_AUDIO_BYTES} bytes")
     return data
 
 
@@ -398,8 +494,10 @@ def s3_records(records) -> dict:
 
 
 def respond(status: int, payload: dict) -> dict:
+    """Strict JSON: a NaN or Infinity that slipped through raises here (a clean 500), never
+    reaching a client whose JSON parser would reject the body."""
     return {"statusCode": status, "headers": {"Content-Type": "application/json"},
-            "body": json.dumps(payload)}
+            "body": json.dumps(payload, allow_nan=False)}
 
 
 def request_method(event) -> str | None:
@@ -412,12 +510,15 @@ def request_method(event) -> str | None:
 
 @functools.cache
 def recording_page() -> dict:
-    """The recording page, read once per container, with a CSP that runs only its own code.
+    """The recording page, read once per container, with a CSP that runs only its own code and
+    the upload limit it refuses larger recordings by, before posting them.
 
     The CSP names the sha256 of each inline <script>/<style> block: nothing else can run or
     style the page, and it can only talk to its own origin.
     """
-    html = PAGE.read_text(encoding="utf-8")
+    html = PAGE.read_text(encoding="utf-8").replace(
+        '<meta name="max-audio-bytes" content="MAX_AUDIO_BYTES">',
+        f'<meta name="max-audio-bytes" content="{MAX_AUDIO_BYTES}">')  # the page checks it too
 
     def sources(tag: str) -> str:
         blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)

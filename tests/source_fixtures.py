@@ -289,6 +289,8 @@ class ArchiveServer:
     `requests` records (path, Range header or None) for every request.
     `announce[path] = n` states a whole-file size of n bytes (Content-Length, Content-Range)
     whatever the body really is: a body cut short behind a wrong Content-Length.
+    Paths in `unannounced` are sent with no Content-Length at all, ended by closing the
+    connection (as on-the-fly archives are): a cut there looks like the end.
     `stall(path, after, seconds)` sends `after` bytes, then nothing for `seconds`;
     `trickle[path] = s` sends the body one byte every `s` seconds.
     """
@@ -296,6 +298,7 @@ class ArchiveServer:
     honour_range: bool = True
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     announce: dict[str, int] = field(default_factory=dict)
+    unannounced: set[str] = field(default_factory=set)
     trickle: dict[str, float] = field(default_factory=dict)
     _drops: dict[str, list[int]] = field(default_factory=dict)
     _stalls: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
@@ -353,7 +356,8 @@ class ArchiveServer:
                     self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
                 else:
                     self.send_response(200)
-                self.send_header("Content-Length", str(size - start))
+                if path not in owner.unannounced:
+                    self.send_header("Content-Length", str(size - start))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
                 drops = owner._drops.get(path)

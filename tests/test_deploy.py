@@ -204,7 +204,8 @@ def test_unzipped_package_serves_requests(exported_model, tmp_path, monkeypatch)
     handler = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(handler)
     assert handler.MODEL_DIR == task_root / "model"
-    response = handler.handler({"body": wav_base64(), "isBase64Encoded": True})
+    response = handler.handler({"body": wav_base64(), "isBase64Encoded": True,
+                                "headers": {"content-type": "audio/wav"}})
     assert response["statusCode"] == 200
     result = json.loads(response["body"])
     assert 0.0 <= result["p_positive"] <= 1.0

@@ -1,7 +1,8 @@
 """coughlab.download against a loopback HTTP server: pinning, resume, retries, atomicity."""
-import pytest
-
+import contextlib
 import hashlib
+
+import pytest
 
 from coughlab import download as dl
 
@@ -164,3 +165,85 @@ def test_trickling_server_meets_the_overall_deadline_and_the_bytes_are_kept(serv
     dl.download(server.url(PATH), dest, pin(), retries=0)
     assert server.requests[-1] == (PATH, f"bytes={kept}-")
     assert dest.read_bytes() == BODY
+
+
+# --- the cache reuses only what is verified whole; unpinned bodies are capped -----------------
+
+@pytest.fixture
+def serve_unannounced(monkeypatch):
+    """`ArchiveServer` sending PATH with no Content-Length (close-delimited), like codeload."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+
+    @contextlib.contextmanager
+    def start(body=BODY):
+        with ArchiveServer({PATH: body}, unannounced={PATH}).running() as srv:
+            yield srv
+    return start
+
+
+def test_unpinned_body_of_unknown_size_is_not_reused_until_its_content_is_checked(
+        serve_unannounced, tmp_path, capsys):
+    """A close-delimited body cut short looks whole; so it is never reused unchecked."""
+    dest = tmp_path / "a.zip"
+    with serve_unannounced(BODY[:70_000]) as server:  # the server broke off: 70 kB of 200
+        dl.download(server.url(PATH), dest, None, backoff=0)
+    assert dest.stat().st_size == 70_000 and leftovers(tmp_path) == ["a.zip"]
+    with serve_unannounced() as server:  # fixed: the next run fetches it again, and says so
+        dl.download(server.url(PATH), dest, None, backoff=0)
+        assert "was never verified whole" in capsys.readouterr().out
+        assert dest.read_bytes() == BODY and len(server.requests) == 1
+        dl.mark_whole(dest)  # what a caller does once the content checked out
+        dl.download(server.url(PATH), dest, None, backoff=0)
+        assert len(server.requests) == 1  # reused
+    assert leftovers(tmp_path) == ["a.zip", "a.zip.whole"]
+
+
+def test_unpinned_body_of_announced_size_is_reused_while_that_size(server, tmp_path, capsys):
+    dest = tmp_path / "a.zip"
+    dl.download(server.url(PATH), dest, None)
+    dl.download(server.url(PATH), dest, None)
+    assert len(server.requests) == 1
+    dest.write_bytes(BODY[:1000])  # cut short in the cache itself
+    dl.download(server.url(PATH), dest, None)
+    assert "is 1000 bytes, 204800 were verified" in capsys.readouterr().out
+    assert dest.read_bytes() == BODY and len(server.requests) == 2
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_body_longer_than_its_content_length_is_refused(tmp_path, monkeypatch, pinned):
+    """http.client stops at Content-Length and drops the rest; the body is read to its end."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    announced = len(BODY) - 5000
+    with ArchiveServer({PATH: BODY}, announce={PATH: announced}).running() as server:
+        with pytest.raises(dl.DownloadError, match=f"sent more than the {announced} bytes it "
+                           "announced"):
+            dl.download(server.url(PATH), tmp_path / "a.zip",
+                        pin(BODY[:announced]) if pinned else None, retries=2, backoff=0)
+    assert leftovers(tmp_path) == []
+
+
+def test_unpinned_body_announced_over_the_cap_is_refused_before_the_body(server, tmp_path):
+    with pytest.raises(dl.DownloadError, match="announces 204800 bytes, more than "
+                       "data.download.max_unpinned_bytes=100000"):
+        dl.download(server.url(PATH), tmp_path / "a.zip", None, max_unpinned_bytes=100_000)
+    assert leftovers(tmp_path) == []
+
+
+def test_unpinned_body_of_unknown_size_stops_at_the_cap(serve_unannounced, tmp_path):
+    with serve_unannounced() as server:
+        with pytest.raises(dl.DownloadError, match="more than data.download.max_unpinned_bytes"
+                           "=100000 bytes arrived"):
+            dl.download(server.url(PATH), tmp_path / "a.zip", None, max_unpinned_bytes=100_000)
+    assert leftovers(tmp_path) == []
+
+
+def test_the_cap_spares_pinned_files(server, tmp_path):
+    dest = tmp_path / "a.zip"
+    dl.download(server.url(PATH), dest, pin(), max_unpinned_bytes=1000)
+    assert dest.read_bytes() == BODY
+
+
+def test_fetch_file_takes_the_cap_from_data_download(server, tmp_path):
+    settings = dl.DownloadConfig(max_unpinned_bytes=1000)
+    with pytest.raises(dl.DownloadError, match="max_unpinned_bytes=1000"):
+        dl.fetch_file(server.url(PATH), tmp_path / "a.zip", None, settings)

@@ -114,6 +114,54 @@ def test_one_file_reached_through_a_link_is_a_duplicate(tmp_path):
         fetch(["local"], cfg, tmp_path / "out")
 
 
+def test_a_hard_link_to_a_listed_file_is_the_same_file(tmp_path):
+    """Compared by device and inode: a hard link has no target to resolve."""
+    rows = [["clips/a.wav", "positive", "p1", "mine", "app"],
+            ["other/b.wav", "positive", "p2", "mine", "app"]]
+    cfg = make_zone(tmp_path / "zone", rows, ["clips/a.wav"])
+    (tmp_path / "zone" / "other").mkdir()
+    os.link(tmp_path / "zone" / "clips" / "a.wav", tmp_path / "zone" / "other" / "b.wav")
+    with pytest.raises(LabelsError, match="'other/b.wav' is the same file as 'clips/a.wav'"):
+        fetch(["local"], cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def write_labels(zone: Path, raw_rows: list[bytes]) -> DataConfig:
+    """labels.csv written byte for byte: whatever a hand-edited or generated file may hold."""
+    zone.mkdir(parents=True, exist_ok=True)
+    (zone / "labels.csv").write_bytes(b"path,label,subject_id,source,channel\n" + b"".join(raw_rows))
+    return DataConfig(local_dir=str(zone))
+
+
+GOOD_ROW = b"ok.wav,positive,p0,mine,app\n"
+
+
+@pytest.mark.parametrize("row,reason", [
+    (b"a/\x00.wav,positive,p1,mine,app\n", "contains a NUL byte"),
+    (b"a/" + b"x" * 5000 + b".wav,positive,p1,mine,app\n", "cannot be used: File name too long"),
+    (b"x" * 300 + b".wav,positive,p1,mine,app\n", "cannot be used: File name too long"),
+    (b"loop.wav,positive,p1,mine,app\n", "cannot be used"),
+    (b"a,positive,p1,mine,app\n", "does not exist"),  # a folder
+    (b"caf\xe9.wav,positive,p1,mine,app\n", "not UTF-8 text"),  # latin-1
+    (b"ok2.wav,positive,p1,mine,app,extra\n", "not a readable CSV"),
+    (b"\"unclosed.wav,positive,p1,mine,app\n", "not a readable CSV"),
+])
+def test_every_labels_problem_is_one_line_naming_the_file_row_and_reason(tmp_path, row, reason):
+    zone = tmp_path / "zone"
+    cfg = write_labels(zone, [GOOD_ROW, row])
+    (zone / "ok.wav").write_bytes(wav_bytes(tone(), 16000))
+    (zone / "a").mkdir()
+    (zone / "loop.wav").symlink_to(zone / "loop.wav")
+    with pytest.raises(LabelsError) as caught:
+        fetch(["local"], cfg, tmp_path / "out")
+    message = str(caught.value)
+    problem = message.splitlines()[-1]
+    assert str(zone / "labels.csv") in message and reason in problem, message
+    assert "line 3" in problem, message  # the header is line 1, the good row line 2
+    assert len(problem) < 300, problem
+    assert not (tmp_path / "out").exists()
+
+
 def test_paths_are_written_normalised(tmp_path):
     cfg = make_zone(tmp_path / "zone", [["./a//1.wav", "positive", "p1", "mine", "app"]], ["a/1.wav"])
     assert list(fetch(["local"], cfg, tmp_path / "out")["path"]) == ["local/a/1.wav"]

@@ -3,8 +3,12 @@ import base64
 import importlib.util
 import io
 import json
+import math
+import os
 import re
 import struct
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -20,6 +24,8 @@ from coughlab.audio import fit_length, load_audio, quality_problem, resample, to
 from coughlab.config import QualityConfig
 from coughlab.export import ServingModel
 from coughlab.model import load_model
+from audio_fixtures import CONTAINERS, encode as encode_recording
+from function_url import function_url_event
 
 HANDLER = Path(__file__).resolve().parents[1] / "lambda" / "handler.py"
 LEAKS = re.compile(r"0x[0-9a-f]{6,}|object at|Traceback|<[A-Za-z_.]+ ")
@@ -70,13 +76,21 @@ def raw_wav_header(sample_rate: int, channels: int, data: bytes) -> bytes:
     return b"RIFF" + struct.pack("<I", len(chunks)) + chunks
 
 
-def post(audio: bytes) -> dict:
-    return {"body": base64.b64encode(audio).decode(), "isBase64Encoded": True}
+def post(audio: bytes, content_type: str = "audio/wav") -> dict:
+    return {"body": base64.b64encode(audio).decode(), "isBase64Encoded": True,
+            "headers": {"content-type": content_type}}
+
+
+def strict_json(text: str):
+    """json.loads, refusing the NaN/Infinity that Python's json accepts and browsers do not."""
+    def refuse(constant):
+        raise AssertionError(f"{constant} in a JSON answer: not JSON")
+    return json.loads(text, parse_constant=refuse)
 
 
 def body(response):
     assert response["headers"]["Content-Type"] == "application/json"
-    return json.loads(response["body"])
+    return strict_json(response["body"])
 
 
 def pipeline_p(exported_model, path: Path) -> float:
@@ -102,7 +116,8 @@ def test_binary_body_matches_the_training_pipeline(handler, exported_model, tmp_
 
 def test_json_body_and_function_url_shape(handler):
     audio = base64.b64encode(wav()).decode()
-    plain = handler.handler({"body": json.dumps({"audio": audio})})
+    plain = handler.handler({"body": json.dumps({"audio": audio}),
+                             "headers": {"content-type": "application/json"}})
     url_event = {"headers": {"Content-Type": "application/json"}, "isBase64Encoded": True,
                  "requestContext": {"http": {"method": "POST"}},
                  "body": base64.b64encode(json.dumps({"audio": audio}).encode()).decode()}
@@ -112,12 +127,13 @@ def test_json_body_and_function_url_shape(handler):
 
 
 @pytest.mark.parametrize("event,status,code", [
-    ({"body": base64.b64encode(b"definitely not audio").decode(), "isBase64Encoded": True}, 415, "unsupported_audio"),
-    ({"body": "", "isBase64Encoded": True}, 400, "empty_audio"),
-    ({"body": "{not json"}, 400, "invalid_json"),
-    ({"body": json.dumps({"sound": "x"})}, 400, "missing_audio"),
-    ({"body": json.dumps({"audio": "***"})}, 400, "invalid_base64"),
-    ({"body": "plain text"}, 415, "unsupported_body"),
+    ({"body": base64.b64encode(b"definitely not audio").decode(), "isBase64Encoded": True,
+      "headers": {"content-type": "audio/wav"}}, 415, "unsupported_audio"),
+    ({"body": "", "isBase64Encoded": True, "headers": {"content-type": "audio/wav"}}, 400, "empty_audio"),
+    ({"body": "{not json", "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
+    ({"body": json.dumps({"sound": "x"}), "headers": {"content-type": "application/json"}}, 400, "missing_audio"),
+    ({"body": json.dumps({"audio": "***"}), "headers": {"content-type": "application/json"}}, 400, "invalid_base64"),
+    ({"body": "plain text", "headers": {"content-type": "audio/wav"}}, 415, "unsupported_body"),
     ({}, 400, "missing_body"),
     ("a string event", 400, "invalid_event"),
     (None, 400, "invalid_event"),
@@ -126,8 +142,8 @@ def test_json_body_and_function_url_shape(handler):
     ({"body": {"audio": "x"}}, 400, "invalid_body"),
     ({"body": "{}", "headers": ["Content-Type", "application/json"]}, 400, "invalid_headers"),
     ({"body": "{}", "headers": "application/json"}, 400, "invalid_headers"),
-    ({"body": "{}", "headers": {1: "x", "content-type": 5}}, 400, "missing_audio"),
-    ({"body": "é", "isBase64Encoded": True}, 400, "invalid_base64"),
+    ({"body": "{}", "headers": {1: "x", "content-type": 5}}, 415, "unsupported_content_type"),
+    ({"body": "é", "isBase64Encoded": True, "headers": {"content-type": "audio/wav"}}, 400, "invalid_base64"),
     ({"body": base64.b64encode(b"\xff\xfe{").decode(), "isBase64Encoded": True,
       "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
     ({"body": "[" * 100_000, "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
@@ -397,7 +413,7 @@ def test_resampled_only_the_centre_of_a_long_clip(handler, monkeypatch):
     sizes = []
     real = handler.soxr.resample
     monkeypatch.setattr(handler.soxr, "resample", lambda x, *a, **k: sizes.append(x.size) or real(x, *a, **k))
-    response = handler.handler(post(wav(seconds=60, sr=48000)))
+    response = handler.handler(post(wav(seconds=40, sr=48000)))  # 3.8 MB, under the body limit
     assert response["statusCode"] == 200
     assert sizes and max(sizes) < 48000 * 4.5  # 3 s read by the graph + filter margin + grid
 
@@ -475,3 +491,177 @@ def test_s3_objects_over_the_limit_are_refused_by_size_before_reading(handler, a
     assert results[0]["error"] == "audio_too_large" and results[0]["status"] == 413
     assert "p_positive" in results[1]
     assert downloads == ["small.wav"]  # the big one was never fetched
+
+
+# --- every channel layout in every container: never a crash -----------------------------------
+
+CHILD = Path(__file__).resolve().parent / "handler_child.py"
+
+
+@pytest.mark.parametrize("container", sorted(CONTAINERS))
+def test_every_channel_count_in_every_container_scores_without_crashing(exported_model, container):
+    """1-8 channels (mp3: 1-2), each posted twice, in a child process: a decoder crash
+    (PyAV 18.1's to_ndarray on 8 planar channels was a SIGSEGV) is this test failing, not the
+    test runner dying. Safe path: frames are resampled to one packed plane before numpy sees
+    them, so every count the header check lets through is scored."""
+    env = {**os.environ, "MODEL_DIR": str(exported_model["lambda_dir"]), "ORT_THREADS": "1",
+           "PYTHONPATH": str(CHILD.parent)}
+    proc = subprocess.run([sys.executable, str(CHILD), container], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["recording"] for r in results] == [
+        f"{container}/{n}ch" for n in range(1, CONTAINERS[container][2] + 1)]
+    for result in results:
+        assert result["status"] == 200, result
+        assert result["same_body"], result
+        assert abs(strict_json(result["body"])["seconds"] - 1.0) < 0.1, result
+
+
+@pytest.mark.parametrize("channels", [2, 7])  # 8 only in a child process: it crashed in-process
+def test_multichannel_pcm_decodes_to_the_same_samples_by_either_decoder(handler, channels):
+    """The packed path loses nothing: PCM read by FFmpeg (Matroska) gives exactly the mono mix
+    libsndfile gives of the same PCM in a WAV."""
+    via_pyav, sr = handler.decode(encode_recording("mkv-pcm", channels))
+    via_soundfile, sr_wav = handler.decode(encode_recording("wav", channels))
+    assert sr == sr_wav == 48000 and via_pyav.shape == via_soundfile.shape == (48000,)
+    assert np.array_equal(via_pyav, via_soundfile)
+
+
+# --- only decoded samples are scored; same bytes, same answer; strict JSON --------------------
+
+def truncated_mp3() -> bytes:
+    whole = encode_recording("mp3", 1, seconds=3.0)
+    return whole[: len(whole) // 2]
+
+
+def flipped_opus() -> bytes:
+    data = bytearray(encode_recording("ogg-opus", 2, seconds=3.0))
+    for pos in range(len(data) // 3, len(data) // 2, 97):  # audio pages past the headers
+        data[pos] ^= 0xFF
+    return bytes(data)
+
+
+@pytest.mark.parametrize("damaged", [truncated_mp3, flipped_opus])
+def test_damaged_audio_is_scored_from_decoded_samples_only(handler, damaged):
+    """The header claims 3 s; what decodes is what is scored and reported, the same every time."""
+    audio = damaged()
+    decoded, sr = sf.read(io.BytesIO(audio), dtype="float32")  # sf.read trims to what decoded
+    answers = [handler.handler(post(audio)) for _ in range(4)]
+    assert len({a["body"] for a in answers}) == 1, [a["body"] for a in answers]
+    response = answers[0]
+    assert response["statusCode"] in (200, 422), response["body"]
+    if response["statusCode"] == 200:
+        assert body(response)["seconds"] == round(len(decoded) / sr, 3)
+        assert math.isfinite(body(response)["p_positive"])
+
+
+def test_truncated_mp3_reports_the_seconds_that_decode(handler):
+    audio = truncated_mp3()
+    with sf.SoundFile(io.BytesIO(audio)) as f:
+        claimed = f.frames / f.samplerate
+    result = body(handler.handler(post(audio)))
+    assert claimed > 2.9 and result["seconds"] < 2.0  # about half of the 3 s
+
+
+def test_a_non_finite_score_is_422_and_the_answer_strict_json(handler, monkeypatch):
+    session, meta = handler.load_model()
+
+    class NanSession:
+        def run(self, *args, **kwargs):
+            return [np.array([np.nan], np.float32)]
+
+    monkeypatch.setattr(handler, "load_model", lambda: (NanSession(), meta))
+    response = handler.handler(post(wav()))
+    assert (response["statusCode"], body(response)["error"]) == (422, "non_finite_score")
+
+
+def test_a_nan_that_reaches_the_answer_is_a_clean_500_not_invalid_json(handler, monkeypatch):
+    monkeypatch.setattr(handler, "predict", lambda audio: {"p_positive": float("nan")})
+    response = handler.handler(post(wav()))
+    assert (response["statusCode"], body(response)["error"]) == (500, "internal_error")
+
+
+# --- only what a browser cannot send cross-site without a preflight ---------------------------
+
+@pytest.mark.parametrize("content_type", [
+    None, "", "text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x", "image/png", "application/jsonp"])
+def test_content_types_a_page_elsewhere_can_send_without_preflight_are_415(handler, content_type):
+    audio = base64.b64encode(wav()).decode()
+    for event in ({"body": audio, "isBase64Encoded": True},
+                  {"body": json.dumps({"audio": audio})}):
+        if content_type is not None:
+            event["headers"] = {"Content-Type": content_type}
+        response = handler.handler(event)
+        assert (response["statusCode"], body(response)["error"]) == (415, "unsupported_content_type")
+        assert "audio/webm" in body(response)["message"]
+
+
+@pytest.mark.parametrize("content_type", [
+    "audio/wav", "audio/webm;codecs=opus", "Audio/Ogg", "video/webm", "video/mp4",
+    "application/octet-stream", "application/json"])
+def test_audio_content_types_and_json_are_scored(handler, content_type):
+    audio = wav()
+    event = (post(audio, content_type) if content_type != "application/json" else
+             {"body": json.dumps({"audio": base64.b64encode(audio).decode()}),
+              "headers": {"content-type": content_type}})
+    assert handler.handler(event)["statusCode"] == 200
+
+
+def url_post(audio: bytes, host: str = "abc.lambda-url.eu-west-1.on.aws", **headers) -> dict:
+    """A Function URL event (payload 2.0) for a POST of `audio` as audio/wav."""
+    return function_url_event("POST", "/", {"content-type": "audio/wav", "host": host, **headers},
+                              audio, host, "203.0.113.7")
+
+
+@pytest.mark.parametrize("origin,status", [
+    ("https://abc.lambda-url.eu-west-1.on.aws", 200),
+    ("https://ABC.lambda-url.eu-west-1.on.aws", 200),
+    ("https://evil.example", 403),
+    ("https://abc.lambda-url.eu-west-1.on.aws.evil.example", 403),
+    ("null", 403),  # sandboxed iframes, file:// pages
+    (None, 200),  # curl, SDKs: no Origin at all
+])
+def test_origin_must_be_the_urls_own(handler, origin, status):
+    extra = {} if origin is None else {"origin": origin}
+    response = handler.handler(url_post(wav(), **extra))
+    assert response["statusCode"] == status, response["body"]
+    if status == 403:
+        assert body(response)["error"] == "cross_origin"
+
+
+def test_origin_is_compared_with_the_host_header_without_a_domain_name(handler):
+    event = {**post(wav()), "headers": {"content-type": "audio/wav", "host": "127.0.0.1:8080",
+                                        "origin": "http://127.0.0.1:8080"}}
+    assert handler.handler(event)["statusCode"] == 200
+    event["headers"]["origin"] = "http://127.0.0.1:9090"
+    assert handler.handler(event)["statusCode"] == 403
+    del event["headers"]["host"]
+    assert handler.handler(event)["statusCode"] == 403  # an Origin, and nothing to match it to
+
+
+def test_allowed_origins_admit_a_front_end_by_name(exported_model, monkeypatch):
+    monkeypatch.setenv("ALLOWED_ORIGINS", "https://coughs.example.org, https://other.example")
+    fronted = import_handler(exported_model["lambda_dir"], monkeypatch)
+    assert fronted.handler(url_post(wav(), origin="https://coughs.example.org"))["statusCode"] == 200
+    assert fronted.handler(url_post(wav(), origin="https://evil.example"))["statusCode"] == 403
+
+
+# --- the body limit a Function URL allows ------------------------------------------------------
+
+def test_the_largest_accepted_file_fits_a_function_url_request(handler):
+    """Lambda's 6 MB request limit applies to the event: base64 body (4/3) and the rest."""
+    limit = handler.MAX_AUDIO_BYTES
+    event = url_post(bytes(limit), **{"user-agent": "Mozilla/5.0 " + "x" * 1000,
+                                      "origin": "https://abc.lambda-url.eu-west-1.on.aws"})
+    assert len(json.dumps(event).encode()) <= handler.FUNCTION_URL_PAYLOAD_BYTES
+    assert len(base64.b64encode(bytes(limit + 1))) > 3 * 2**20  # not a needlessly low limit
+
+
+def test_one_byte_over_the_limit_is_413_saying_the_limit(handler):
+    limit = handler.MAX_AUDIO_BYTES
+    response = handler.handler(post(bytes(limit + 1)))
+    assert (response["statusCode"], body(response)["error"]) == (413, "audio_too_large")
+    assert f"{limit} bytes" in body(response)["message"]
+    assert "6 MB" in body(response)["message"]

@@ -2,8 +2,12 @@
 
 The handler runs in a child process under `prlimit --as` (the address-space cap the hostile-
 input probe used), so a request that would need gigabytes fails as a MemoryError, i.e. a 500,
-instead of passing on a big machine. Every answer must be JSON with status 200 or 4xx, every
-S3 record's own status too, and no message may show a Python repr or a heap address.
+instead of passing on a big machine; a decoder that crashes the process (SIGSEGV) is the test
+failing, not the test runner dying. Every answer must be strict JSON (no NaN/Infinity) with
+status 200 or 4xx, every S3 record's own status too, no message may show a Python repr or a
+heap address, and the same event must always get the same answer, byte for byte (a decoder
+handing on unfilled memory does not). Seeds: every container the handler reads, with every
+channel count 1-8 it takes, whole, mutated and truncated.
 
 Run by pytest (the test below spawns this file); `python tests/test_handler_fuzz.py --help`
 runs the child by hand.
@@ -37,7 +41,8 @@ def test_handler_answers_json_200_or_4xx_within_a_memory_cap(exported_model):
     proc = subprocess.run(["prlimit", f"--as={MEMORY_CAP_BYTES}", sys.executable, __file__,
                            "--examples", str(EXAMPLES)],
                           env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (f"exit {proc.returncode} (negative: killed by that signal)\n"
+                                  f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["examples"] >= EXAMPLES
     assert summary["statuses"].get("200", 0) > 0  # valid audio was among them, and scored
@@ -53,30 +58,12 @@ def load_handler():
 
 
 def seed_files() -> dict[str, bytes]:
-    """Short real recordings in every accepted format, to mutate and to serve from 'S3'."""
-    import av
-    import numpy as np
-    import soundfile as sf
+    """Short recordings in every accepted container with every channel count it takes (the
+    8-channel ones crashed PyAV 18.1), to mutate, cut short and serve from 'S3'."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from audio_fixtures import every_recording
 
-    t = np.arange(24000) / 48000
-    wave = (np.sin(2 * np.pi * 440 * t) * 0.5).astype(np.float32)
-    files = {}
-    for name, fmt in (("wav", "WAV"), ("flac", "FLAC"), ("ogg", "OGG"), ("mp3", "MP3")):
-        buf = io.BytesIO()
-        sf.write(buf, wave, 48000, format=fmt)
-        files[name] = buf.getvalue()
-    for name, fmt, codec in (("webm", "webm", "libopus"), ("m4a", "ipod", "aac")):
-        buf = io.BytesIO()
-        with av.open(buf, mode="w", format=fmt) as out:
-            stream = out.add_stream(codec, rate=48000, layout="mono")
-            frame = av.AudioFrame.from_ndarray(wave[None, :], format="flt", layout="mono")
-            frame.sample_rate = 48000
-            for converted in av.AudioResampler(format=stream.codec_context.format.name,
-                                               layout="mono", rate=48000).resample(frame):
-                out.mux(stream.encode(converted))
-            out.mux(stream.encode(None))
-        files[name] = buf.getvalue()
-    return files
+    return every_recording(seconds=0.5)
 
 
 def wav_with_header(sample_rate: int, channels: int, claimed: int | None, data: bytes) -> bytes:
@@ -96,6 +83,11 @@ def flac_with_streaminfo(flac: bytes, sample_rate: int, channels: int, total: in
     bits = (packed >> 36) & 0x1F
     packed = (sample_rate << 44) | ((channels - 1) << 41) | (bits << 36) | total
     return flac[:start] + packed.to_bytes(8, "big") + flac[start + 8:]
+
+
+def truncate(data: bytes, fraction: float) -> bytes:
+    """A recording cut short (an interrupted upload): its header still claims the whole."""
+    return data[: max(1, int(len(data) * fraction))]
 
 
 def mutate(data: bytes, flips: list[tuple[int, int]], cut: int) -> bytes:
@@ -129,12 +121,35 @@ class FakeS3:
         return self.objects[key]
 
 
+def check_decoded_seconds(event, response) -> None:
+    """A scored upload reports the seconds that decode: libsndfile's sf.read, asked for a little
+    more than reported, returns only what it decoded (the handler once scored, and counted, the
+    unfilled rest of a buffer whenever a file ended before its header said)."""
+    import soundfile as sf
+
+    if response["statusCode"] != 200 or event.get("isBase64Encoded") is not True:
+        return
+    seconds = json.loads(response["body"])["seconds"]
+    audio = base64.b64decode(event["body"])
+    try:
+        with sf.SoundFile(io.BytesIO(audio)) as f:
+            rate = f.samplerate
+        data, _ = sf.read(io.BytesIO(audio), frames=int(seconds * rate) + 4096, dtype="float32")
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return  # not libsndfile's: PyAV decoded it
+    assert seconds == round(len(data) / rate, 3), f"{seconds} s reported, {len(data) / rate} s decode"
+
+
+def refuse_constant(constant: str):
+    raise AssertionError(f"{constant} in a JSON answer: not JSON")
+
+
 def check(response) -> int:
-    """The answer is JSON, 200 or 4xx (each S3 record too), and leaks nothing; its status."""
+    """The answer is strict JSON, 200 or 4xx (each S3 record too), and leaks nothing; its status."""
     assert isinstance(response, dict) and response["headers"]["Content-Type"] == "application/json"
     status, text = response["statusCode"], response["body"]
     assert status == 200 or 400 <= status < 500, text
-    payload = json.loads(text)
+    payload = json.loads(text, parse_constant=refuse_constant)
     for item in payload.get("results", []):
         assert "p_positive" in item or 400 <= item["status"] < 500, item
     assert not LEAKS.search(text), text
@@ -156,26 +171,32 @@ def run(examples: int) -> dict:
         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
                                                                     max_size=3),
         max_leaves=8)
-    audio = st.one_of(
-        st.binary(max_size=2048),
-        st.sampled_from(sorted(seeds.values())),
-        st.builds(mutate, st.sampled_from(sorted(seeds.values())),
+    recordings = st.sampled_from(sorted(seeds.values()))
+    damaged = st.one_of(
+        st.builds(truncate, recordings, st.floats(0.05, 0.95)),
+        st.builds(mutate, recordings,
                   st.lists(st.tuples(st.integers(0, 2**20), st.integers(0, 255)), max_size=6),
-                  st.integers(0, 4096)),
+                  st.integers(0, 4096)))
+    audio = st.one_of(
+        st.binary(max_size=2048), recordings, damaged,
         st.builds(wav_with_header, st.integers(0, 2**32 - 1), st.integers(0, 2**16 - 1),
                   st.none() | st.integers(0, 2**32 - 1), st.binary(max_size=4096)),
         st.builds(wav_with_header, st.integers(4000, 192000), st.integers(1, 2), st.none(),
                   st.binary(min_size=4096, max_size=16000)),
-        st.builds(flac_with_streaminfo, st.just(seeds["flac"]), st.integers(1, 2**20 - 1),
+        st.builds(flac_with_streaminfo, st.just(seeds["flac/1ch"]), st.integers(1, 2**20 - 1),
                   st.integers(1, 8), st.integers(0, 2**36 - 1)),
     )
     b64 = audio.map(lambda data: base64.b64encode(data).decode())
     body = st.one_of(json_values, st.text(max_size=64), b64,
                      b64.map(lambda text: json.dumps({"audio": text})),
                      st.dictionaries(st.sampled_from(["audio", "x"]), json_values).map(json.dumps))
-    headers = st.one_of(json_values, st.dictionaries(
-        st.sampled_from(["content-type", "Content-Type", "x-other"]),
-        st.sampled_from(["application/json", "audio/webm", "text/plain"]) | json_values, max_size=2))
+    content_types = st.sampled_from(["application/json", "audio/webm", "audio/wav", "video/mp4",
+                                     "application/octet-stream", "text/plain", ""])
+    origins = st.sampled_from(["https://fuzz.example", "https://elsewhere.example", "null"])
+    headers = st.one_of(json_values, st.fixed_dictionaries(
+        {"content-type": content_types}, optional={"origin": origins, "host": st.just("fuzz.example")}),
+        st.dictionaries(st.sampled_from(["content-type", "Content-Type", "Origin", "x-other"]),
+                        content_types | json_values, max_size=2))
     keys = st.sampled_from([*fake.objects, "huge.wav", "missing.wav"]) | st.text(max_size=10)
     record = st.one_of(
         json_values,
@@ -184,8 +205,15 @@ def run(examples: int) -> dict:
     http = st.fixed_dictionaries({}, optional={
         "body": body, "headers": headers, "isBase64Encoded": st.booleans() | json_values,
         "requestContext": json_values})
+    upload = st.fixed_dictionaries({  # what the page and deploy's smoke test send
+        "body": (recordings | damaged).map(lambda data: base64.b64encode(data).decode()),
+        "isBase64Encoded": st.just(True),
+        "headers": st.fixed_dictionaries(
+            {"content-type": st.sampled_from(["audio/webm", "audio/wav", "application/octet-stream"])},
+            optional={"origin": origins}),
+        "requestContext": st.just({"domainName": "fuzz.example", "http": {"method": "POST"}})})
     s3_event = st.fixed_dictionaries({"Records": st.lists(record, max_size=4) | json_values})
-    events = st.one_of(http, s3_event, json_values)
+    events = st.one_of(upload, http, s3_event, json_values)
 
     statuses: dict[str, int] = {}
 
@@ -193,7 +221,10 @@ def run(examples: int) -> dict:
               suppress_health_check=list(HealthCheck))
     @given(events)
     def answers_json_200_or_4xx(event):
-        status = check(handler.handler(event))
+        first, again = handler.handler(event), handler.handler(event)
+        status = check(first)
+        assert first == again, f"the same event answered {first['body']} then {again['body']}"
+        check_decoded_seconds(event, first)
         statuses[str(status)] = statuses.get(str(status), 0) + 1
 
     answers_json_200_or_4xx()

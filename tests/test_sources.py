@@ -428,3 +428,55 @@ def test_sources_cli_lists_each_source_with_licence_version_size_and_cache(serve
     assert "2,297,542,075 bytes" in blocks["coughvid"] and "cached   no" in blocks["coughvid"]
     assert "licence  CC BY 4.0" in blocks["coswara"] and "CC0 1.0" in blocks["covid19-cough"]
     assert "cached   no" in blocks["covid19-cough"]  # its manifest is missing here: says so
+
+
+# --- GitHub's archive is unpinned: its cached copy is trusted only as far as its members -------
+
+def archive_path(serve) -> str:
+    snap = serve.upstream.snapshots["virufy"]
+    return f"/{snap.repo}/archive/{snap.commit}.zip"
+
+
+@pytest.mark.parametrize("announce_size", [True, False])
+def test_a_github_archive_cut_short_is_dropped_and_fetched_again_next_run(
+        serve, tmp_path, capsys, announce_size):
+    """A zip cut short (behind a Content-Length that says so, or with none at all) fails this
+    run, and the next run, once the server is fixed, downloads it afresh and succeeds."""
+    cfg = serve(virufy=virufy_files(VIRUFY))
+    path = archive_path(serve)
+    whole = serve.upstream.files[path]
+    serve.upstream.files[path] = whole[: len(whole) // 2]
+    if not announce_size:
+        serve.server.unannounced.add(path)
+    with pytest.raises(LabelsError, match="is not a zip archive"):
+        get_source("virufy")(tmp_path / "out", cfg)
+    assert "deleted the cached archive" in capsys.readouterr().out
+    assert files_under(tmp_path / "cache") == []
+    serve.upstream.files[path] = whole
+    assert len(get_source("virufy")(tmp_path / "out", cfg)) > 0
+
+
+def test_junk_at_the_archive_url_is_not_kept(serve, tmp_path):
+    cfg = serve(virufy=virufy_files(VIRUFY))
+    serve.upstream.files[archive_path(serve)] = b"<html>rate limited</html>" * 4000
+    with pytest.raises(LabelsError, match="is not a zip archive"):
+        get_source("virufy")(tmp_path / "out", cfg)
+    assert files_under(tmp_path / "cache") == []
+
+
+def test_a_github_archive_with_a_member_not_matching_is_dropped_then_fetched_again(serve, tmp_path):
+    files = virufy_files(VIRUFY)
+    cfg = serve(virufy=files)
+    snap = serve.upstream.snapshots["virufy"]
+    path = archive_path(serve)
+    whole = serve.upstream.files[path]
+    tampered = {**files, "clinical/labels.csv": files["clinical/labels.csv"] + b"\n"}
+    serve.upstream.files[path] = git_snapshot(tmp_path / "tampered", snap.repo, tampered).archive
+    with pytest.raises(PinMismatch, match="clinical/labels.csv"):
+        get_source("virufy")(tmp_path / "out", cfg)
+    assert files_under(tmp_path / "cache") == []
+    serve.upstream.files[path] = whole
+    get_source("virufy")(tmp_path / "out", cfg)
+    requests = len(serve.server.requests)
+    get_source("virufy")(tmp_path / "again", cfg)  # verified whole now: reused, no request
+    assert len(serve.server.requests) == requests

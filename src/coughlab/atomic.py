@@ -1,11 +1,55 @@
-"""Atomic outputs: a stage that dies half-way leaves the previous output or nothing, never a mix."""
+"""Atomic outputs: a stage that dies half-way leaves the previous output or nothing, never a mix.
+
+Temporary siblings are named `.<name>.<pid>-<random>.tmp` after the process writing them. A
+process killed outright (kill -9, OOM) cannot clean up, so the next atomic write of the same
+output removes the leftovers whose process is gone, and only those: a run still going in
+parallel keeps its own.
+"""
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_leftovers(path: Path) -> list[Path]:
+    """Delete the temporary siblings of `path` that a process no longer running left behind.
+
+    A previous output moved aside (`.<name>.old-<pid>`) by a process killed before its new
+    output took its place is put back, not deleted. Returns what was removed.
+    """
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)-.*\.tmp|old-(\d+))")
+    removed = []
+    for sibling in path.parent.glob(f".{path.name}.*"):
+        match = pattern.fullmatch(sibling.name)
+        if match is None or _alive(int(match[1] or match[2])):
+            continue
+        if match[2] and not path.exists():
+            sibling.rename(path)
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        removed.append(sibling)
+    return removed
 
 
 @contextlib.contextmanager
@@ -13,7 +57,8 @@ def atomic_dir(path: Path | str):
     """Yield a temporary sibling directory; on success it replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_leftovers(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():
@@ -33,7 +78,8 @@ def atomic_file(path: Path | str, mode: str = "wb"):
     """Yield an open temporary file next to `path`; fsync and rename over `path` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_leftovers(path)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh

@@ -39,6 +39,9 @@ class DownloadConfig:
     # bytes never hits the first; the bytes received so far stay for the next run to resume.
     timeout_s: float = 60.0
     deadline_s: float = 6 * 3600.0
+    # The most bytes taken for a file with no content pin (GitHub's archive zips: only their
+    # members are pinned); a larger body is refused and deleted.
+    max_unpinned_bytes: int = 4 * 1024 ** 3
 
 
 @dataclass

@@ -4,7 +4,14 @@
 request, retries dropped connections with exponential backoff, and renames the file into
 place only once it is whole and matches its `Pin`, so a file at `dest` is always complete
 and verified. "Whole" is checked, not assumed: the size the server announced (Content-Length,
-Content-Range) must be what arrived, and a server that contradicts itself is not believed.
+Content-Range) must be what arrived, no byte more or less, and a server that contradicts itself
+is not believed.
+
+A cached file is reused only when it is verified whole: it matches its pin, or (unpinned) a
+`<dest>.whole` record says how many bytes were verified, either because the server announced
+the size and exactly that arrived, or because the caller checked the content (`mark_whole`:
+an archive whose pinned members all matched). Anything else is dropped and fetched again, with
+a message. Unpinned bodies are capped at `data.download.max_unpinned_bytes`.
 A transfer that outlives its deadline stops with the bytes received so far kept in `.part`
 (they are written as they arrive, never held back in a buffer) for the next run to resume.
 
@@ -28,6 +35,7 @@ from pathlib import Path
 from typing import IO, Callable
 from urllib.parse import urlparse
 
+from coughlab.atomic import atomic_write_text
 from coughlab.config import PARAMS_FILE, DataConfig, DownloadConfig, load_params
 from coughlab.digest import CHUNK, feed
 from coughlab.progress import progress_bar
@@ -98,6 +106,36 @@ def pin_problem(path: Path, pin: Pin) -> str | None:
     return None
 
 
+def whole_record(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".whole")
+
+
+def mark_whole(dest: Path) -> None:
+    """Record that `dest`, as it is now, is the whole file: later calls may reuse it unpinned."""
+    atomic_write_text(whole_record(dest), f"{dest.stat().st_size}\n")
+
+
+def drop_cached(dest: Path) -> None:
+    """Delete a cached file and its record, so the next run downloads it afresh."""
+    whole_record(dest).unlink(missing_ok=True)
+    dest.unlink(missing_ok=True)
+
+
+def cached_problem(dest: Path, pin: Pin | None) -> str | None:
+    """Why the cached `dest` may not be reused, or None when it is verified whole."""
+    if pin is not None:
+        problem = pin_problem(dest, pin)
+        return None if problem is None else f"is not the pinned file ({problem.splitlines()[0]})"
+    record = whole_record(dest)
+    verified = record.read_text().strip() if record.is_file() else ""
+    if not verified.isdigit():
+        return "was never verified whole (no size was announced, nor its content checked)"
+    size = dest.stat().st_size
+    if size != int(verified):
+        return f"is {size} bytes, {verified} were verified"
+    return None
+
+
 def cache_dir(data_cfg: DataConfig) -> Path:
     """$COUGHLAB_CACHE, else `data.cache_dir`, else ~/.cache/coughlab/downloads."""
     chosen = os.environ.get(CACHE_ENV) or data_cfg.cache_dir or DEFAULT_CACHE
@@ -117,36 +155,40 @@ def cache_path(cache: Path, url: str) -> Path:
 
 def fetch_file(url: str, dest: Path, pin: Pin | None, settings: DownloadConfig,
                progress: Callable[[int], None] | None = None) -> Path:
-    """`download` with the retry, timeout and deadline settings of `data.download`."""
+    """`download` with the retry, timeout, deadline and size settings of `data.download`."""
     download(url, dest, pin, retries=settings.retries, timeout=settings.timeout_s,
-             deadline=settings.deadline_s, progress=progress)
+             deadline=settings.deadline_s, max_unpinned_bytes=settings.max_unpinned_bytes,
+             progress=progress)
     return dest
 
 
 def download(url: str, dest: Path | str, pin: Pin | None, *, retries: int = 5,
              backoff: float = 2.0, timeout: float = 60.0, deadline: float | None = None,
+             max_unpinned_bytes: int | None = None,
              progress: Callable[[int], None] | None = None) -> str:
     """Fetch `url` to `dest`; return its digest (the pin's algorithm, sha256 without a pin).
 
-    A file already at `dest` that matches `pin` is reused. `dest` appears only once the whole
-    body arrived and matches `pin`; on a mismatch the bytes are deleted and ChecksumError names
-    both digests. When retries or the `deadline` (seconds for this call) run out, `dest` does
-    not exist and the `.part` file stays for the next call to resume. `progress`, when given,
-    is called with each chunk's size instead of drawing a bar.
+    A file already at `dest` is reused only when verified whole (`cached_problem`). `dest`
+    appears only once the whole body arrived and matches `pin`; on a mismatch the bytes are
+    deleted and ChecksumError names both digests. Without a pin, a body over
+    `max_unpinned_bytes` is refused and deleted. When retries or the `deadline` (seconds for
+    this call) run out, `dest` does not exist and the `.part` file stays for the next call to
+    resume. `progress`, when given, is called with each chunk's size instead of drawing a bar.
     """
     dest = Path(dest)
     algorithm = pin.algorithm if pin else "sha256"
     if dest.is_file():
-        problem = pin_problem(dest, pin) if pin else None
+        problem = cached_problem(dest, pin)
         if problem is None:
             return pin.hexdigest.lower() if pin else file_digest(dest, algorithm)
-        print(f"download: cached {dest} is not the pinned file ({problem.splitlines()[0]}); "
-              "downloading again")
-        dest.unlink()
+        print(f"download: cached {dest} {problem}; downloading again")
+        drop_cached(dest)
+    whole_record(dest).unlink(missing_ok=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     end = time.monotonic() + deadline if deadline else None
-    _transfer(url, part, pin, retries, backoff, timeout, end, progress)
+    cap = None if pin else max_unpinned_bytes
+    announced = _transfer(url, part, pin, retries, backoff, timeout, end, cap, progress)
     problem = pin_problem(part, pin) if pin else None
     if problem:
         part.unlink()
@@ -155,12 +197,15 @@ def download(url: str, dest: Path | str, pin: Pin | None, *, retries: int = 5,
             "now serves different bytes; re-pin only after checking the new data.")
     digest = pin.hexdigest.lower() if pin else file_digest(part, algorithm)
     os.replace(part, dest)
+    if pin is None and announced:
+        mark_whole(dest)  # the announced size, and exactly that arrived
     return digest
 
 
 def _transfer(url: str, part: Path, pin: Pin | None, retries: int, backoff: float,
-              timeout: float, end: float | None, progress) -> None:
-    """Fill `part` with the whole body of `url`, resuming and retrying as needed."""
+              timeout: float, end: float | None, cap: int | None, progress) -> bool:
+    """Fill `part` with the whole body of `url`, resuming and retrying as needed; True when
+    the server announced the size (then it is what arrived)."""
     errors = []
     announced: list[int] = []  # sizes the server has stated for this file, in order
     for attempt in range(retries + 1):
@@ -170,8 +215,8 @@ def _transfer(url: str, part: Path, pin: Pin | None, retries: int, backoff: floa
                 wait = min(wait, max(end - time.monotonic(), 0))
             time.sleep(wait)
         try:
-            _attempt(url, part, pin, timeout, end, announced, progress)
-            return
+            _attempt(url, part, pin, timeout, end, announced, cap, progress)
+            return bool(announced)
         except _Retry as err:
             errors.append(str(err))
             print(f"download: attempt {attempt + 1}/{retries + 1} failed: {err}")
@@ -186,8 +231,13 @@ def _kept(part: Path) -> str:
 
 
 def _attempt(url: str, part: Path, pin: Pin | None, timeout: float, end: float | None,
-             announced: list[int], progress) -> None:
-    """One request: from the end of `part` (Range) to the end of the body."""
+             announced: list[int], cap: int | None, progress) -> None:
+    """One request: from the end of `part` (Range) to the end of the body.
+
+    The body is read to the end of the connection, not to its Content-Length (which
+    http.client would stop at, silently dropping the rest): a body longer than announced is
+    refused. urllib asks for `Connection: close`, so the server ends the connection there.
+    """
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT}
     if offset:
@@ -214,6 +264,9 @@ def _attempt(url: str, part: Path, pin: Pin | None, timeout: float, end: float |
             mode, start = "wb", 0
         total = _announced_total(response, start)
         _check_total(url, part, pin, total, announced)
+        _check_cap(url, part, cap, total)
+        if not response.chunked:
+            response.length = None  # read to the end: see more bytes than announced, if sent
         received = start
         bar = None if progress else progress_bar(
             total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
@@ -222,8 +275,9 @@ def _attempt(url: str, part: Path, pin: Pin | None, timeout: float, end: float |
             with open(part, mode) as fh:
                 # read1: whatever has arrived, so a stalled or trickling server loses nothing
                 while chunk := response.read1(CHUNK):
-                    fh.write(chunk)
                     received += len(chunk)
+                    _check_received(url, part, cap, total, received)
+                    fh.write(chunk)
                     (progress or bar.update)(len(chunk))
                     if end is not None and time.monotonic() > end:
                         fh.flush()
@@ -238,6 +292,29 @@ def _attempt(url: str, part: Path, pin: Pin | None, timeout: float, end: float |
                 bar.close()
     if total is not None and received != total:
         raise _Retry(f"connection closed after {received} of {total} bytes")
+
+
+def _check_cap(url: str, part: Path, cap: int | None, total: int | None) -> None:
+    """Refuse, before its body, an unpinned file announced over the cap."""
+    if cap is not None and total is not None and total > cap:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"{url}: the server announces {total} bytes, more than "
+                            f"data.download.max_unpinned_bytes={cap} for a file without a "
+                            "pin; nothing was kept")
+
+
+def _check_received(url: str, part: Path, cap: int | None, total: int | None,
+                    received: int) -> None:
+    """Stop a body that runs past its announced size, or (unpinned) past the cap."""
+    if total is not None and received > total:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"{url}: the server sent more than the {total} bytes it announced; "
+                            "a body that contradicts its own size is not believed, nothing was "
+                            "kept")
+    if cap is not None and received > cap:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"{url}: more than data.download.max_unpinned_bytes={cap} bytes "
+                            "arrived for a file without a pin; nothing was kept")
 
 
 def _kept_after(part: Path, received: int) -> str:
@@ -306,9 +383,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help=f"default: ${CACHE_ENV}, else data.cache_dir, else {DEFAULT_CACHE}")
     args = parser.parse_args(argv)
-    cache = args.cache_dir or cache_dir(_data_config())
+    data_cfg = _data_config()
+    cache = args.cache_dir or cache_dir(data_cfg)
     dest = cache_path(cache, args.url)
-    digest = download(args.url, dest, None)
+    digest = download(args.url, dest, None,
+                      max_unpinned_bytes=data_cfg.download.max_unpinned_bytes)
     print(f"md5 {file_digest(dest, 'md5')}, {dest.stat().st_size} bytes")
     print(f"{digest}  {dest}")
 

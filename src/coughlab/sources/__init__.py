@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
@@ -69,13 +70,47 @@ def normalise_path(path: str) -> str:
     return str(PurePosixPath(path)) if path else path
 
 
+def quoted(path: str, limit: int = 80) -> str:
+    """A path for a one-line message: repr (NULs, newlines escaped), long ones shortened."""
+    if len(path) <= limit:
+        return repr(path)
+    return f"{path[:limit]!r}... ({len(path)} characters)"
+
+
+def path_problem(root: Path, rel: str) -> tuple[str | None, tuple[int, int] | None]:
+    """(why `rel` is not a file inside `root`, None) or (None, the file's device and inode).
+
+    Whatever the path holds (a NUL byte, thousands of characters, a component longer than the
+    file system allows, a link loop), the answer is a reason, never an exception.
+    """
+    if "\0" in rel:
+        return f"path {quoted(rel)} contains a NUL byte", None
+    path = Path(rel)
+    if path.is_absolute() or ".." in path.parts:
+        return f"path {quoted(rel)} must be relative to the data folder without '..'", None
+    try:
+        full = (root / path).resolve()
+        if not full.is_relative_to(root):
+            return f"path {quoted(rel)} points outside the data folder", None
+        if not full.is_file():
+            return f"file {quoted(rel)} does not exist", None
+        st = os.stat(full)
+    except OSError as err:
+        return f"path {quoted(rel)} cannot be used: {err.strerror or err}", None
+    except (RuntimeError, ValueError) as err:  # a link loop (RuntimeError before Python 3.13)
+        return f"path {quoted(rel)} cannot be used: {err}", None
+    return None, (st.st_dev, st.st_ino)
+
+
 def validate_labels(df: pd.DataFrame, root: Path, what: str = "labels.csv") -> pd.DataFrame:
     """Check schema, label values, and that each path is a file inside `root`.
 
-    Paths are normalised first, so one file cannot be listed twice under two spellings (nor
-    twice through a link: duplicates are found on the resolved file too). Paths that are
-    absolute or climb out of `root` (`../`) are rejected, not resolved: a labels file must
-    never make the pipeline read outside its own data. No rows at all is an error too.
+    Paths are normalised first, so one file cannot be listed twice under two spellings, nor
+    twice through a link of any kind: duplicates are found by device and inode, so symbolic
+    and hard links to one file are one file. Paths that are absolute or climb out of `root`
+    (`../`) are rejected, not resolved: a labels file must never make the pipeline read
+    outside its own data. Every problem is one line naming the file, line and reason. No rows
+    at all is an error too.
     """
     require_columns(df, REQUIRED_COLUMNS, what)
     if df.empty:
@@ -86,30 +121,24 @@ def validate_labels(df: pd.DataFrame, root: Path, what: str = "labels.csv") -> p
     df["path"] = df["path"].map(normalise_path, na_action="ignore")
     problems = []
     root = root.resolve()
-    resolved = {}
+    seen = {}  # (device, inode) -> the first path listing that file
     for line, row in zip(range(2, len(df) + 2), df.itertuples(index=False)):
         where = f"{what} line {line}"
         if any(pd.isna(getattr(row, c)) or getattr(row, c) == "" for c in REQUIRED_COLUMNS):
             problems.append(f"{where}: empty value in {REQUIRED_COLUMNS}")
             continue
         if row.label not in LABELS:
-            problems.append(f"{where}: label {row.label!r} is not one of {list(LABELS)}")
-        rel = Path(row.path)
-        if rel.is_absolute() or ".." in rel.parts:
-            problems.append(f"{where}: path {row.path!r} must be relative to the data folder "
-                            "without '..'")
-            continue
-        full = (root / rel).resolve()
-        if not full.is_relative_to(root):
-            problems.append(f"{where}: path {row.path!r} points outside the data folder")
-        elif not full.is_file():
-            problems.append(f"{where}: file {row.path!r} does not exist")
-        elif full in resolved and resolved[full] != row.path:
-            problems.append(f"{where}: {row.path!r} is the same file as {resolved[full]!r}")
+            problems.append(f"{where}: label {quoted(row.label)} is not one of {list(LABELS)}")
+        problem, file_id = path_problem(root, row.path)
+        if problem is not None:
+            problems.append(f"{where}: {problem}")
+        elif file_id in seen and seen[file_id] != row.path:
+            problems.append(f"{where}: {quoted(row.path)} is the same file as "
+                            f"{quoted(seen[file_id])}")
         else:
-            resolved[full] = row.path
+            seen.setdefault(file_id, row.path)
     dupes = df["path"][df["path"].duplicated()].unique()
-    problems += [f"{what}: path {p!r} is listed more than once" for p in dupes[:10]]
+    problems += [f"{what}: path {quoted(p)} is listed more than once" for p in dupes[:10]]
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""

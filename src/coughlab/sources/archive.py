@@ -35,6 +35,10 @@ class UnsafeArchive(LabelsError):
     """An archive tries to write outside its destination or to unpack beyond the limits."""
 
 
+class CorruptArchive(LabelsError):
+    """The file is not a readable zip (cut short, or not an archive at all)."""
+
+
 class ExtractBudget:
     """Caps on what one source unpacks, shared by every archive and stream it reads."""
 
@@ -98,7 +102,7 @@ class Archive:
         try:
             self._zip = zipfile.ZipFile(path)
         except zipfile.BadZipFile as err:
-            raise LabelsError(f"{self.source}: {path} is not a zip archive ({err})") from err
+            raise CorruptArchive(f"{self.source}: {path} is not a zip archive ({err})") from err
         infos = self._zip.infolist()
         for info in infos:
             budget.count_member(info.filename)

@@ -23,7 +23,7 @@ import pandas as pd
 from coughlab.config import DataConfig
 from coughlab.progress import progress_bar
 from coughlab.sources import LabelsError, register
-from coughlab.sources.archive import Archive, ExtractBudget, clip_table, safe_name
+from coughlab.sources.archive import ExtractBudget, clip_table, safe_name
 from coughlab.sources.pins import github_archive, load_manifest, verify_members
 
 NAME = "covid19-cough"
@@ -37,7 +37,7 @@ METADATA = "metadata.json"
 @register(NAME)
 def fetch_covid19_cough(dest: Path, cfg: DataConfig) -> pd.DataFrame:
     manifest = load_manifest(cfg.covid19_cough, cfg)
-    with Archive(github_archive(cfg.covid19_cough, cfg), ExtractBudget(NAME, cfg.extract)) as archive:
+    with github_archive(cfg.covid19_cough, cfg, ExtractBudget(NAME, cfg.extract)) as archive:
         verify_members(archive, manifest, [METADATA])
         records = json.load(archive.open(METADATA))
         rows, dropped = label_records(records, set(manifest.paths("raw/")))

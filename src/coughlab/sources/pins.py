@@ -5,20 +5,25 @@ sha1 (`git ls-tree -r <commit>`) never changes. `manifests/<owner>_<name>@<commi
 `<blob sha1>\\t<mode>\\t<path>` for the files fetch uses (copied from `git ls-tree`), so every
 file can be checked however it was downloaded: out of an archive zip, or one by one from the
 raw file URL. A mismatch names the files and nothing of that source is written.
+
+The archive zip itself has no pin, so its cached copy is trusted only as far as its members
+are: it is kept once every member used matched, and dropped (the next run downloads it
+again) when it is no zip or a member differs.
 """
 from __future__ import annotations
 
+import contextlib
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from coughlab.config import DataConfig, GitHubPin
-from coughlab.download import (ChecksumError, Pin, cache_dir, cache_path, fetch_file,
-                               stream_digest)
+from coughlab.download import (ChecksumError, Pin, cache_dir, cache_path, drop_cached,
+                               fetch_file, mark_whole, stream_digest)
 from coughlab.progress import progress_bar
 from coughlab.sources import LabelsError
-from coughlab.sources.archive import Archive
+from coughlab.sources.archive import Archive, CorruptArchive, ExtractBudget
 
 MANIFEST_DIR = Path(__file__).parent / "manifests"
 
@@ -69,10 +74,25 @@ def load_manifest(pin: GitHubPin, data_cfg: DataConfig) -> Manifest:
     return Manifest(pin.repo, pin.commit, blobs)
 
 
-def github_archive(pin: GitHubPin, data_cfg: DataConfig) -> Path:
-    """The repository's archive zip at the pinned commit, cached (its members are the pins)."""
+@contextlib.contextmanager
+def github_archive(pin: GitHubPin, data_cfg: DataConfig, budget: ExtractBudget):
+    """The repository's archive zip at the pinned commit, downloaded or cached, opened.
+
+    Leaving the block normally marks the cached zip whole (every member used was verified);
+    a zip that is no zip, or whose members differ from the manifest, is dropped from the cache
+    with a message, so the next run fetches it afresh instead of failing on it forever.
+    """
     url = pin.url.format(repo=pin.repo, commit=pin.commit)
-    return fetch_file(url, cache_path(cache_dir(data_cfg), url), None, data_cfg.download)
+    path = fetch_file(url, cache_path(cache_dir(data_cfg), url), None, data_cfg.download)
+    try:
+        with Archive(path, budget) as archive:
+            yield archive
+    except (CorruptArchive, PinMismatch):
+        drop_cached(path)
+        print(f"{budget.source}: deleted the cached archive {path}; the next run downloads it "
+              "again")
+        raise
+    mark_whole(path)
 
 
 def verify_members(archive: Archive, manifest: Manifest, names: list[str]) -> None:
@@ -90,9 +110,7 @@ def verify_members(archive: Archive, manifest: Manifest, names: list[str]) -> No
         if actual != expected:
             wrong.append(f"{name}: git blob {actual}, pinned {expected}")
     if wrong:
-        archive.path.unlink(missing_ok=True)  # so the next run downloads it afresh
         shown = "\n  ".join(wrong[:20])
         more = f"\n  ... and {len(wrong) - 20} more" if len(wrong) > 20 else ""
         raise PinMismatch(f"{archive.source}: {len(wrong)} file(s) differ from the manifest of "
-                          f"{manifest.version}; nothing was extracted and the cached archive "
-                          f"was deleted:\n  {shown}{more}")
+                          f"{manifest.version}; nothing was extracted:\n  {shown}{more}")

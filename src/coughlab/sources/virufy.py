@@ -25,7 +25,7 @@ import pandas as pd
 
 from coughlab.config import DataConfig
 from coughlab.sources import FINGERPRINT, LabelsError, person_fingerprint, register, require_columns
-from coughlab.sources.archive import Archive, ExtractBudget, clip_table
+from coughlab.sources.archive import ExtractBudget, clip_table
 from coughlab.sources.pins import github_archive, load_manifest, verify_members
 
 NAME = "virufy"
@@ -46,7 +46,7 @@ def fetch_virufy(dest: Path, cfg: DataConfig) -> pd.DataFrame:
     if clips not in CLIPS:
         raise LabelsError(f"{NAME}: data.virufy.clips is {clips!r}; choose one of {list(CLIPS)}")
     manifest = load_manifest(cfg.virufy, cfg)
-    with Archive(github_archive(cfg.virufy, cfg), ExtractBudget(NAME, cfg.extract)) as archive:
+    with github_archive(cfg.virufy, cfg, ExtractBudget(NAME, cfg.extract)) as archive:
         verify_members(archive, manifest, [LABELS_CSV])
         labels = pd.read_csv(archive.open(LABELS_CSV), dtype=str, keep_default_na=False)
         recordings, dropped = recording_labels(labels)
