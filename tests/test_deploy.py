@@ -1,7 +1,9 @@
 """coughlab.deploy: release gate, offline zip builder, and the AWS calls against moto_server.
 
-moto's Lambda invoke does not run handlers, so the zip's contents are exercised in-process
-(extracted and imported) and the AWS side only checks create/update/publish/alias.
+moto's Lambda invoke does not run handlers (it answers from a queue the test fills:
+queue_lambda_results), so the zip's contents are exercised in-process (extracted and imported,
+and as the container image lays them out, as an unprivileged user) and the AWS side checks
+create/update/publish/smoke test/alias, the URL and the concurrency cap.
 """
 import base64
 import hashlib
@@ -19,9 +21,11 @@ import botocore.waiter
 import numpy as np
 import pytest
 import soundfile as sf
+from botocore.awsrequest import AWSResponse
 from botocore.exceptions import WaiterError
 from botocore.stub import Stubber
 
+from conftest import queue_lambda_results
 from coughlab import deploy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,13 +273,46 @@ def test_lambda_requirements_pin_every_wheel_by_version_and_hash():
 
 # --- AWS calls (moto_server) --------------------------------------------------------------
 
+ACCOUNT_CONCURRENCY = 1000  # tests/conftest.py starts moto_server with this Lambda quota
+
+
+def moto_account_settings(**_):
+    """GetAccountSettings as Lambda answers it, from moto's functions (moto 5.2.5 lacks it)."""
+    lam = boto3.client("lambda")
+    reserved = sum(lam.get_function_concurrency(FunctionName=f["FunctionName"]).get(
+        "ReservedConcurrentExecutions") or 0 for f in lam.list_functions()["Functions"])
+    parsed = {"AccountLimit": {"ConcurrentExecutions": ACCOUNT_CONCURRENCY,
+                               "UnreservedConcurrentExecutions": ACCOUNT_CONCURRENCY - reserved}}
+    return AWSResponse("https://lambda.us-east-1.amazonaws.com", 200, {}, None), parsed
+
+
 @pytest.fixture
-def aws_target(aws_env, clean_repo):
+def aws_target(aws_env, clean_repo, monkeypatch):
     """An IAM role Lambda can assume and a bucket for the zips, in an empty moto; a clean repo."""
+    session = boto3.session.Session()
+    session.events.register("before-call.lambda.GetAccountSettings", moto_account_settings)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", session)
     role = boto3.client("iam").create_role(
         RoleName="coughlab-lambda", AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST))["Role"]["Arn"]
     boto3.client("s3").create_bucket(Bucket="coughlab-deploy")
-    return {"role": role, "bucket": "coughlab-deploy", "repo": str(clean_repo)}
+    return {"role": role, "bucket": "coughlab-deploy", "repo": str(clean_repo), "moto": aws_env}
+
+
+PAGE_ANSWER = {"statusCode": 200, "headers": {"Content-Type": "text/html; charset=utf-8"},
+               "body": "<!doctype html><title>coughlab</title>"}
+
+
+def scored_answer(model_dir: Path, p_positive: float = 0.25) -> dict:
+    """What a working handler answers to the smoke clip: a probability from this model."""
+    version = json.loads((model_dir / "model.json").read_text())["version"]
+    return {"statusCode": 200, "headers": {"Content-Type": "application/json"},
+            "body": json.dumps({"p_positive": p_positive, "label": "negative",
+                                "threshold": 0.5, "model_version": version})}
+
+
+def healthy(target: dict, model_dir: Path) -> None:
+    """The next deploy's new version answers its smoke test as a working handler would."""
+    queue_lambda_results(target["moto"], PAGE_ANSWER, scored_answer(model_dir))
 
 
 def deploy_cli(tmp_path, model_dir, *extra):
@@ -291,8 +328,10 @@ def test_first_deploy_creates_later_ones_update_and_alias_follows(aws_target, tm
             "--repo", aws_target["repo"]]
     lam = boto3.client("lambda")
 
+    healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
-    assert "coughlab-test version 1 is Active; alias live -> 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "coughlab-test version 1 is Active and passed its smoke test; alias live -> 1" in out
     first_sha = lam.get_function_configuration(FunctionName="coughlab-test", Qualifier="1")["CodeSha256"]
     config = lam.get_function(FunctionName="coughlab-test")["Configuration"]
     assert (config["Runtime"], config["Handler"], config["MemorySize"]) == (
@@ -302,8 +341,9 @@ def test_first_deploy_creates_later_ones_update_and_alias_follows(aws_target, tm
     assert boto3.client("s3").head_object(Bucket=aws_target["bucket"], Key=key)["ContentLength"] > 0
 
     write_model(model_dir, onnx=b"graph two")
+    healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
-    assert "version 2 is Active; alias live -> 2" in capsys.readouterr().out
+    assert "version 2 is Active and passed its smoke test; alias live -> 2" in capsys.readouterr().out
     assert lam.get_alias(FunctionName="coughlab-test", Name="live")["FunctionVersion"] == "2"
     second_sha = lam.get_function_configuration(FunctionName="coughlab-test", Qualifier="2")["CodeSha256"]
     assert second_sha != first_sha
@@ -320,9 +360,11 @@ def test_creating_a_function_needs_a_role_and_uploads_nothing_without_one(aws_ta
 
 def test_container_image_deploy(aws_target, tmp_path, capsys):
     image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/coughlab:bfe50bcff612"
-    deploy_cli(tmp_path, write_model(tmp_path / "lambda"), "--image-uri", image,
+    model_dir = write_model(tmp_path / "lambda")
+    healthy(aws_target, model_dir)
+    deploy_cli(tmp_path, model_dir, "--image-uri", image,
                "--role", aws_target["role"], "--repo", aws_target["repo"])
-    assert "version 1 is Active; alias live -> 1" in capsys.readouterr().out
+    assert "version 1 is Active and passed its smoke test; alias live -> 1" in capsys.readouterr().out
     function = boto3.client("lambda").get_function(FunctionName="coughlab-test")
     assert function["Code"]["ImageUri"] == image
     assert function["Configuration"]["PackageType"] == "Image"
@@ -355,14 +397,35 @@ def expect_publish_then_states(stubber, version, states):
                              {"FunctionName": "coughlab", "Qualifier": version})
 
 
-def test_alias_moves_only_after_the_version_is_active(stubbed_lambda):
+def expect_invocations(stubber, version, *answers):
+    for event, answer in zip(SMOKE_EVENTS, answers):
+        stubber.add_response("invoke", {"StatusCode": 200, "Payload": streamed(answer)},
+                             {"FunctionName": "coughlab", "Qualifier": version,
+                              "Payload": json.dumps(event).encode()})
+
+
+SMOKE_EVENTS = [deploy.function_url_event("GET"),
+                deploy.function_url_event("POST", deploy.smoke_clip(), "audio/wav")]
+MODEL_X = {"statusCode": 200, "body": json.dumps({"p_positive": 0.4, "model_version": "x"})}
+
+
+def streamed(answer) -> object:
+    from botocore.response import StreamingBody
+
+    raw = json.dumps(answer).encode()
+    return StreamingBody(io.BytesIO(raw), len(raw))
+
+
+def test_alias_moves_only_after_the_version_is_active_and_answers(stubbed_lambda):
     client, stubber, sleeps = stubbed_lambda
     expect_publish_then_states(stubber, "7", ["Pending", "Pending", "Active"])
     stubber.add_response("get_alias", {"Name": "live", "FunctionVersion": "6"},
                          {"FunctionName": "coughlab", "Name": "live"})
+    expect_invocations(stubber, "7", PAGE_ANSWER, MODEL_X)
     stubber.add_response("update_alias", {"Name": "live", "FunctionVersion": "7"},
-                         {"FunctionName": "coughlab", "Name": "live", "FunctionVersion": "7"})
-    assert deploy.release(client, FN, SHA, "model x") == "7"
+                         {"FunctionName": "coughlab", "Name": "live", "FunctionVersion": "7",
+                          "Description": "coughlab history: 7 6"})
+    assert deploy.release(client, FN, SHA, "model x", "x") == "7"
     stubber.assert_no_pending_responses()
     assert len(sleeps) == 2  # polled until Active before touching the alias
 
@@ -372,7 +435,7 @@ def test_alias_stays_when_the_version_fails(stubbed_lambda):
     expect_publish_then_states(stubber, "8", ["Pending", "Failed"])
     # No get_alias/update_alias is scripted: calling either would be an unexpected call.
     with pytest.raises(WaiterError, match="Failed"):
-        deploy.release(client, FN, SHA, "model x")
+        deploy.release(client, FN, SHA, "model x", "x")
     stubber.assert_no_pending_responses()
 
 
@@ -432,6 +495,7 @@ def test_shipped_model_json_names_the_deploying_commit(clean_repo, tmp_path):
 def test_function_is_tagged_and_version_described_with_commit_and_model(aws_target, tmp_path):
     image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/coughlab:bfe50bcff612"
     model_dir = write_model(tmp_path / "lambda")
+    healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, "--image-uri", image, "--role", aws_target["role"],
                "--repo", aws_target["repo"])
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=aws_target["repo"], capture_output=True,
@@ -486,6 +550,7 @@ def test_deploy_publishes_a_capped_url_whose_cors_allows_only_itself(aws_target,
             "--reserved-concurrency", "3", "--repo", aws_target["repo"]]
     lam = boto3.client("lambda")
 
+    healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
     config, sids = function_url_state(lam)
     function_url = config["FunctionUrl"]
@@ -498,6 +563,7 @@ def test_deploy_publishes_a_capped_url_whose_cors_allows_only_itself(aws_target,
     assert concurrency["ReservedConcurrentExecutions"] == 3
 
     write_model(model_dir, onnx=b"graph two")  # a redeploy keeps the URL, grants nothing twice
+    healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
     assert function_url_state(lam) == (config, sids)
 
@@ -507,9 +573,11 @@ def test_iam_auth_takes_the_public_permission_away(aws_target, tmp_path, capsys)
     model_dir = write_model(tmp_path / "lambda")
     args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"], "--repo", aws_target["repo"]]
     lam = boto3.client("lambda")
+    healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
     assert function_url_state(lam)[1] == ["coughlab-public-url", "coughlab-public-url-invoke"]
 
+    healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args, "--url-auth", "AWS_IAM")
     config, sids = function_url_state(lam)
     assert (config["AuthType"], sids) == ("AWS_IAM", [])
@@ -530,13 +598,9 @@ CORS = {"AllowOrigins": ["https://abc123.lambda-url.us-east-1.on.aws"],
         "AllowMethods": ["GET", "POST"], "AllowHeaders": ["content-type"], "MaxAge": 3600}
 
 
-def test_first_url_is_capped_then_created_then_limited_to_its_origin(stubbed_lambda, monkeypatch):
-    """The exact calls, in order: cap, create (URL unknown), CORS for that URL, both grants."""
-    client, stubber, _ = stubbed_lambda
-    monkeypatch.setattr(boto3, "client", lambda *a, **k: client)
+def expect_url_created(stubber):
+    """The first URL: create (URL unknown), CORS for that URL, both public grants."""
     url_params = {"FunctionName": "coughlab", "Qualifier": "live"}
-    stubber.add_response("put_function_concurrency", {"ReservedConcurrentExecutions": 5},
-                         {"FunctionName": "coughlab", "ReservedConcurrentExecutions": 5})
     stubber.add_client_error("get_function_url_config", "ResourceNotFoundException", http_status_code=404,
                              expected_params=url_params)
     url_config = {"FunctionUrl": URL, "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:coughlab",
@@ -553,5 +617,24 @@ def test_first_url_is_capped_then_created_then_limited_to_its_origin(stubbed_lam
     stubber.add_response("add_permission", {"Statement": "{}"}, url_params | {
         "StatementId": "coughlab-public-url-invoke", "Principal": "*",
         "Action": "lambda:InvokeFunction", "InvokedViaFunctionUrl": True})
-    assert deploy.publish_url(FN, deploy.UrlSettings("NONE", 5)) == URL
+
+
+def expect_account(stubber, total, unreserved, reserved=None):
+    stubber.add_response("get_function_concurrency",
+                         {} if reserved is None else {"ReservedConcurrentExecutions": reserved},
+                         {"FunctionName": "coughlab"})
+    stubber.add_response("get_account_settings", {"AccountLimit": {
+        "ConcurrentExecutions": total, "UnreservedConcurrentExecutions": unreserved}}, {})
+
+
+def test_first_url_is_created_then_limited_to_its_origin_then_capped(stubbed_lambda, monkeypatch):
+    """The exact calls, in order: the URL and its grants, then the account's limits, the cap."""
+    client, stubber, _ = stubbed_lambda
+    monkeypatch.setattr(boto3, "client", lambda *a, **k: client)
+    expect_url_created(stubber)
+    expect_account(stubber, total=1000, unreserved=1000)
+    stubber.add_response("put_function_concurrency", {"ReservedConcurrentExecutions": 5},
+                         {"FunctionName": "coughlab", "ReservedConcurrentExecutions": 5})
+    assert deploy.publish_url(FN, deploy.UrlSettings("NONE", 5)) == (
+        URL, "at most 5 concurrent executions")
     stubber.assert_no_pending_responses()

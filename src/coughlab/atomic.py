@@ -1,4 +1,9 @@
-"""Atomic outputs: a stage that dies half-way leaves the previous output or nothing, never a mix."""
+"""Atomic outputs: a stage that dies half-way leaves the previous output or nothing, never a mix.
+
+Outputs get explicit modes (files 0644, folders 0755), not mkstemp/mkdtemp's private 0600/0700
+nor the umask's: they leave this machine (DVC remote, a container image run as a non-root
+user, the Lambda zip) and must be readable there.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -6,6 +11,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+FILE_MODE = 0o644
+DIR_MODE = 0o755
 
 
 @contextlib.contextmanager
@@ -16,6 +24,7 @@ def atomic_dir(path: Path | str):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        tmp.chmod(DIR_MODE)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             path.rename(old)
@@ -35,6 +44,7 @@ def atomic_file(path: Path | str, mode: str = "wb"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
