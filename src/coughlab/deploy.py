@@ -308,9 +308,9 @@ def upload(s3, package: Package, bucket: str, key: str) -> None:
               unit_scale=True, leave=False) as bar:
         try:
             s3.upload_file(str(package.path), bucket, key, Callback=bar.update)
-        except S3UploadFailedError as err:
-            if isinstance(err.__cause__, ClientError):
-                raise err.__cause__ from None
+        except S3UploadFailedError as err:  # boto3 raises it while handling the ClientError
+            if isinstance(err.__context__, ClientError):
+                raise err.__context__ from None
             raise
 
 
