@@ -47,8 +47,9 @@ LAMBDA_HANDLER_ROLE = "lambda-execution"
 # Lambda pulls an image with the deployer's credentials and grants itself access to the repo.
 IMAGE_ACTIONS = ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:GetRepositoryPolicy",
                  "ecr:SetRepositoryPolicy")
-# What SageMaker does with the execution role for a training job (SageMaker Developer Guide,
-# "CreateTrainingJob API: Execution Role Permissions"), by the part of the request that needs it.
+# What SageMaker does with the execution role for a training job, by the part of the request
+# that needs it (SageMaker Developer Guide, "CreateTrainingJob API: Execution Role Permissions",
+# https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-roles.html).
 TRAINING_ROLE_ACTIONS = {
     "always": ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
                "logs:DescribeLogStreams", "cloudwatch:PutMetricData"),
@@ -94,8 +95,16 @@ def training_role_actions(params: dict) -> list[str]:
     return [action for part in parts for action in TRAINING_ROLE_ACTIONS[part]]
 
 
+TESTS = Path(__file__).resolve().parent
+TEST_CODE = "tests"  # a call the test code makes itself (setup, checks, a stand-in for AWS)
+
+
 def code_role(frame) -> str | None:
-    """The policy covering calls from the innermost project frame on this stack, if any."""
+    """Whose call this is, from the innermost project or test frame on the stack.
+
+    A project frame names the policy that must cover it; a test frame (a test setting up moto,
+    or a fake AWS answer called from inside a project call) makes it the tests' own.
+    """
     while frame is not None:
         filename = Path(frame.f_code.co_filename)
         if filename.name == "handler.py" and "recording_page" in frame.f_globals:
@@ -104,6 +113,8 @@ def code_role(frame) -> str | None:
             module = frame.f_globals.get("__name__", "")
             if module != "coughlab.aws_errors":
                 return ROLE_OF_MODULE.get(module, f"unmapped:{module}")
+        if TESTS in filename.parents and filename != Path(__file__).resolve():
+            return TEST_CODE
         frame = frame.f_back
     return None
 
@@ -112,7 +123,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self.current_test = ""
-        self.passed: set[str] = set()
+        self.passed: set[str] = set()  # passed or skipped
         self.failed: set[str] = set()
         self.collected: list[str] = []
         self._lock = threading.Lock()
@@ -135,9 +146,10 @@ class Recorder:
         botocore.session.Session.create_client = self._original
 
     def record(self, creator: str | None, model, params: dict) -> None:
-        role = code_role(sys._getframe(1)) or (
-            creator if threading.current_thread() is not threading.main_thread() else None)
-        if role is None:
+        role = code_role(sys._getframe(1))
+        if role is None and threading.current_thread() is not threading.main_thread():
+            role = creator  # a worker thread (s3transfer): the code that made the client
+        if role in (None, TEST_CODE):
             return
         service, operation = model.service_model.service_name, model.name
         actions = (iam_action(service, operation), *implied_actions(service, operation, params))
@@ -168,10 +180,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     recorder(config).uninstall()
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     last = [item for item in items if item.get_closest_marker("after_aws_tests")]
     items[:] = [item for item in items if item not in last] + last
-    recorder(config).collected = [item.nodeid for item in items]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    recorder(session.config).collected = [item.nodeid for item in session.items]
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -181,8 +197,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.failed:
         _active.failed.add(report.nodeid)
-    elif report.when == "call" and report.passed:
-        _active.passed.add(report.nodeid)
+    elif report.skipped or (report.when == "call" and report.passed):
+        _active.passed.add(report.nodeid)  # ran to the end (a skipped test records nothing)
 
 
 _active: Recorder | None = None  # the session's recorder (logreport hooks get no config)
