@@ -961,3 +961,14 @@ def test_a_quota_error_names_the_quota_and_where_to_ask(stubbed_lambda, monkeypa
         "(CodeStorageExceededException: Code storage limit exceeded.); request an increase in the "
         "Service Quotas console: https://console.aws.amazon.com/servicequotas/home/services/lambda/"
         "quotas; alias live not moved")
+
+
+def test_history_follows_the_alias_and_a_republished_version_changes_nothing(stubbed_lambda):
+    client, stubber, _ = stubbed_lambda
+    moved_by_hand = {"Name": "live", "FunctionVersion": "4", "Description": "coughlab history: 6 5"}
+    stubber.add_response("update_alias", {"Name": "live", "FunctionVersion": "7"},
+                         {"FunctionName": "coughlab", "Name": "live", "FunctionVersion": "7",
+                          "Description": "coughlab history: 7 4 6 5"})
+    deploy.point_alias(client, "coughlab", "live", "7", moved_by_hand)
+    deploy.point_alias(client, "coughlab", "live", "7", {"Name": "live", "FunctionVersion": "7"})
+    stubber.assert_no_pending_responses()  # the second call made no request

@@ -74,19 +74,22 @@ def policy_for(role: str) -> set[str]:
 
 
 def in_session(config: pytest.Config) -> list[dict] | None:
-    """This session's recording, if it ran every test of SOURCES and none failed."""
+    """This session's recording, if it ran every test of SOURCES (None if it did not)."""
     rec = aws_calls.recorder(config)
     wanted = {node for node in rec.collected if node.split("::")[0] in SOURCES}
     ran_all = {source for source in SOURCES if any(n.startswith(f"{source}::") for n in wanted)}
-    if ran_all != set(SOURCES) or not wanted <= rec.passed:
+    if ran_all != set(SOURCES):
         return None
+    failed = sorted(wanted & rec.failed)
+    assert not failed, f"the tests whose AWS calls are checked failed: {failed}"
+    assert wanted <= rec.passed, f"did not run: {sorted(wanted - rec.passed)}"
     return [vars(call) for call in rec.calls]
 
 
 def in_child_pytest(tmp_path: Path) -> list[dict]:
     out = tmp_path / "aws-calls.json"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow",
          *SOURCES], cwd=ROOT, env=os.environ | {aws_calls.OUT_ENV: str(out)},
         capture_output=True, text=True)
     assert result.returncode == 0, f"the recorded tests failed:\n{result.stdout[-3000:]}"

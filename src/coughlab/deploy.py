@@ -379,6 +379,8 @@ def point_alias(lam, name: str, alias: str, version: str, current: dict | None) 
         lam.create_alias(FunctionName=name, Name=alias, FunctionVersion=version,
                          Description=history_description([version]))
         return
+    if current["FunctionVersion"] == version:  # Lambda re-published the same code and settings
+        return
     history = alias_history(current.get("Description", "")) or [current["FunctionVersion"]]
     if history[0] != current["FunctionVersion"]:  # moved by hand since: start from there
         history = [current["FunctionVersion"], *history]
