@@ -401,14 +401,17 @@ def expect_publish_then_states(stubber, version, states):
 
 
 def expect_invocations(stubber, version, *answers):
-    for event, answer in zip(SMOKE_EVENTS, answers):
+    for event, answer in zip(smoke_events(), answers):
         stubber.add_response("invoke", {"StatusCode": 200, "Payload": streamed(answer)},
                              {"FunctionName": "coughlab", "Qualifier": version,
                               "Payload": json.dumps(event).encode()})
 
 
-SMOKE_EVENTS = [deploy.function_url_event("GET"),
-                deploy.function_url_event("POST", deploy.smoke_clip(), "audio/wav")]
+def smoke_events() -> list[dict]:
+    """The two requests deploy's smoke test sends: the page, then the bundled clip."""
+    return [deploy.function_url_event("GET"),
+            deploy.function_url_event("POST", deploy.smoke_clip(), "audio/wav")]
+
 MODEL_X = {"statusCode": 200, "body": json.dumps({"p_positive": 0.4, "model_version": "x"})}
 
 
@@ -734,7 +737,7 @@ def test_the_image_layout_answers_the_smoke_test_as_an_unprivileged_user(image_t
 
     The answers of the handler run so are fed to deploy's smoke test, which must pass them.
     """
-    page, scored = invoke_as_nobody(image_task_root, SMOKE_EVENTS)
+    page, scored = invoke_as_nobody(image_task_root, smoke_events())
     assert (page["statusCode"], scored["statusCode"]) == (200, 200), scored
     client, stubber, _ = stubbed_lambda
     expect_invocations(stubber, "3", page, scored)
