@@ -708,9 +708,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         default=env("COUGHLAB_LAMBDA_RESERVED_CONCURRENCY",
                                     str(DEFAULT_RESERVED_CONCURRENCY)),
                         help="cap on concurrent executions, so a public URL cannot run up an "
-                        "unbounded bill; `none` for no cap. Set only if the account keeps "
-                        f"{UNRESERVED_MINIMUM} unreserved (COUGHLAB_LAMBDA_RESERVED_CONCURRENCY; "
-                        "default %(default)s)")
+                        "unbounded bill; `none` for no cap (removes an earlier one). Set only where "
+                        f"the account keeps {UNRESERVED_MINIMUM} unreserved, else deploy says why "
+                        "not (COUGHLAB_LAMBDA_RESERVED_CONCURRENCY; default %(default)s)")
     parser.add_argument("--min-roc-auc", type=float,
                         default=float(env("COUGHLAB_MIN_ROC_AUC", DEFAULT_MIN_ROC_AUC)),
                         help="refuse models whose test ROC-AUC is lower (COUGHLAB_MIN_ROC_AUC; "
