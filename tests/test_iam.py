@@ -140,3 +140,24 @@ def test_iam_md_parsing_sees_each_policy_and_no_trust_policy():
         assert policy_for(role), role
     assert not any(allows(allowed_actions(statements), "sts:AssumeRole")
                    for statements in policies.values())
+
+
+def test_the_recorder_attributes_calls_to_the_code_that_makes_them(request, monkeypatch):
+    import boto3
+    from botocore.stub import Stubber
+
+    from coughlab import deploy
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    rec = aws_calls.recorder(request.config)
+    before = len(rec.calls)
+    client = boto3.client("lambda", region_name="us-east-1")
+    with Stubber(client) as stubber:
+        alias = {"Name": "live", "FunctionVersion": "3"}
+        stubber.add_response("get_alias", alias, {"FunctionName": "f", "Name": "live"})
+        stubber.add_response("get_alias", alias, {"FunctionName": "f", "Name": "live"})
+        client.get_alias(FunctionName="f", Name="live")  # the test's own call: not recorded
+        deploy.current_alias(client, "f", "live")  # the deploy's: needs lambda:GetAlias
+    assert [(c.role, c.operation, c.actions) for c in rec.calls[before:]] == [
+        ("deployer", "GetAlias", ("lambda:GetAlias",))]
