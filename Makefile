@@ -8,7 +8,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # Stage commands in dvc.yaml call `python`; this makes it the project's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install repro data params test test-fast deploy-lambda push pull report
+.PHONY: help install repro data params test test-fast deploy-lambda rollback-lambda push pull report
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
@@ -66,8 +66,11 @@ PORT ?= 8000
 serve: install  ## try the model before deploying: the recording page + API on 127.0.0.1:PORT (8000)
 	$(PY) -m coughlab.serve --model-dir build/lambda --host 127.0.0.1 --port $(PORT)
 
-deploy-lambda: install  ## gate the model, build the python3.12 zip, publish it, move alias `live`
+deploy-lambda: install  ## gate the model, build the zip, publish it, smoke-test it, move alias `live`
 	$(PY) -m coughlab.deploy
+
+rollback-lambda: install  ## move alias `live` back to the version it served before the last deploy
+	$(PY) -m coughlab.deploy --rollback
 
 # The DVC remote is the user's own: none is committed. $COUGHLAB_DVC_REMOTE (an S3 URL) sets it
 # for this clone (.dvc/config.local); without it and without a configured remote, say how.

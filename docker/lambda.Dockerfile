@@ -23,7 +23,9 @@ RUN pip install --no-cache-dir --no-compile --require-hashes --only-binary=:all:
         -r /tmp/requirements.txt --target "${LAMBDA_TASK_ROOT}" \
     && rm /tmp/requirements.txt
 
-COPY lambda/handler.py lambda/page.html ${LAMBDA_TASK_ROOT}/
-COPY build/lambda/model.onnx build/lambda/model.json ${LAMBDA_TASK_ROOT}/model/
+# Lambda runs the image as a non-root user: whatever modes the files have here (export-lambda's
+# outputs were once 0600), the image gets world-readable ones (BuildKit's COPY --chmod).
+COPY --chmod=0644 lambda/handler.py lambda/page.html ${LAMBDA_TASK_ROOT}/
+COPY --chmod=0644 build/lambda/model.onnx build/lambda/model.json ${LAMBDA_TASK_ROOT}/model/
 
 CMD ["handler.handler"]

@@ -1,6 +1,7 @@
 """Shared fixtures. AWS is always moto_server on loopback; real AWS is never called."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,6 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["aws_calls"]  # records the AWS calls the code makes, for tests/test_iam.py
 
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = ROOT.parent / "shared" / "realdata" / "dev"
@@ -33,7 +36,10 @@ def moto_server():
     if exe is None:
         pytest.fail("moto_server not installed: `pip install -e '.[dev]'`")
     port = free_port()
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
+    # Lambda refuses reservations that leave under 100 of the account's concurrency unreserved;
+    # moto does so only with a quota set (1000: AWS's default for an established account).
+    env = os.environ | {"MOTO_LAMBDA_CONCURRENCY_QUOTA": "1000"}
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -46,9 +52,24 @@ def moto_server():
                 proc.kill()
                 pytest.fail(f"moto_server did not start on {url}")
             time.sleep(0.2)
+    # Without Docker, moto's Lambda invoke answers from a queue the test fills
+    # (queue_lambda_results) instead of running the function.
+    post_json(f"{url}/moto-api/config", {"lambda": {"use_docker": False}})
     yield url
     os.kill(proc.pid, signal.SIGTERM)
     proc.wait(timeout=10)
+
+
+def post_json(url: str, payload: dict) -> None:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).close()
+
+
+def queue_lambda_results(moto_server: str, *responses: dict, region: str = "us-east-1") -> None:
+    """What moto's next Lambda invocations answer, in order: each a handler's return value."""
+    post_json(f"{moto_server}/moto-api/static/lambda-simple/response",
+              {"results": [json.dumps(response) for response in responses], "region": region})
 
 
 @pytest.fixture

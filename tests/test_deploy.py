@@ -1,16 +1,21 @@
 """coughlab.deploy: release gate, offline zip builder, and the AWS calls against moto_server.
 
-moto's Lambda invoke does not run handlers, so the zip's contents are exercised in-process
-(extracted and imported) and the AWS side only checks create/update/publish/alias.
+moto's Lambda invoke does not run handlers (it answers from a queue the test fills:
+queue_lambda_results), so the zip's contents are exercised in-process (extracted and imported,
+and as the container image lays them out, as an unprivileged user) and the AWS side checks
+create/update/publish/smoke test/alias, the URL and the concurrency cap.
 """
 import base64
 import hashlib
 import importlib.util
 import io
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -19,9 +24,11 @@ import botocore.waiter
 import numpy as np
 import pytest
 import soundfile as sf
+from botocore.awsrequest import AWSResponse
 from botocore.exceptions import WaiterError
 from botocore.stub import Stubber
 
+from conftest import queue_lambda_results
 from coughlab import deploy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,13 +277,46 @@ def test_lambda_requirements_pin_every_wheel_by_version_and_hash():
 
 # --- AWS calls (moto_server) --------------------------------------------------------------
 
+ACCOUNT_CONCURRENCY = 1000  # tests/conftest.py starts moto_server with this Lambda quota
+
+
+def moto_account_settings(**_):
+    """GetAccountSettings as Lambda answers it, from moto's functions (moto 5.2.5 lacks it)."""
+    lam = boto3.client("lambda")
+    reserved = sum(lam.get_function_concurrency(FunctionName=f["FunctionName"]).get(
+        "ReservedConcurrentExecutions") or 0 for f in lam.list_functions()["Functions"])
+    parsed = {"AccountLimit": {"ConcurrentExecutions": ACCOUNT_CONCURRENCY,
+                               "UnreservedConcurrentExecutions": ACCOUNT_CONCURRENCY - reserved}}
+    return AWSResponse("https://lambda.us-east-1.amazonaws.com", 200, {}, None), parsed
+
+
 @pytest.fixture
-def aws_target(aws_env, clean_repo):
+def aws_target(aws_env, clean_repo, monkeypatch):
     """An IAM role Lambda can assume and a bucket for the zips, in an empty moto; a clean repo."""
+    session = boto3.session.Session()
+    session.events.register("before-call.lambda.GetAccountSettings", moto_account_settings)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", session)
     role = boto3.client("iam").create_role(
         RoleName="coughlab-lambda", AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST))["Role"]["Arn"]
     boto3.client("s3").create_bucket(Bucket="coughlab-deploy")
-    return {"role": role, "bucket": "coughlab-deploy", "repo": str(clean_repo)}
+    return {"role": role, "bucket": "coughlab-deploy", "repo": str(clean_repo), "moto": aws_env}
+
+
+PAGE_ANSWER = {"statusCode": 200, "headers": {"Content-Type": "text/html; charset=utf-8"},
+               "body": "<!doctype html><title>coughlab</title>"}
+
+
+def scored_answer(model_dir: Path, p_positive: float = 0.25) -> dict:
+    """What a working handler answers to the smoke clip: a probability from this model."""
+    version = json.loads((model_dir / "model.json").read_text())["version"]
+    return {"statusCode": 200, "headers": {"Content-Type": "application/json"},
+            "body": json.dumps({"p_positive": p_positive, "label": "negative",
+                                "threshold": 0.5, "model_version": version})}
+
+
+def healthy(target: dict, model_dir: Path) -> None:
+    """The next deploy's new version answers its smoke test as a working handler would."""
+    queue_lambda_results(target["moto"], PAGE_ANSWER, scored_answer(model_dir))
 
 
 def deploy_cli(tmp_path, model_dir, *extra):
@@ -292,8 +332,10 @@ def test_first_deploy_creates_later_ones_update_and_alias_follows(aws_target, tm
             "--repo", aws_target["repo"]]
     lam = boto3.client("lambda")
 
+    healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
-    assert "coughlab-test version 1 is Active; alias live -> 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "coughlab-test version 1 is Active and passed its smoke test; alias live -> 1" in out
     first_sha = lam.get_function_configuration(FunctionName="coughlab-test", Qualifier="1")["CodeSha256"]
     config = lam.get_function(FunctionName="coughlab-test")["Configuration"]
     assert (config["Runtime"], config["Handler"], config["MemorySize"]) == (
@@ -303,8 +345,9 @@ def test_first_deploy_creates_later_ones_update_and_alias_follows(aws_target, tm
     assert boto3.client("s3").head_object(Bucket=aws_target["bucket"], Key=key)["ContentLength"] > 0
 
     write_model(model_dir, onnx=b"graph two")
+    healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
-    assert "version 2 is Active; alias live -> 2" in capsys.readouterr().out
+    assert "version 2 is Active and passed its smoke test; alias live -> 2" in capsys.readouterr().out
     assert lam.get_alias(FunctionName="coughlab-test", Name="live")["FunctionVersion"] == "2"
     second_sha = lam.get_function_configuration(FunctionName="coughlab-test", Qualifier="2")["CodeSha256"]
     assert second_sha != first_sha
@@ -321,9 +364,11 @@ def test_creating_a_function_needs_a_role_and_uploads_nothing_without_one(aws_ta
 
 def test_container_image_deploy(aws_target, tmp_path, capsys):
     image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/coughlab:bfe50bcff612"
-    deploy_cli(tmp_path, write_model(tmp_path / "lambda"), "--image-uri", image,
+    model_dir = write_model(tmp_path / "lambda")
+    healthy(aws_target, model_dir)
+    deploy_cli(tmp_path, model_dir, "--image-uri", image,
                "--role", aws_target["role"], "--repo", aws_target["repo"])
-    assert "version 1 is Active; alias live -> 1" in capsys.readouterr().out
+    assert "version 1 is Active and passed its smoke test; alias live -> 1" in capsys.readouterr().out
     function = boto3.client("lambda").get_function(FunctionName="coughlab-test")
     assert function["Code"]["ImageUri"] == image
     assert function["Configuration"]["PackageType"] == "Image"
@@ -356,14 +401,38 @@ def expect_publish_then_states(stubber, version, states):
                              {"FunctionName": "coughlab", "Qualifier": version})
 
 
-def test_alias_moves_only_after_the_version_is_active(stubbed_lambda):
+def expect_invocations(stubber, version, *answers):
+    for event, answer in zip(smoke_events(), answers):
+        stubber.add_response("invoke", {"StatusCode": 200, "Payload": streamed(answer)},
+                             {"FunctionName": "coughlab", "Qualifier": version,
+                              "Payload": json.dumps(event).encode()})
+
+
+def smoke_events() -> list[dict]:
+    """The two requests deploy's smoke test sends: the page, then the bundled clip."""
+    return [deploy.function_url_event("GET"),
+            deploy.function_url_event("POST", deploy.smoke_clip(), "audio/wav")]
+
+MODEL_X = {"statusCode": 200, "body": json.dumps({"p_positive": 0.4, "model_version": "x"})}
+
+
+def streamed(answer) -> object:
+    from botocore.response import StreamingBody
+
+    raw = json.dumps(answer).encode()
+    return StreamingBody(io.BytesIO(raw), len(raw))
+
+
+def test_alias_moves_only_after_the_version_is_active_and_answers(stubbed_lambda):
     client, stubber, sleeps = stubbed_lambda
     expect_publish_then_states(stubber, "7", ["Pending", "Pending", "Active"])
     stubber.add_response("get_alias", {"Name": "live", "FunctionVersion": "6"},
                          {"FunctionName": "coughlab", "Name": "live"})
+    expect_invocations(stubber, "7", PAGE_ANSWER, MODEL_X)
     stubber.add_response("update_alias", {"Name": "live", "FunctionVersion": "7"},
-                         {"FunctionName": "coughlab", "Name": "live", "FunctionVersion": "7"})
-    assert deploy.release(client, FN, SHA, "model x") == "7"
+                         {"FunctionName": "coughlab", "Name": "live", "FunctionVersion": "7",
+                          "Description": "coughlab history: 7 6"})
+    assert deploy.release(client, FN, SHA, "model x", "x") == "7"
     stubber.assert_no_pending_responses()
     assert len(sleeps) == 2  # polled until Active before touching the alias
 
@@ -373,7 +442,7 @@ def test_alias_stays_when_the_version_fails(stubbed_lambda):
     expect_publish_then_states(stubber, "8", ["Pending", "Failed"])
     # No get_alias/update_alias is scripted: calling either would be an unexpected call.
     with pytest.raises(WaiterError, match="Failed"):
-        deploy.release(client, FN, SHA, "model x")
+        deploy.release(client, FN, SHA, "model x", "x")
     stubber.assert_no_pending_responses()
 
 
@@ -433,6 +502,7 @@ def test_shipped_model_json_names_the_deploying_commit(clean_repo, tmp_path):
 def test_function_is_tagged_and_version_described_with_commit_and_model(aws_target, tmp_path):
     image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/coughlab:bfe50bcff612"
     model_dir = write_model(tmp_path / "lambda")
+    healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, "--image-uri", image, "--role", aws_target["role"],
                "--repo", aws_target["repo"])
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=aws_target["repo"], capture_output=True,
@@ -487,6 +557,7 @@ def test_deploy_publishes_a_capped_url_whose_cors_allows_only_itself(aws_target,
             "--reserved-concurrency", "3", "--repo", aws_target["repo"]]
     lam = boto3.client("lambda")
 
+    healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
     config, sids = function_url_state(lam)
     function_url = config["FunctionUrl"]
@@ -499,6 +570,7 @@ def test_deploy_publishes_a_capped_url_whose_cors_allows_only_itself(aws_target,
     assert concurrency["ReservedConcurrentExecutions"] == 3
 
     write_model(model_dir, onnx=b"graph two")  # a redeploy keeps the URL, grants nothing twice
+    healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
     assert function_url_state(lam) == (config, sids)
 
@@ -508,9 +580,11 @@ def test_iam_auth_takes_the_public_permission_away(aws_target, tmp_path, capsys)
     model_dir = write_model(tmp_path / "lambda")
     args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"], "--repo", aws_target["repo"]]
     lam = boto3.client("lambda")
+    healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
     assert function_url_state(lam)[1] == ["coughlab-public-url", "coughlab-public-url-invoke"]
 
+    healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args, "--url-auth", "AWS_IAM")
     config, sids = function_url_state(lam)
     assert (config["AuthType"], sids) == ("AWS_IAM", [])
@@ -531,13 +605,9 @@ CORS = {"AllowOrigins": ["https://abc123.lambda-url.us-east-1.on.aws"],
         "AllowMethods": ["GET", "POST"], "AllowHeaders": ["content-type"], "MaxAge": 3600}
 
 
-def test_first_url_is_capped_then_created_then_limited_to_its_origin(stubbed_lambda, monkeypatch):
-    """The exact calls, in order: cap, create (URL unknown), CORS for that URL, both grants."""
-    client, stubber, _ = stubbed_lambda
-    monkeypatch.setattr(boto3, "client", lambda *a, **k: client)
+def expect_url_created(stubber):
+    """The first URL: create (URL unknown), CORS for that URL, both public grants."""
     url_params = {"FunctionName": "coughlab", "Qualifier": "live"}
-    stubber.add_response("put_function_concurrency", {"ReservedConcurrentExecutions": 5},
-                         {"FunctionName": "coughlab", "ReservedConcurrentExecutions": 5})
     stubber.add_client_error("get_function_url_config", "ResourceNotFoundException", http_status_code=404,
                              expected_params=url_params)
     url_config = {"FunctionUrl": URL, "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:coughlab",
@@ -554,5 +624,355 @@ def test_first_url_is_capped_then_created_then_limited_to_its_origin(stubbed_lam
     stubber.add_response("add_permission", {"Statement": "{}"}, url_params | {
         "StatementId": "coughlab-public-url-invoke", "Principal": "*",
         "Action": "lambda:InvokeFunction", "InvokedViaFunctionUrl": True})
-    assert deploy.publish_url(FN, deploy.UrlSettings("NONE", 5)) == URL
+
+
+def expect_account(stubber, total, unreserved, reserved=None):
+    stubber.add_response("get_function_concurrency",
+                         {} if reserved is None else {"ReservedConcurrentExecutions": reserved},
+                         {"FunctionName": "coughlab"})
+    stubber.add_response("get_account_settings", {"AccountLimit": {
+        "ConcurrentExecutions": total, "UnreservedConcurrentExecutions": unreserved}}, {})
+
+
+def test_first_url_is_created_then_limited_to_its_origin_then_capped(stubbed_lambda, monkeypatch):
+    """The exact calls, in order: the URL and its grants, then the account's limits, the cap."""
+    client, stubber, _ = stubbed_lambda
+    monkeypatch.setattr(boto3, "client", lambda *a, **k: client)
+    expect_url_created(stubber)
+    expect_account(stubber, total=1000, unreserved=1000)
+    stubber.add_response("put_function_concurrency", {"ReservedConcurrentExecutions": 5},
+                         {"FunctionName": "coughlab", "ReservedConcurrentExecutions": 5})
+    assert deploy.publish_url(FN, deploy.UrlSettings("NONE", 5)) == (
+        URL, "at most 5 concurrent executions")
     stubber.assert_no_pending_responses()
+
+
+# --- outputs that leave the machine are readable there (the container image runs as non-root) --
+
+def file_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_atomic_outputs_get_explicit_modes_whatever_the_umask(tmp_path):
+    from coughlab.atomic import atomic_dir, atomic_file, atomic_write_text
+
+    saved = os.umask(0o077)  # a private umask, and mkstemp/mkdtemp's own 0600/0700
+    try:
+        with atomic_dir(tmp_path / "lambda") as tmp, atomic_file(tmp / "model.onnx") as fh:
+            fh.write(b"graph")
+        atomic_write_text(tmp_path / "record.json", "{}")
+    finally:
+        os.umask(saved)
+    assert file_mode(tmp_path / "lambda") == 0o755
+    assert file_mode(tmp_path / "lambda" / "model.onnx") == 0o644
+    assert file_mode(tmp_path / "record.json") == 0o644
+
+
+def image_copies(dockerfile: Path) -> list[tuple[int | None, list[str], str]]:
+    """The Dockerfile's COPY instructions into the task root: (--chmod, sources, destination)."""
+    copies = []
+    for line in dockerfile.read_text().splitlines():
+        if not line.startswith("COPY "):
+            continue
+        words = line.split()[1:]
+        flags = dict(word[2:].split("=", 1) for word in words if word.startswith("--"))
+        *sources, dest = [word for word in words if not word.startswith("--")]
+        if dest.startswith("${LAMBDA_TASK_ROOT}"):
+            chmod = int(flags["chmod"], 8) if "chmod" in flags else None
+            copies.append((chmod, sources, dest.removeprefix("${LAMBDA_TASK_ROOT}").strip("/")))
+    return copies
+
+
+def lay_out_like_the_image(task_root: Path, model_dir: Path) -> None:
+    """What docker/lambda.Dockerfile's COPY lines make of the build context in /var/task.
+
+    COPY keeps each file's mode unless --chmod says otherwise and creates missing folders
+    0755; build/lambda/ is export-lambda's output (here: the exported_model fixture's).
+    """
+    context = {f"build/lambda/{p.name}": p for p in model_dir.iterdir()}
+    for chmod, sources, dest in image_copies(ROOT / "docker" / "lambda.Dockerfile"):
+        folder = task_root / dest
+        folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+        for source in sources:
+            copied = shutil.copy2(context.get(source, ROOT / source), folder)
+            if chmod is not None:
+                os.chmod(copied, chmod)
+
+
+RUN_AS_LAMBDA = """
+import json, sys
+import handler
+print(json.dumps([handler.handler(event) for event in json.load(sys.stdin)]))
+"""
+
+
+def invoke_as_nobody(task_root: Path, events: list[dict]) -> list[dict]:
+    """The handler in `task_root` run by an unprivileged user, as Lambda runs an image."""
+    result = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+         "-c", RUN_AS_LAMBDA], cwd=task_root, input=json.dumps(events), capture_output=True,
+        text=True, env={"PATH": os.environ["PATH"], "PYTHONPATH": str(task_root),
+                        "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(task_root)})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.fixture
+def image_task_root(exported_model):
+    """/var/task as the Lambda image lays it out, in a folder `nobody` can reach."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the handler as the unprivileged user")
+    task_root = Path(tempfile.mkdtemp(prefix="var-task-"))
+    task_root.chmod(0o755)  # /var/task: owned by root, readable by the function's user
+    try:
+        lay_out_like_the_image(task_root, exported_model["lambda_dir"])
+        yield task_root
+    finally:
+        shutil.rmtree(task_root)
+
+
+def test_the_image_layout_answers_the_smoke_test_as_an_unprivileged_user(image_task_root,
+                                                                           exported_model,
+                                                                           stubbed_lambda):
+    """Lambda runs container images as a non-root user: the model must be readable to it.
+
+    The answers of the handler run so are fed to deploy's smoke test, which must pass them.
+    """
+    page, scored = invoke_as_nobody(image_task_root, smoke_events())
+    assert (page["statusCode"], scored["statusCode"]) == (200, 200), scored
+    client, stubber, _ = stubbed_lambda
+    expect_invocations(stubber, "3", page, scored)
+    version = json.loads((exported_model["lambda_dir"] / "model.json").read_text())["version"]
+    assert f"from model {version}" in deploy.smoke_test(client, "coughlab", "3", version)
+    stubber.assert_no_pending_responses()
+
+
+# --- smoke test before the alias moves, and rollback ----------------------------------------
+
+def test_a_version_failing_its_smoke_test_leaves_live_where_it_was(aws_target, tmp_path):
+    write_deps(tmp_path / "deps")
+    model_dir = write_model(tmp_path / "lambda", onnx=b"graph one")
+    args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"], "--repo", aws_target["repo"]]
+    healthy(aws_target, model_dir)
+    deploy_cli(tmp_path, model_dir, *args)
+
+    write_model(model_dir, onnx=b"graph two")
+    broken = {"statusCode": 500, "headers": {"Content-Type": "application/json"},
+              "body": json.dumps({"error": "internal_error", "message": "the model failed"})}
+    queue_lambda_results(aws_target["moto"], PAGE_ANSWER, broken)
+    with pytest.raises(SystemExit, match=r"version 2 failed its smoke test: POST of the smoke clip "
+                       r"answered 500.*; alias live stays on version 1"):
+        deploy_cli(tmp_path, model_dir, *args)
+    lam = boto3.client("lambda")
+    assert lam.get_alias(FunctionName="coughlab-test", Name="live")["FunctionVersion"] == "1"
+    assert lam.get_function_url_config(FunctionName="coughlab-test", Qualifier="live")["FunctionUrl"]
+
+
+@pytest.mark.parametrize("page,scored,problem", [
+    ({"statusCode": 502, "body": ""}, None, "GET / answered 502 without a Content-Type"),
+    (PAGE_ANSWER, {"statusCode": 200, "body": json.dumps({"p_positive": 0.1,
+                                                          "model_version": "0ld0ld0ld0ld"})},
+     "the version serves model 0ld0ld0ld0ld, not"),
+    (PAGE_ANSWER, {"statusCode": 200, "body": json.dumps({"label": "negative"})},
+     "POST of the smoke clip gave no probability"),
+])
+def test_a_first_deploy_failing_its_smoke_test_creates_no_alias(aws_target, tmp_path, page,
+                                                                 scored, problem):
+    model_dir = write_model(tmp_path / "lambda")
+    queue_lambda_results(aws_target["moto"], *[a for a in (page, scored) if a is not None])
+    with pytest.raises(SystemExit, match=f"version 1 failed its smoke test: {problem}"
+                       ".*; alias live not created"):
+        deploy_cli(tmp_path, model_dir, "--image-uri", "123456789012.dkr.ecr.us-east-1."
+                   "amazonaws.com/coughlab:1", "--role", aws_target["role"], "--repo", aws_target["repo"])
+    with pytest.raises(boto3.client("lambda").exceptions.ResourceNotFoundException):
+        boto3.client("lambda").get_alias(FunctionName="coughlab-test", Name="live")
+
+
+def test_a_version_that_cannot_import_fails_the_smoke_test(stubbed_lambda):
+    client, stubber, _ = stubbed_lambda
+    error = {"errorMessage": "Unable to import module 'handler': No module named 'soxr'",
+             "errorType": "Runtime.ImportModuleError"}
+    stubber.add_response("invoke", {"StatusCode": 200, "FunctionError": "Unhandled",
+                                    "Payload": streamed(error)})
+    with pytest.raises(deploy.SmokeTestFailed, match="the function raised.*No module named 'soxr'"):
+        deploy.smoke_test(client, "coughlab", "4", "x")
+
+
+def make_rollback(target: dict) -> subprocess.CompletedProcess:
+    """`make rollback-lambda` for the test function, against moto_server, with this venv."""
+    venv = Path(sys.executable).parent.parent
+    env = os.environ | {"COUGHLAB_LAMBDA_FUNCTION": "coughlab-test",
+                        "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "-o", "install",
+                           f"VENV={venv}", "rollback-lambda"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+
+
+def test_make_rollback_lambda_moves_live_back_past_versions_that_never_went_live(aws_target, tmp_path):
+    write_deps(tmp_path / "deps")
+    model_dir = write_model(tmp_path / "lambda", onnx=b"graph one")
+    args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"], "--repo", aws_target["repo"]]
+    for graph in (b"graph one", b"graph two"):
+        write_model(model_dir, onnx=graph)
+        healthy(aws_target, model_dir)
+        deploy_cli(tmp_path, model_dir, *args)
+    write_model(model_dir, onnx=b"graph three")
+    queue_lambda_results(aws_target["moto"], {"statusCode": 500, "body": ""})
+    with pytest.raises(SystemExit, match="version 3 failed its smoke test"):
+        deploy_cli(tmp_path, model_dir, *args)
+    lam = boto3.client("lambda")
+
+    rolled = make_rollback(aws_target)
+    assert rolled.returncode == 0, rolled.stderr
+    assert "rolled back coughlab-test alias live: version 2 -> 1" in rolled.stdout
+    assert lam.get_alias(FunctionName="coughlab-test", Name="live")["FunctionVersion"] == "1"
+    again = make_rollback(aws_target)
+    assert again.returncode != 0
+    assert "alias live -> version 1 records no earlier version" in again.stderr
+    assert lam.get_alias(FunctionName="coughlab-test", Name="live")["FunctionVersion"] == "1"
+
+
+def test_alias_history_fits_lambdas_description_limit():
+    versions = [str(n) for n in range(1000, 0, -1)]
+    description = deploy.history_description(versions)
+    assert len(description) <= 256
+    assert deploy.alias_history(description) == versions[:len(deploy.alias_history(description))]
+    assert deploy.alias_history("set by hand") == []
+
+
+# --- reserved concurrency within the account's limits ---------------------------------------
+
+def test_a_new_account_gets_its_url_and_no_cap_it_cannot_afford(stubbed_lambda, monkeypatch):
+    """New accounts start with 10 concurrent executions; AWS keeps 100 unreserved."""
+    client, stubber, _ = stubbed_lambda
+    monkeypatch.setattr(boto3, "client", lambda *a, **k: client)
+    expect_url_created(stubber)
+    expect_account(stubber, total=10, unreserved=10)
+    # No put_function_concurrency scripted: calling it would be an unexpected call.
+    function_url, cap = deploy.publish_url(FN, deploy.UrlSettings("NONE", 10))
+    stubber.assert_no_pending_responses()
+    assert function_url == URL
+    assert "no reserved concurrency: reserving 10 would leave 0 of the account's 10" in cap
+    assert "'Concurrent executions' quota" in cap and "services/lambda/quotas" in cap
+
+
+def other_function(lam, role: str, name: str = "someone-else") -> str:
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as zf:
+        zf.writestr("index.py", "def handler(event, context):\n    return 1\n")
+    lam.create_function(FunctionName=name, Runtime="python3.12", Role=role, Handler="index.handler",
+                        Code={"ZipFile": code.getvalue()})
+    return name
+
+
+def test_cap_respects_what_other_functions_reserve_and_none_removes_it(aws_target, tmp_path, capsys):
+    write_deps(tmp_path / "deps")
+    model_dir = write_model(tmp_path / "lambda")
+    args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"], "--repo", aws_target["repo"]]
+    lam = boto3.client("lambda")
+    healthy(aws_target, model_dir)
+    deploy_cli(tmp_path, model_dir, *args, "--reserved-concurrency", "10")
+    assert lam.get_function_concurrency(FunctionName="coughlab-test")[
+        "ReservedConcurrentExecutions"] == 10
+
+    healthy(aws_target, model_dir)
+    deploy_cli(tmp_path, model_dir, *args, "--reserved-concurrency", "none")
+    assert "ReservedConcurrentExecutions" not in {
+        k for k, v in lam.get_function_concurrency(FunctionName="coughlab-test").items() if v}
+    assert "no reserved concurrency (removed as asked)" in capsys.readouterr().out
+
+    other = other_function(lam, aws_target["role"])
+    lam.put_function_concurrency(FunctionName=other, ReservedConcurrentExecutions=895)
+    healthy(aws_target, model_dir)
+    deploy_cli(tmp_path, model_dir, *args, "--reserved-concurrency", "10")
+    out = capsys.readouterr().out
+    assert "no reserved concurrency: reserving 10 would leave 95 of the account's 1000" in out
+    assert re.search(r"Function URL https?://\S+ \(auth NONE, no reserved concurrency", out)
+    assert not lam.get_function_concurrency(FunctionName="coughlab-test").get(
+        "ReservedConcurrentExecutions")
+
+
+def test_a_refused_cap_still_leaves_the_url_and_says_what_to_do(stubbed_lambda, monkeypatch, capsys):
+    client, stubber, _ = stubbed_lambda
+    monkeypatch.setattr(boto3, "client", lambda *a, **k: client)
+    expect_url_created(stubber)
+    expect_account(stubber, total=1000, unreserved=1000)
+    stubber.add_client_error("put_function_concurrency", "AccessDeniedException", http_status_code=403,
+                             service_message="User: arn:aws:iam::123456789012:user/dev is not "
+                             "authorized to perform: lambda:PutFunctionConcurrency on resource: "
+                             "arn:aws:lambda:us-east-1:123456789012:function:coughlab")
+    with pytest.raises(SystemExit) as exit_info:
+        deploy.announce_url(deploy.parse_args(["--function", "coughlab", "--bucket", "b"]))
+    message = str(exit_info.value)
+    assert message.startswith("deploy failed after the release (alias live moved): Function URL "
+                              f"{URL} is up, but the concurrency cap was not set: access denied: "
+                              "PutFunctionConcurrency needs lambda:PutFunctionConcurrency")
+    assert "\n" not in message
+    stubber.assert_no_pending_responses()
+
+
+# --- every AWS error reaching deploy is one clear line --------------------------------------
+
+def test_access_denied_on_the_grant_names_the_action(stubbed_lambda, monkeypatch):
+    """The old README policy's failure: the URL is made, then GetPolicy is denied."""
+    client, stubber, _ = stubbed_lambda
+    monkeypatch.setattr(boto3, "client", lambda *a, **k: client)
+    stubber.add_response("get_function_url_config", {
+        "FunctionUrl": URL, "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:coughlab",
+        "AuthType": "NONE", "CreationTime": "2026-01-01T00:00:00Z",
+        "LastModifiedTime": "2026-01-01T00:00:00Z"})
+    stubber.add_response("update_function_url_config", {
+        "FunctionUrl": URL, "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:coughlab",
+        "AuthType": "NONE", "CreationTime": "2026-01-01T00:00:00Z",
+        "LastModifiedTime": "2026-01-01T00:00:00Z"})
+    stubber.add_client_error("get_policy", "AccessDeniedException", http_status_code=403,
+                             service_message="User: arn:aws:iam::123456789012:user/dev is not "
+                             "authorized to perform: lambda:GetPolicy on resource: "
+                             "arn:aws:lambda:us-east-1:123456789012:function:coughlab:live because "
+                             "no identity-based policy allows the lambda:GetPolicy action")
+    with pytest.raises(SystemExit) as exit_info:
+        deploy.announce_url(deploy.parse_args(["--function", "coughlab", "--bucket", "b"]))
+    assert str(exit_info.value) == (
+        "deploy failed after the release (alias live moved): could not set up the Function URL: "
+        "access denied: GetPolicy needs lambda:GetPolicy on arn:aws:lambda:us-east-1:123456789012:"
+        "function:coughlab:live, which the policy of the identity you run as does not allow; add "
+        "it (docs/iam.md lists each policy)")
+
+
+def test_a_missing_bucket_is_one_line_not_a_traceback(aws_target, tmp_path):
+    write_deps(tmp_path / "deps")
+    with pytest.raises(SystemExit) as exit_info:
+        deploy_cli(tmp_path, write_model(tmp_path / "lambda"), "--bucket", "no-such-bucket",
+                   "--role", aws_target["role"], "--repo", aws_target["repo"])
+    message = str(exit_info.value)
+    assert message.startswith("deploy failed: AWS PutObject failed: NoSuchBucket")
+    assert message.endswith("; alias live not moved") and "\n" not in message
+
+
+def test_a_quota_error_names_the_quota_and_where_to_ask(stubbed_lambda, monkeypatch, clean_repo,
+                                                       tmp_path):
+    client, stubber, _ = stubbed_lambda
+    monkeypatch.setattr(boto3, "client", lambda *a, **k: client)
+    stubber.add_response("get_function", {"Configuration": {"FunctionName": "coughlab"}})
+    stubber.add_client_error("update_function_code", "CodeStorageExceededException",
+                             http_status_code=400, service_message="Code storage limit exceeded.")
+    with pytest.raises(SystemExit) as exit_info:
+        deploy.main(["--function", "coughlab", "--image-uri", "123456789012.dkr.ecr.us-east-1."
+                     "amazonaws.com/coughlab:1", "--repo", str(clean_repo),
+                     "--model-dir", str(write_model(tmp_path / "lambda"))])
+    assert str(exit_info.value) == (
+        "deploy failed: UpdateFunctionCode hit the quota 'Function and layer storage' "
+        "(CodeStorageExceededException: Code storage limit exceeded.); request an increase in the "
+        "Service Quotas console: https://console.aws.amazon.com/servicequotas/home/services/lambda/"
+        "quotas; alias live not moved")
+
+
+def test_history_follows_the_alias_and_a_republished_version_changes_nothing(stubbed_lambda):
+    client, stubber, _ = stubbed_lambda
+    moved_by_hand = {"Name": "live", "FunctionVersion": "4", "Description": "coughlab history: 6 5"}
+    stubber.add_response("update_alias", {"Name": "live", "FunctionVersion": "7"},
+                         {"FunctionName": "coughlab", "Name": "live", "FunctionVersion": "7",
+                          "Description": "coughlab history: 7 4 6 5"})
+    deploy.point_alias(client, "coughlab", "live", "7", moved_by_hand)
+    deploy.point_alias(client, "coughlab", "live", "7", {"Name": "live", "FunctionVersion": "7"})
+    stubber.assert_no_pending_responses()  # the second call made no request

@@ -5,7 +5,6 @@ so these tests put the job's artifacts in S3 themselves), or botocore's Stubber.
 """
 import copy
 import io
-import json
 import re
 import tarfile
 import time
@@ -395,35 +394,3 @@ def test_train_stage_with_sagemaker_backend_needs_the_aws_settings(tmp_path, mon
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"backend": "kubernetes"}}))
     with pytest.raises(SystemExit, match="'kubernetes' is unknown; use local or sagemaker"):
         train_stage.main([])
-
-
-def readme_policies() -> dict[str, list[dict]]:
-    """docs/iam.md's IAM policy documents, grouped under the bold heading above them."""
-    text = (ROOT / "docs" / "iam.md").read_text()
-    return {chunk.split("**", 1)[0]: [json.loads(block) for block in
-                                      re.findall(r"```json\n(.*?)```", chunk, re.S)]
-            for chunk in text.split("\n**")[1:]}
-
-
-def allowed(policies: list[dict]) -> set[str]:
-    return {action for policy in policies for statement in policy["Statement"]
-            if statement["Effect"] == "Allow"
-            for action in ([statement["Action"]] if isinstance(statement["Action"], str)
-                           else statement["Action"])}
-
-
-def test_readme_policies_grant_what_the_code_calls():
-    policies = readme_policies()
-    caller = allowed(next(p for h, p in policies.items() if h.startswith("You (or CI)")))
-    assert {"sagemaker:CreateTrainingJob", "sagemaker:AddTags", "sagemaker:DescribeTrainingJob",
-            "sagemaker:StopTrainingJob", "iam:PassRole", "s3:PutObject", "s3:GetObject",
-            "s3:ListBucket", "logs:DescribeLogStreams", "logs:GetLogEvents"} <= caller
-    role = allowed(next(p for h, p in policies.items() if h.startswith("The SageMaker execution")))
-    assert {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject",
-            "cloudwatch:PutMetricData", "logs:CreateLogStream", "logs:PutLogEvents",
-            "ecr:GetAuthorizationToken", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"} <= role
-    deployer = allowed(next(p for h, p in policies.items() if h.startswith("The Lambda deployer")))
-    assert {"s3:PutObject", "lambda:GetFunction", "lambda:CreateFunction",
-            "lambda:UpdateFunctionCode", "lambda:UpdateFunctionConfiguration",
-            "lambda:GetFunctionConfiguration", "lambda:PublishVersion", "lambda:GetAlias",
-            "lambda:CreateAlias", "lambda:UpdateAlias", "iam:PassRole"} <= deployer

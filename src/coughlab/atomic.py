@@ -4,6 +4,10 @@ Temporary siblings are named `.<name>.<pid>-<random>.tmp` after the process writ
 process killed outright (kill -9, OOM) cannot clean up, so the next atomic write of the same
 output removes the leftovers whose process is gone, and only those: a run still going in
 parallel keeps its own.
+
+Outputs get explicit modes (files 0644, folders 0755), not mkstemp/mkdtemp's private 0600/0700
+nor the umask's: they leave this machine (DVC remote, a container image run as a non-root
+user, the Lambda zip) and must be readable there.
 """
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+
+FILE_MODE = 0o644
+DIR_MODE = 0o755
 
 
 def _prefix(path: Path) -> str:
@@ -61,6 +68,7 @@ def atomic_dir(path: Path | str):
     tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        tmp.chmod(DIR_MODE)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             path.rename(old)
@@ -81,6 +89,7 @@ def atomic_file(path: Path | str, mode: str = "wb"):
     remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()

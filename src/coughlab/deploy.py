@@ -13,14 +13,22 @@ Order of work, each step only after the previous one succeeded:
    direct-upload cap does not apply);
 4. AWS: upload to S3, create or update the function and wait until Lambda has applied it,
    tag the function with the git commit and model version (Lambda tags functions, not
-   versions), publish a version whose description names both, wait until it is Active, and
-   only then move the alias. `python -m coughlab.trace <model_version>` goes on from there;
-5. access: cap the function's reserved concurrency, then create or update the alias's
-   Function URL (GET: the recording page, POST: the API) with CORS limited to its own origin;
-   with --url-auth NONE anyone may invoke it, with AWS_IAM only SigV4-signed callers.
+   versions), publish a version whose description names both, wait until it is Active,
+   smoke-invoke that version (the page GET and one bundled clip POST, which must score with
+   this model) and only then move the alias; a failed smoke test leaves the alias where it
+   was. `python -m coughlab.trace <model_version>` goes on from there;
+5. access: create or update the alias's Function URL (GET: the recording page, POST: the
+   API) with CORS limited to its own origin (with --url-auth NONE anyone may invoke it, with
+   AWS_IAM only SigV4-signed callers), then cap the function's reserved concurrency where the
+   account's limits allow it (AWS keeps 100 unreserved), or remove the cap with
+   --reserved-concurrency none.
+
+--rollback moves the alias back to the version it served before the last deploy (the alias's
+description keeps that history), without building or gating anything.
 
 With --image-uri, steps 2-3 are replaced by an image built from docker/lambda.Dockerfile and
-pushed to ECR; the gate and step 4 are the same.
+pushed to ECR; the gate and steps 4-5 are the same (its smoke test also checks that the image
+serves the model build/lambda describes).
 
 AWS settings come from flags or COUGHLAB_LAMBDA_* / AWS_REGION; credentials from the usual
 boto3 chain (environment, ~/.aws, instance role).
@@ -30,17 +38,20 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import io
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import wave
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from coughlab.atomic import atomic_dir, atomic_file, atomic_write_text
+from coughlab.aws_errors import explain
 from coughlab.digest import model_version, sha256_file
 from coughlab.progress import progress_bar
 
@@ -63,6 +74,9 @@ DEFAULT_MIN_ROC_AUC = 0.7
 DESCRIPTION_LIMIT = 256  # characters Lambda allows in a version's description
 URL_AUTH_TYPES = ("NONE", "AWS_IAM")
 DEFAULT_RESERVED_CONCURRENCY = 10
+UNRESERVED_MINIMUM = 100  # concurrent executions AWS keeps unreserved in every account
+ALIAS_HISTORY_PREFIX = "coughlab history:"  # alias description: versions it served, newest first
+SMOKE_SAMPLE_RATE = 16000
 # Statements granting the public a NONE-auth URL: AWS requires both actions for function URLs.
 PUBLIC_URL_STATEMENTS = {
     "coughlab-public-url": {"Action": "lambda:InvokeFunctionUrl", "FunctionUrlAuthType": "NONE"},
@@ -285,9 +299,18 @@ def build_zip(deps_dir: Path, handler: Path, model_dir: Path, out: Path,
 
 
 def upload(s3, package: Package, bucket: str, key: str) -> None:
+    """Upload the zip; an AWS refusal surfaces as botocore's ClientError, not boto3's wrapper."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError
+
     with progress_bar(total=package.zipped_bytes, desc=f"s3://{bucket}/{key}", unit="B",
                       unit_scale=True, leave=False) as bar:
-        s3.upload_file(str(package.path), bucket, key, Callback=bar.update)
+        try:
+            s3.upload_file(str(package.path), bucket, key, Callback=bar.update)
+        except S3UploadFailedError as err:  # boto3 raises it while handling the ClientError
+            if isinstance(err.__context__, ClientError):
+                raise err.__context__ from None
+            raise
 
 
 def function_exists(lam, name: str) -> bool:
@@ -321,26 +344,167 @@ def install_code(lam, fn: FunctionSettings, code: dict, exists: bool) -> str:
     return updated["CodeSha256"]
 
 
-def point_alias(lam, name: str, alias: str, version: str) -> None:
+class SmokeTestFailed(DeployError):
+    """The new version did not answer the smoke requests as it should; the alias did not move."""
+
+
+def alias_history(description: str) -> list[str]:
+    """The versions an alias served, newest first, from its description (see point_alias)."""
+    if not description.startswith(ALIAS_HISTORY_PREFIX):
+        return []
+    return description[len(ALIAS_HISTORY_PREFIX):].split()
+
+
+def history_description(versions: list[str]) -> str:
+    """`coughlab history: 7 5 3`, cut to what fits Lambda's 256-character alias description."""
+    kept: list[str] = []
+    for version in versions:
+        if len(" ".join([ALIAS_HISTORY_PREFIX, *kept, version])) > DESCRIPTION_LIMIT:
+            break
+        kept.append(version)
+    return " ".join([ALIAS_HISTORY_PREFIX, *kept])
+
+
+def current_alias(lam, name: str, alias: str) -> dict | None:
     try:
-        lam.get_alias(FunctionName=name, Name=alias)
+        return lam.get_alias(FunctionName=name, Name=alias)
     except lam.exceptions.ResourceNotFoundException:
-        lam.create_alias(FunctionName=name, Name=alias, FunctionVersion=version)
-    else:
-        lam.update_alias(FunctionName=name, Name=alias, FunctionVersion=version)
+        return None
 
 
-def release(lam, fn: FunctionSettings, code_sha256: str, description: str) -> str:
-    """Publish $LATEST (only if it still holds our code) and move the alias once it is Active.
+def point_alias(lam, name: str, alias: str, version: str, current: dict | None) -> None:
+    """Move (or create) the alias, recording the version it served before in its history."""
+    if current is None:
+        lam.create_alias(FunctionName=name, Name=alias, FunctionVersion=version,
+                         Description=history_description([version]))
+        return
+    if current["FunctionVersion"] == version:  # Lambda re-published the same code and settings
+        return
+    history = alias_history(current.get("Description", "")) or [current["FunctionVersion"]]
+    if history[0] != current["FunctionVersion"]:  # moved by hand since: start from there
+        history = [current["FunctionVersion"], *history]
+    lam.update_alias(FunctionName=name, Name=alias, FunctionVersion=version,
+                     Description=history_description([version, *history]))
 
-    A version that fails to become Active raises botocore's WaiterError and the alias keeps
-    serving the previous version. Returns the new version.
+
+def smoke_clip(seconds: float = 1.5) -> bytes:
+    """A deterministic cough-like wav (three decaying bursts, 16 kHz PCM16) for the smoke POST."""
+    import numpy as np
+
+    t = np.arange(int(SMOKE_SAMPLE_RATE * seconds)) / SMOKE_SAMPLE_RATE
+    bursts = sum(np.exp(-25 * np.clip(t - start, 0, None)) * (t >= start)
+                 for start in (0.1, 0.5, 0.9))
+    tone = np.sin(2 * np.pi * 350 * t) + 0.5 * np.sin(2 * np.pi * 1330 * t)
+    pcm = np.round(0.4 * 32767 * bursts * tone / 1.5).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SMOKE_SAMPLE_RATE)
+        out.writeframes(pcm.tobytes())
+    return buffer.getvalue()
+
+
+def function_url_event(method: str, body: bytes | None = None, content_type: str | None = None) -> dict:
+    """A Function URL request (payload format 2.0) as Lambda hands it to the handler."""
+    event = {"version": "2.0", "routeKey": "$default", "rawPath": "/", "rawQueryString": "",
+             "headers": {"content-type": content_type} if content_type else {},
+             "requestContext": {"http": {"method": method, "path": "/"}},
+             "isBase64Encoded": False}
+    if body is not None:
+        event |= {"body": base64.b64encode(body).decode(), "isBase64Encoded": True}
+    return event
+
+
+def invoke(lam, name: str, version: str, event: dict) -> dict:
+    """Invoke one version synchronously; its response (statusCode, headers, body)."""
+    answer = lam.invoke(FunctionName=name, Qualifier=version, Payload=json.dumps(event).encode())
+    payload = answer["Payload"].read()
+    if "FunctionError" in answer:
+        raise SmokeTestFailed(f"the function raised ({answer['FunctionError']}): "
+                              f"{payload.decode(errors='replace')[:300]}")
+    try:
+        response = json.loads(payload)
+    except json.JSONDecodeError:
+        response = None
+    if not (isinstance(response, dict) and "statusCode" in response):
+        raise SmokeTestFailed(f"the answer is not an HTTP response: {payload[:300]!r}")
+    return response
+
+
+def header(response: dict, name: str) -> str:
+    headers = response.get("headers") or {}
+    return next((str(v) for k, v in headers.items() if k.lower() == name), "")
+
+
+def smoke_test(lam, name: str, version: str, model_version: str) -> str:
+    """GET the page and POST the smoke clip to `version`; raise SmokeTestFailed unless both work.
+
+    The POST must score with the model the gate passed (model_version), so a version that
+    imports, answers and serves the right model is the only kind the alias moves to.
+    """
+    page = invoke(lam, name, version, function_url_event("GET"))
+    if page["statusCode"] != 200 or not header(page, "content-type").startswith("text/html"):
+        raise SmokeTestFailed(f"GET / answered {page['statusCode']} "
+                              f"{header(page, 'content-type') or 'without a Content-Type'}, "
+                              "not the recording page")
+    scored = invoke(lam, name, version, function_url_event("POST", smoke_clip(), "audio/wav"))
+    try:
+        result = json.loads(scored.get("body") or "")
+    except json.JSONDecodeError:
+        result = {}
+    if scored["statusCode"] != 200 or not isinstance(result, dict):
+        raise SmokeTestFailed(f"POST of the smoke clip answered {scored['statusCode']}: "
+                              f"{str(scored.get('body'))[:300]}")
+    p_positive = result.get("p_positive")
+    if not (isinstance(p_positive, (int, float)) and 0 <= p_positive <= 1):
+        raise SmokeTestFailed(f"POST of the smoke clip gave no probability: {result}")
+    if result.get("model_version") != model_version:
+        raise SmokeTestFailed(f"the version serves model {result.get('model_version')}, not "
+                              f"{model_version} that passed the gate")
+    return f"page OK, smoke clip p_positive {p_positive:.3f} from model {model_version}"
+
+
+def release(lam, fn: FunctionSettings, code_sha256: str, description: str,
+            model_version: str) -> str:
+    """Publish $LATEST (only if it still holds our code), smoke-test it once it is Active, and
+    only then move the alias.
+
+    A version that fails to become Active (botocore's WaiterError) or its smoke test
+    (SmokeTestFailed, which names the version and where the alias stays) leaves the alias
+    serving what it served. Returns the new version.
     """
     version = lam.publish_version(FunctionName=fn.name, CodeSha256=code_sha256,
                                   Description=description)["Version"]
     lam.get_waiter("published_version_active").wait(FunctionName=fn.name, Qualifier=version)
-    point_alias(lam, fn.name, fn.alias, version)
+    current = current_alias(lam, fn.name, fn.alias)
+    try:
+        print(f"deploy: smoke test of version {version}: "
+              f"{smoke_test(lam, fn.name, version, model_version)}")
+    except SmokeTestFailed as err:
+        stays = (f"alias {fn.alias} stays on version {current['FunctionVersion']}" if current
+                 else f"alias {fn.alias} not created")
+        raise SmokeTestFailed(f"version {version} failed its smoke test: {err}; {stays}") from None
+    point_alias(lam, fn.name, fn.alias, version, current)
     return version
+
+
+def rollback(fn: FunctionSettings, region: str | None = None) -> tuple[str, str]:
+    """Move the alias back to the version it served before; returns (from, to)."""
+    import boto3
+
+    lam = boto3.client("lambda", region_name=region)
+    current = current_alias(lam, fn.name, fn.alias)
+    if current is None:
+        raise DeployError(f"{fn.name} has no alias {fn.alias!r}: nothing to roll back")
+    history = alias_history(current.get("Description", ""))
+    if history[:1] != [current["FunctionVersion"]] or len(history) < 2:
+        raise DeployError(f"alias {fn.alias} -> version {current['FunctionVersion']} records no "
+                          "earlier version to go back to; move it by hand with `aws lambda "
+                          "update-alias --function-version N`")
+    lam.update_alias(FunctionName=fn.name, Name=fn.alias, FunctionVersion=history[1],
+                     Description=history_description(history[1:]))
+    return history[0], history[1]
 
 
 def require_role_to_create(lam, fn: FunctionSettings) -> bool:
@@ -352,13 +516,22 @@ def require_role_to_create(lam, fn: FunctionSettings) -> bool:
     return exists
 
 
+def lambda_client(region: str | None, timeout_s: int):
+    """A Lambda client whose read timeout outlasts a synchronous invoke of the function."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("lambda", region_name=region,
+                        config=Config(read_timeout=max(60, timeout_s + 30)))
+
+
 def deploy_zip(package: Package, meta: dict, fn: FunctionSettings, bucket: str, prefix: str,
                region: str | None = None) -> str:
     """Ship `package` via S3 and move the alias to the new version; returns that version."""
     import boto3
 
     s3 = boto3.client("s3", region_name=region)
-    lam = boto3.client("lambda", region_name=region)
+    lam = lambda_client(region, fn.timeout_s)
     exists = require_role_to_create(lam, fn)
     key = f"{prefix.strip('/')}/{fn.name}/{package.sha256[:16]}.zip"
     upload(s3, package, bucket, key)
@@ -367,30 +540,62 @@ def deploy_zip(package: Package, meta: dict, fn: FunctionSettings, bucket: str, 
         raise DeployError(f"Lambda holds code {code_sha256}, not the zip just built "
                           f"({package.code_sha256}): s3://{bucket}/{key} changed; alias not moved")
     tag_function(lam, fn.name, release_tags(meta))
-    return release(lam, fn, code_sha256, version_description(meta, f"zip {package.sha256[:12]}"))
+    return release(lam, fn, code_sha256, version_description(meta, f"zip {package.sha256[:12]}"),
+                   meta["version"])
 
 
 def deploy_image(image_uri: str, meta: dict, fn: FunctionSettings, region: str | None = None) -> str:
     """Point the function at an ECR image and move the alias to the new version."""
     import boto3
 
-    lam = boto3.client("lambda", region_name=region)
+    lam = lambda_client(region, fn.timeout_s)
     exists = require_role_to_create(lam, fn)
     code_sha256 = install_code(lam, fn, {"ImageUri": image_uri}, exists)
     tag_function(lam, fn.name, release_tags(meta))
-    return release(lam, fn, code_sha256, version_description(meta, f"image {image_uri}"))
+    return release(lam, fn, code_sha256, version_description(meta, f"image {image_uri}"),
+                   meta["version"])
 
 
 @dataclass(frozen=True)
 class UrlSettings:
     auth_type: str  # NONE: anyone with the URL; AWS_IAM: only SigV4-signed callers
-    reserved_concurrency: int  # the most concurrent executions: bounds what the URL can cost
+    # The most concurrent executions: bounds what the URL can cost. None: no cap (removed).
+    reserved_concurrency: int | None
 
 
-def cap_concurrency(lam, name: str, limit: int) -> None:
+def cap_concurrency(lam, name: str, limit: int | None) -> str:
     """Reserve `limit` concurrent executions, which is also their ceiling: requests beyond it
-    get 429 instead of starting more (billed) instances."""
+    get 429 instead of starting more (billed) instances. Returns what now bounds the function.
+
+    The account's limits are read first: AWS refuses a reservation that would leave fewer than
+    100 unreserved executions (new accounts often have a total of 10), and then the function
+    is bounded by what is unreserved anyway, so it gets no cap and the line says why.
+    """
+    reserved = lam.get_function_concurrency(FunctionName=name).get("ReservedConcurrentExecutions")
+    if limit is None:
+        if reserved is not None:
+            lam.delete_function_concurrency(FunctionName=name)
+        return "no reserved concurrency (removed as asked)" if reserved is not None else \
+            "no reserved concurrency (as asked)"
+    if limit == reserved:
+        return f"at most {limit} concurrent executions"
+    account = lam.get_account_settings()["AccountLimit"]
+    # What this function already reserves returns to the unreserved pool when it changes.
+    unreserved = account["UnreservedConcurrentExecutions"] + (reserved or 0)
+    if unreserved - limit < UNRESERVED_MINIMUM:
+        if reserved is not None:  # an old cap the account can no longer afford stays as it is
+            return (f"at most {reserved} concurrent executions (kept: reserving {limit} would "
+                    f"leave {unreserved - limit} of the account's "
+                    f"{account['ConcurrentExecutions']} unreserved, AWS keeps at least "
+                    f"{UNRESERVED_MINIMUM})")
+        return (f"no reserved concurrency: reserving {limit} would leave {unreserved - limit} of "
+                f"the account's {account['ConcurrentExecutions']} concurrent executions "
+                f"unreserved and AWS keeps at least {UNRESERVED_MINIMUM}, so the account's "
+                f"{unreserved} unreserved executions bound it; to cap it, request a higher "
+                "Lambda 'Concurrent executions' quota at "
+                "https://console.aws.amazon.com/servicequotas/home/services/lambda/quotas")
     lam.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=limit)
+    return f"at most {limit} concurrent executions"
 
 
 def url_origin(function_url: str) -> str:
@@ -439,22 +644,36 @@ def set_public_invoke(lam, name: str, alias: str, public: bool) -> None:
             lam.remove_permission(FunctionName=name, Qualifier=alias, StatementId=sid)
 
 
-def publish_url(fn: FunctionSettings, url: UrlSettings, region: str | None = None) -> str:
-    """Cap concurrency first, then expose the alias through its Function URL; returns the URL."""
+class CapFailed(DeployError):
+    """The Function URL exists, but setting the concurrency cap failed."""
+
+
+def publish_url(fn: FunctionSettings, url: UrlSettings, region: str | None = None) -> tuple[str, str]:
+    """Expose the alias through its Function URL, then cap concurrency; returns (URL, cap line).
+
+    The URL comes first so that a cap the account refuses cannot leave the deploy without one;
+    a failed cap raises CapFailed naming the URL.
+    """
     import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
 
     lam = boto3.client("lambda", region_name=region)
-    cap_concurrency(lam, fn.name, url.reserved_concurrency)
     function_url = ensure_function_url(lam, fn.name, fn.alias, url.auth_type)
     set_public_invoke(lam, fn.name, fn.alias, public=url.auth_type == "NONE")
-    return function_url
+    try:
+        return function_url, cap_concurrency(lam, fn.name, url.reserved_concurrency)
+    except (BotoCoreError, ClientError) as err:
+        raise CapFailed(f"Function URL {function_url} is up, but the concurrency cap was not "
+                        f"set: {explain(err)}") from None
 
 
-def positive_int(text: str) -> int:
-    """argparse type for a count of at least 1 (a reserved concurrency of 0 throttles everything)."""
+def concurrency_cap(text: str) -> int | None:
+    """argparse type: a count of at least 1 (0 would throttle everything), or `none` for no cap."""
+    if text.strip().lower() == "none":
+        return None
     value = int(text)
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+        raise argparse.ArgumentTypeError(f"must be at least 1 or `none`, not {value}")
     return value
 
 
@@ -484,11 +703,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="Function URL auth: NONE (public: the recording page works in any "
                         "browser) or AWS_IAM (SigV4-signed callers only) (COUGHLAB_LAMBDA_URL_AUTH; "
                         "default %(default)s)")
-    parser.add_argument("--reserved-concurrency", type=positive_int,
+    parser.add_argument("--reserved-concurrency", type=concurrency_cap,
                         default=env("COUGHLAB_LAMBDA_RESERVED_CONCURRENCY",
-                                    DEFAULT_RESERVED_CONCURRENCY),
+                                    str(DEFAULT_RESERVED_CONCURRENCY)),
                         help="cap on concurrent executions, so a public URL cannot run up an "
-                        "unbounded bill (COUGHLAB_LAMBDA_RESERVED_CONCURRENCY; default %(default)s)")
+                        "unbounded bill; `none` for no cap (removes an earlier one). Set only where "
+                        f"the account keeps {UNRESERVED_MINIMUM} unreserved, else deploy says why "
+                        "not (COUGHLAB_LAMBDA_RESERVED_CONCURRENCY; default %(default)s)")
     parser.add_argument("--min-roc-auc", type=float,
                         default=float(env("COUGHLAB_MIN_ROC_AUC", DEFAULT_MIN_ROC_AUC)),
                         help="refuse models whose test ROC-AUC is lower (COUGHLAB_MIN_ROC_AUC; "
@@ -513,8 +734,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="run the gate and build the zip, but do not touch AWS")
     mode.add_argument("--image-uri",
                       help="deploy this ECR image (built from docker/lambda.Dockerfile) instead of a zip")
+    mode.add_argument("--rollback", action="store_true",
+                      help="move the alias back to the version it served before the last deploy "
+                      "(`make rollback-lambda`); no gate, nothing built")
     args = parser.parse_args(argv)
-    if not (args.check_only or args.zip_only or args.image_uri or args.bucket):
+    if not (args.check_only or args.zip_only or args.image_uri or args.rollback or args.bucket):
         parser.error("--bucket (or COUGHLAB_LAMBDA_BUCKET) is required to deploy a zip")
     return args
 
@@ -546,6 +770,8 @@ def main(argv: list[str] | None = None) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     args = parse_args(argv)
+    if args.rollback:
+        return main_rollback(args)
     try:
         version = run(args)
     except DeployRefused as err:
@@ -553,10 +779,24 @@ def main(argv: list[str] | None = None) -> None:
     except DeployError as err:
         sys.exit(f"deploy failed: {err}")
     except (BotoCoreError, ClientError) as err:
-        sys.exit(f"deploy failed: AWS error: {err}; alias {args.alias} not moved")
+        sys.exit(f"deploy failed: {explain(err)}; alias {args.alias} not moved")
     if version is not None:
-        print(f"deploy: {args.function} version {version} is Active; alias {args.alias} -> {version}")
+        print(f"deploy: {args.function} version {version} is Active and passed its smoke test; "
+              f"alias {args.alias} -> {version}")
         announce_url(args)
+
+
+def main_rollback(args: argparse.Namespace) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    fn = FunctionSettings(args.function, args.role, args.memory, args.timeout, args.alias)
+    try:
+        was, now = rollback(fn, args.region)
+    except DeployError as err:
+        sys.exit(f"rollback failed: {err}")
+    except (BotoCoreError, ClientError) as err:
+        sys.exit(f"rollback failed: {explain(err)}; alias {args.alias} not moved")
+    print(f"deploy: rolled back {args.function} alias {args.alias}: version {was} -> {now}")
 
 
 def announce_url(args: argparse.Namespace) -> None:
@@ -565,15 +805,16 @@ def announce_url(args: argparse.Namespace) -> None:
 
     fn = FunctionSettings(args.function, args.role, args.memory, args.timeout, args.alias)
     try:
-        function_url = publish_url(fn, UrlSettings(args.url_auth, args.reserved_concurrency),
-                                   args.region)
+        function_url, cap = publish_url(fn, UrlSettings(args.url_auth, args.reserved_concurrency),
+                                        args.region)
+    except CapFailed as err:
+        sys.exit(f"deploy failed after the release (alias {args.alias} moved): {err}")
     except (BotoCoreError, ClientError) as err:
         sys.exit(f"deploy failed after the release (alias {args.alias} moved): could not set "
-                 f"the concurrency cap or the Function URL: {err}")
+                 f"up the Function URL: {explain(err)}")
     page = "open it in a browser to record a cough" if args.url_auth == "NONE" else \
         "callers must sign requests with SigV4"
-    print(f"deploy: Function URL {function_url} (auth {args.url_auth}, at most "
-          f"{args.reserved_concurrency} concurrent executions); {page}")
+    print(f"deploy: Function URL {function_url} (auth {args.url_auth}, {cap}); {page}")
 
 
 if __name__ == "__main__":
