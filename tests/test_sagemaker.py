@@ -70,7 +70,7 @@ def expected_request(fp: str) -> dict:
         "InputDataConfig": [{
             "ChannelName": "features",
             "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
-                                            "S3Uri": f"{root}/input/{JOB}/features/",
+                                            "S3Uri": f"{root}/input/{fp}/features/",
                                             "S3DataDistributionType": "FullyReplicated"}},
             "InputMode": "File",
         }],
@@ -142,10 +142,11 @@ def test_dispatch_sends_the_exact_request_and_unpacks_the_model(aws_env, tmp_pat
     path = run_training_job(PARAMS, features, model_dir, live_dir, SETTINGS, clients, name=JOB,
                             poll_seconds=0)
 
-    assert sent == [expected_request(fingerprint(PARAMS, features, IMAGE))]
-    uploaded = clients.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"exp/coughlab/input/{JOB}/")
+    fp = fingerprint(PARAMS, features, IMAGE)
+    assert sent == [expected_request(fp)]
+    uploaded = clients.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"exp/coughlab/input/{fp}/")
     assert {o["Key"].rsplit("/", 1)[1] for o in uploaded["Contents"]} == {"train.npz", "valid.npz"}
-    body = clients.s3.get_object(Bucket=BUCKET, Key=f"exp/coughlab/input/{JOB}/features/train.npz")
+    body = clients.s3.get_object(Bucket=BUCKET, Key=f"exp/coughlab/input/{fp}/features/train.npz")
     assert body["Body"].read() == (features / "train.npz").read_bytes()
     assert path == model_dir / "model.pt"
     assert sorted(p.name for p in model_dir.iterdir()) == ["model.pt"]  # replaced, not merged
@@ -255,7 +256,7 @@ def test_ctrl_c_while_waiting_stops_the_job_and_waits_until_it_has_stopped(capsy
     with stub, logs_stub, pytest.raises(KeyboardInterrupt):
         follow_job(Clients(None, sm, logs), job, poll_seconds=30, sleep=sleep)
     stub.assert_no_pending_responses()
-    assert calls == [30, 30, 30]  # the interrupted poll, then two while Stopping
+    assert calls == [30, 30, 60]  # the interrupted poll, then two while Stopping, backing off
     out = capsys.readouterr().out
     assert f"sagemaker: {JOB} is Stopped; re-running the stage resumes from {job.checkpoint_uri}" in out
 
@@ -416,7 +417,7 @@ def test_readme_policies_grant_what_the_code_calls():
     policies = readme_policies()
     caller = allowed(next(p for h, p in policies.items() if h.startswith("You (or CI)")))
     assert {"sagemaker:CreateTrainingJob", "sagemaker:AddTags", "sagemaker:DescribeTrainingJob",
-            "sagemaker:StopTrainingJob", "iam:PassRole", "s3:PutObject", "s3:GetObject",
+            "sagemaker:StopTrainingJob", "sagemaker:ListTrainingJobs", "iam:PassRole", "s3:PutObject", "s3:GetObject",
             "s3:ListBucket", "logs:DescribeLogStreams", "logs:GetLogEvents"} <= caller
     role = allowed(next(p for h, p in policies.items() if h.startswith("The SageMaker execution")))
     assert {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject",
@@ -427,3 +428,189 @@ def test_readme_policies_grant_what_the_code_calls():
             "lambda:UpdateFunctionCode", "lambda:UpdateFunctionConfiguration",
             "lambda:GetFunctionConfiguration", "lambda:PublishVersion", "lambda:GetAlias",
             "lambda:CreateAlias", "lambda:UpdateAlias", "iam:PassRole"} <= deployer
+
+
+# --- Errors, re-attach, polling (issue 18, points 6 and 8) -----------------------------------
+
+SPOT_QUOTA_MESSAGE = (
+    "The account-level service limit 'ml.g4dn.xlarge for spot training job usage' is 0 "
+    "Instances, with current utilization of 0 Instances and a request delta of 1 Instances. "
+    "Please use AWS Service Quotas to request an increase for this quota. If AWS Service "
+    "Quotas is not available, contact AWS support to request an increase for this quota.")
+DENIED_MESSAGE = (
+    "User: arn:aws:iam::123456789012:user/dev is not authorized to perform: "
+    "sagemaker:CreateTrainingJob on resource: arn:aws:sagemaker:us-east-1:123456789012:"
+    "training-job/coughlab-0123 because no identity-based policy allows the "
+    "sagemaker:CreateTrainingJob action")
+
+
+def no_running_job(stub: Stubber, fp: str) -> None:
+    stub.add_response("list_training_jobs", {"TrainingJobSummaries": []},
+                      {"NameContains": f"coughlab-{fp[:12]}-", "StatusEquals": "InProgress"})
+
+
+def stage_workdir(tmp_path: Path, monkeypatch) -> Path:
+    """A directory the train stage runs in: params.yaml for train=sagemaker, the features."""
+    write_params(tmp_path, "train=sagemaker", "train.epochs=2")
+    make_features(tmp_path / "build" / "features")
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"COUGHLAB_SM_ROLE": ROLE, "COUGHLAB_SM_BUCKET": BUCKET,
+                        "COUGHLAB_SM_IMAGE": IMAGE}.items():
+        monkeypatch.setenv(name, value)
+    return tmp_path
+
+
+@pytest.mark.parametrize("code, message, expected", [
+    ("ResourceLimitExceeded", SPOT_QUOTA_MESSAGE,
+     "train: CreateTrainingJob hit the quota 'ml.g4dn.xlarge for spot training job usage' "
+     "(ResourceLimitExceeded: " + SPOT_QUOTA_MESSAGE + "); request an increase in the Service "
+     "Quotas console: https://console.aws.amazon.com/servicequotas/home/services/sagemaker/"
+     "quotas. No job was started; the features stay in {input} and a re-run with the same "
+     "params and features reuses them"),
+    ("AccessDeniedException", DENIED_MESSAGE,
+     "train: access denied: CreateTrainingJob needs sagemaker:CreateTrainingJob on "
+     "arn:aws:sagemaker:us-east-1:123456789012:training-job/coughlab-0123, which the policy of "
+     "the identity you run as does not allow; add it (docs/iam.md lists each policy). No job "
+     "was started; the features stay in {input} and a re-run with the same params and "
+     "features reuses them"),
+])
+def test_a_refused_job_is_one_line_and_the_rerun_reuses_the_upload(
+        aws_env, tmp_path, monkeypatch, capsys, code, message, expected):
+    """The first run on a new account: spot GPU quota 0, or a policy without the action."""
+    workdir = stage_workdir(tmp_path, monkeypatch)
+    params = load_params()
+    features = workdir / "build" / "features"
+    fp = fingerprint(params, features, IMAGE)
+    real = make_clients("us-east-1")
+    real.s3.create_bucket(Bucket=BUCKET)
+    sm, stub = stubbed("sagemaker")
+    monkeypatch.setattr("coughlab.sagemaker.make_clients",
+                        lambda region: Clients(real.s3, sm, real.logs))
+    no_running_job(stub, fp)
+    stub.add_client_error("create_training_job", code, message, http_status_code=400)
+    with stub, pytest.raises(SystemExit) as exit_:
+        train_stage.main([])
+    input_uri = f"s3://{BUCKET}/coughlab/input/{fp}/features/"
+    assert str(exit_.value) == expected.format(input=input_uri)
+    assert "\n" not in str(exit_.value)
+    listed = real.s3.list_objects_v2(Bucket=BUCKET, Prefix="coughlab/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == [f"coughlab/input/{fp}/features/train.npz",
+                                               f"coughlab/input/{fp}/features/valid.npz"]
+    capsys.readouterr()
+
+    # Quota granted: the re-run sends no feature byte again and starts the job.
+    no_running_job(stub, fp)
+    stub.add_response("create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:us-east-1:"
+                                              "123456789012:training-job/x"})
+    stub.add_client_error("describe_training_job", "AccessDeniedException",
+                          "User: u is not authorized to perform: sagemaker:DescribeTrainingJob")
+    with stub, pytest.raises(SystemExit, match=r"train: lost track of coughlab-[0-9a-f]{12}-\d{8}"
+                             r"-\d{6}: access denied: DescribeTrainingJob needs sagemaker:"
+                             r"DescribeTrainingJob.*re-running the stage follows it again"):
+        train_stage.main([])
+    out = capsys.readouterr().out
+    assert f"{input_uri}train.npz is already uploaded" in out
+    assert f"{input_uri}valid.npz is already uploaded" in out
+
+
+def test_an_error_outside_the_sagemaker_module_is_one_line_too(tmp_path, monkeypatch):
+    """No region anywhere: boto3 raises NoRegionError while making the clients."""
+    stage_workdir(tmp_path, monkeypatch)
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    with pytest.raises(SystemExit, match=r"^train: no AWS region set: export AWS_REGION"):
+        train_stage.main([])
+
+
+def running_job(name: str, fp: str, status: str = "InProgress", secondary: str = "Training",
+                prefix: str = "exp/coughlab") -> dict:
+    root = f"s3://{BUCKET}/{prefix}"
+    return described(
+        status, secondary, TrainingJobName=name,
+        ModelArtifacts={"S3ModelArtifacts": f"{root}/output/{name}/output/model.tar.gz"},
+        CheckpointConfig={"S3Uri": f"{root}/checkpoints/{fp}/", "LocalPath": "/opt/ml/checkpoints"},
+        OutputDataConfig={"S3OutputPath": f"{root}/output/"},
+        InputDataConfig=[{"ChannelName": "features", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": f"{root}/input/{fp}/features/"}}}],
+        AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File"},
+        RoleArn=ROLE, ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1,
+                                      "VolumeSizeInGB": 10})
+
+
+def test_a_rerun_follows_the_job_already_running_for_its_fingerprint(aws_env, tmp_path, capsys):
+    """The launcher died while its job trained: the re-run waits on that job, starts none."""
+    features = make_features(tmp_path / "features")
+    fp = fingerprint(PARAMS, features, IMAGE)
+    orphan = f"coughlab-{fp[:12]}-20260101-000000"
+    real = make_clients("us-east-1")
+    real.s3.create_bucket(Bucket=BUCKET)
+    artifacts = job_artifacts(tmp_path)
+    for name in ("model.tar.gz", "output.tar.gz"):
+        real.s3.put_object(Bucket=BUCKET, Key=f"exp/coughlab/output/{orphan}/output/{name}",
+                           Body=artifacts[name])
+    sm, stub = stubbed("sagemaker")
+    logs, logs_stub = stubbed("logs")
+    for _ in range(3):
+        logs_stub.add_client_error("describe_log_streams", "ResourceNotFoundException")
+    same_prefix_other_params = f"coughlab-{fp[:12]}-20251231-235959"
+    stub.add_response("list_training_jobs", {"TrainingJobSummaries": [
+        {"TrainingJobName": n, "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:1:t/{n}",
+         "CreationTime": datetime(2026, 1, 1), "TrainingJobStatus": "InProgress"}
+        for n in (same_prefix_other_params, orphan)]},
+        {"NameContains": f"coughlab-{fp[:12]}-", "StatusEquals": "InProgress"})
+    stub.add_response("describe_training_job", running_job(same_prefix_other_params, "cd" * 32),
+                      {"TrainingJobName": same_prefix_other_params})
+    stub.add_response("describe_training_job", running_job(orphan, fp),
+                      {"TrainingJobName": orphan})
+    for status, secondary in [("InProgress", "Training"), ("InProgress", "Uploading"),
+                              ("Completed", "Completed")]:
+        stub.add_response("describe_training_job", running_job(orphan, fp, status, secondary),
+                          {"TrainingJobName": orphan})
+    model_dir, live_dir = tmp_path / "model", tmp_path / "live"
+    with stub, logs_stub:  # no create_training_job is stubbed: starting one would fail
+        path = run_training_job(PARAMS, features, model_dir, live_dir, SETTINGS,
+                                Clients(real.s3, sm, logs), poll_seconds=0)
+    stub.assert_no_pending_responses()
+    assert path.read_bytes() == artifacts["model.pt"]
+    assert (live_dir / "metrics.json").read_bytes() == artifacts["metrics.json"]
+    assert "Contents" not in real.s3.list_objects_v2(Bucket=BUCKET, Prefix="exp/coughlab/input/")
+    assert (f"sagemaker: {orphan} is already training these params and features (Training); "
+            "following it instead of starting another") in capsys.readouterr().out
+
+
+def test_a_job_of_the_same_name_prefix_but_other_checkpoints_is_not_reattached(aws_env, tmp_path):
+    """12 hex digits of the fingerprint name a job; the checkpoint prefix holds all 64."""
+    features = make_features(tmp_path / "features")
+    fp = fingerprint(PARAMS, features, IMAGE)
+    other = f"coughlab-{fp[:12]}-20251231-235959"
+    real = make_clients("us-east-1")
+    real.s3.create_bucket(Bucket=BUCKET)
+    sm, stub = stubbed("sagemaker")
+    stub.add_response("list_training_jobs", {"TrainingJobSummaries": [
+        {"TrainingJobName": other, "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:1:t/{other}",
+         "CreationTime": datetime(2026, 1, 1), "TrainingJobStatus": "InProgress"}]})
+    stub.add_response("describe_training_job", running_job(other, fp, prefix="elsewhere"),
+                      {"TrainingJobName": other})
+    stub.add_client_error("create_training_job", "ResourceLimitExceeded", SPOT_QUOTA_MESSAGE)
+    with stub, pytest.raises(SageMakerError, match="No job was started"):
+        run_training_job(PARAMS, features, tmp_path / "m", tmp_path / "l", SETTINGS,
+                         Clients(real.s3, sm, None), poll_seconds=0)
+    stub.assert_no_pending_responses()  # it tried to start its own
+
+
+def test_status_polls_back_off_while_nothing_changes_and_restart_on_a_change():
+    sm, stub = stubbed("sagemaker")
+    logs, logs_stub = stubbed("logs")
+    states = [("InProgress", "Starting")] * 6 + [("InProgress", "Training")] * 3 + [
+        ("Completed", "Completed")]
+    for status, secondary in states:
+        stub.add_response("describe_training_job", described(status, secondary),
+                          {"TrainingJobName": JOB})
+    for _ in states:
+        logs_stub.add_client_error("describe_log_streams", "ResourceNotFoundException")
+    pauses: list[float] = []
+    with stub, logs_stub:
+        wait_for_job(Clients(None, sm, logs), JOB, poll_seconds=10, sleep=pauses.append,
+                     max_poll_seconds=60)
+    assert pauses == [10, 20, 40, 60, 60, 60, 10, 20, 40]
