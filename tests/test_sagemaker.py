@@ -19,11 +19,13 @@ from botocore.stub import Stubber
 
 from coughlab.config import (AudioConfig, ModelConfig, Params, SageMakerConfig,
                              SpecAugmentConfig, TrainConfig, compose, load_params)
+from coughlab.container import GPU_INSTANCE
 from coughlab.model import build_net, fingerprint, save_model
-from coughlab.sagemaker import (LOG_GROUP, AwsSettings, Clients, JobPaths, SageMakerError,
-                                check_outcome, cost_line, follow_job, job_name, job_paths,
-                                make_clients, run_training_job, settings_from_env,
-                                training_job_request, validate_job_config, wait_for_job)
+from coughlab.sagemaker import (IMAGE_CUDA, LOG_GROUP, AwsSettings, Clients, JobPaths,
+                                SageMakerError, check_outcome, cost_line, driver_warning,
+                                follow_job, job_name, job_paths, make_clients, run_training_job,
+                                settings_from_env, training_job_request, validate_job_config,
+                                wait_for_job)
 from coughlab.stages import train as train_stage
 
 from helpers import make_features, write_params
@@ -614,3 +616,15 @@ def test_status_polls_back_off_while_nothing_changes_and_restart_on_a_change():
         wait_for_job(Clients(None, sm, logs), JOB, poll_seconds=10, sleep=pauses.append,
                      max_poll_seconds=60)
     assert pauses == [10, 20, 40, 60, 60, 60, 10, 20, 40]
+
+
+def test_the_default_gpu_instance_has_a_documented_driver_for_the_images_cuda():
+    """Point 7: ml.g4dn is documented with R470, on which no CUDA 12 build starts."""
+    default = compose(ROOT / "conf", ["train=sagemaker"])["train"]["sagemaker"]["instance_type"]
+    assert default == SageMakerConfig().instance_type
+    assert GPU_INSTANCE.match(default)
+    assert driver_warning(default) is None
+    assert "driver 470 for ml.g4dn" in driver_warning("ml.g4dn.xlarge")
+    assert driver_warning("ml.m5.xlarge") is None  # CPU: no driver involved
+    dockerfile = (ROOT / "docker" / "train.Dockerfile").read_text()
+    assert f"ARG TORCH_VARIANT=cu{IMAGE_CUDA.replace('.', '')}" in dockerfile

@@ -62,6 +62,16 @@ MAX_SKIPPED_POLLS = 8  # backoff cap: logs are read at least every 9 polls
 CURVES_FILE = "metrics.json"  # dvclive's summary; output.tar.gz must hold it
 
 
+# The NVIDIA driver AWS documents per SageMaker GPU family (the driver table of "Best practices
+# to minimize interruptions during GPU driver upgrades", docs.aws.amazon.com/sagemaker/latest/
+# dg/inference-gpu-drivers.html; written for inference hosts, the only per-family driver list
+# SageMaker publishes). The image's CUDA 12.6 needs a driver >= 525.60.13.
+DOCUMENTED_DRIVERS = {"ml.p2": 470, "ml.p3": 470, "ml.p4d": 470, "ml.p4de": 470, "ml.g4dn": 470,
+                      "ml.g5": 470, "ml.g6": 535, "ml.p5": 535, "ml.p5e": 550, "ml.p5en": 550}
+IMAGE_CUDA = "12.6"
+IMAGE_MIN_DRIVER = 525
+
+
 class SageMakerError(Exception):
     """The job cannot be started or did not produce a model; the message says why."""
 
@@ -125,6 +135,20 @@ def validate_job_config(cfg: SageMakerConfig) -> None:
                         "wait for capacity and restart after interruptions")
     if problems:
         raise SageMakerError("train.sagemaker: " + "; ".join(problems))
+
+
+def driver_warning(instance_type: str) -> str | None:
+    """A warning when AWS documents a driver too old for the image's CUDA on this family.
+
+    A warning, not a refusal: training hosts' drivers are not documented and may be newer.
+    """
+    family = instance_type.rsplit(".", 1)[0]
+    driver = DOCUMENTED_DRIVERS.get(family)
+    if driver is None or driver >= IMAGE_MIN_DRIVER:
+        return None
+    return (f"sagemaker: warning: AWS documents NVIDIA driver {driver} for {family}, older than "
+            f"the {IMAGE_MIN_DRIVER} the image's CUDA {IMAGE_CUDA} needs; if the job fails with "
+            "'cannot use CUDA', use ml.g6.xlarge (driver 535) or a CPU type")
 
 
 def job_name(fingerprint_hex: str, now: datetime | None = None) -> str:
@@ -468,6 +492,8 @@ def run_training_job(params: Params, features_dir: Path, model_dir: Path, live_d
               f"({running['SecondaryStatus']}); following it instead of starting another",
               flush=True)
     else:
+        if warning := driver_warning(params.train.sagemaker.instance_type):
+            print(warning, flush=True)
         start_job(clients, job, params, settings, fp, features_dir)
     try:
         desc = follow_job(clients, job, poll_seconds)
