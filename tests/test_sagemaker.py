@@ -6,7 +6,10 @@ so these tests put the job's artifacts in S3 themselves), or botocore's Stubber.
 import copy
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 import tarfile
 import time
 from datetime import datetime, timezone
@@ -628,3 +631,137 @@ def test_the_default_gpu_instance_has_a_documented_driver_for_the_images_cuda():
     assert driver_warning("ml.m5.xlarge") is None  # CPU: no driver involved
     dockerfile = (ROOT / "docker" / "train.Dockerfile").read_text()
     assert f"ARG TORCH_VARIANT=cu{IMAGE_CUDA.replace('.', '')}" in dockerfile
+
+
+# --- Scale-out: a queued sweep of SageMaker jobs, each a DVC experiment --------------------
+
+LRS = ("0.001", "0.003", "0.01")
+
+
+def queue_status(repo: Path, env: dict) -> str:
+    return subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True,
+                          text=True).stdout
+
+
+def worker_infos(repo: Path) -> list[Path]:
+    """dvc-task's process info file of each queue worker ever started here."""
+    return sorted((repo / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.json"))
+
+
+def live_workers(repo: Path) -> list[int]:
+    """PIDs of the queue's celery workers still alive."""
+    pids = []
+    for info in worker_infos(repo):
+        pid = json.loads(info.read_text()).get("pid")
+        try:
+            os.kill(pid, 0)
+        except (OSError, TypeError):
+            continue
+        pids.append(pid)
+    return pids
+
+
+@pytest.mark.slow
+def test_a_queued_lr_sweep_runs_as_parallel_sagemaker_jobs(aws_env, tmp_path):
+    """`dvc exp run --queue -S train.backend=sagemaker -S 'lr=...'`, `dvc queue start -j 3`.
+
+    Against moto_server behind FakeSageMaker (tests/fake_sagemaker.py), which trains each
+    job with coughlab.container as SageMaker would. CPU instance and 2 epochs keep it short.
+    """
+    from fake_sagemaker import FakeSageMaker
+    from test_pipeline_e2e import ENV, clone_working_tree
+
+    repo = clone_working_tree(tmp_path / "repo")
+    env = {**ENV, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")},
+           "PYTHONPATH": str(repo / "src")}
+
+    def run(*cmd: str, timeout: float = 600) -> str:
+        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout
+
+    run(sys.executable, "-m", "coughlab.sample", "data")
+    run("dvc", "repro", "featurize")  # the baseline: only train and what follows it re-run
+    subprocess.run(["git", "commit", "-qam", "features", "--allow-empty"], cwd=repo, env=env,
+                   check=True)
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+
+    with FakeSageMaker(aws_env, tmp_path / "jobs") as fake:
+        # What the queue's workers inherit: they are started by `dvc queue start` below.
+        env.update({"AWS_ENDPOINT_URL": fake.url, "COUGHLAB_SM_ROLE": ROLE,
+                    "COUGHLAB_SM_BUCKET": BUCKET, "COUGHLAB_SM_IMAGE": IMAGE,
+                    "OMP_NUM_THREADS": "1"})
+        try:
+            run("dvc", "exp", "run", "--queue", "-S", "train.backend=sagemaker",
+                "-S", "+train.sagemaker.instance_type=ml.m5.xlarge", "-S", "train.epochs=2",
+                "-S", f"lr={','.join(LRS)}")
+            run("dvc", "queue", "start", "-j", "3")
+            deadline = time.monotonic() + 900
+            while re.search(r"\b(Queued|Running)\b", status := queue_status(repo, env)):
+                assert time.monotonic() < deadline, status
+                time.sleep(5)
+        finally:
+            subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env,
+                           capture_output=True, timeout=120)
+            deadline = time.monotonic() + 120  # the workers leave once told to
+            while live_workers(repo) or "Worker status: 0 active, 0 idle" not in (
+                    last := queue_status(repo, env)):
+                assert time.monotonic() < deadline, f"queue workers still running:\n{last}"
+                time.sleep(2)
+
+    assert len(worker_infos(repo)) == 3  # what live_workers watched: -j 3 started three
+    assert len(fake.jobs) == 3 and all(done.returncode == 0 for done in fake.jobs.values()), {
+        name: done.stderr[-2000:] for name, done in fake.jobs.items()}
+    starts, ends = zip(*fake.intervals.values())
+    assert max(starts) < min(ends), "the three jobs did not train at the same time"
+    assert status.count("Success") == 3, status
+
+    shown = json.loads(run("dvc", "exp", "show", "--json"))
+    exps = [exp for baseline in shown for exp in baseline.get("experiments") or []]
+    results = {}
+    for exp in exps:
+        data = exp["revs"][0]["data"]
+        lr = data["params"]["params.yaml"]["data"]["lr"]
+        results[str(lr)] = (data["outs"]["build/model"]["hash"],
+                            data["metrics"]["reports/metrics.json"]["data"])
+    assert sorted(results) == sorted(str(float(lr)) for lr in LRS)
+    assert len({model for model, _ in results.values()}) == 3  # a model of its own each
+
+    sm = boto3.client("sagemaker", region_name="us-east-1")
+    jobs = [sm.describe_training_job(TrainingJobName=j["TrainingJobName"])
+            for j in sm.list_training_jobs()["TrainingJobSummaries"]]
+    assert sorted(float(j["HyperParameters"]["lr"]) for j in jobs) == sorted(map(float, LRS))
+    prefixes = {j["CheckpointConfig"]["S3Uri"] for j in jobs}
+    assert len(prefixes) == 3
+    for uri in prefixes:
+        key = uri.removeprefix(f"s3://{BUCKET}/") + "checkpoint.json"
+        assert json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())["epoch"] == 1
+
+
+def test_no_answer_to_create_says_the_job_may_exist_and_the_rerun_finds_it(aws_env, tmp_path):
+    """A dropped connection is not a refusal: the job may be training; say so, in one line."""
+    from botocore.exceptions import ConnectionClosedError
+
+    features = make_features(tmp_path / "features")
+    fp = fingerprint(PARAMS, features, IMAGE)
+    real = make_clients("us-east-1")
+    real.s3.create_bucket(Bucket=BUCKET)
+    sm, stub = stubbed("sagemaker")
+    no_running_job(stub, fp)
+
+    def dropped(**request):
+        raise ConnectionClosedError(endpoint_url="https://api.sagemaker.us-east-1.amazonaws.com")
+
+    sm.create_training_job = dropped
+    with stub, pytest.raises(SageMakerError) as raised:
+        run_training_job(PARAMS, features, tmp_path / "m", tmp_path / "l", SETTINGS,
+                         Clients(real.s3, sm, None), name=JOB, poll_seconds=0)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.endswith(
+        f"SageMaker did not answer, so {JOB} may have started: a re-run with the same params "
+        "and features follows it if it did, else starts one, reusing the features in "
+        f"s3://{BUCKET}/exp/coughlab/input/{fp}/features/")
+    assert "No job was started" not in message

@@ -462,10 +462,15 @@ def start_job(clients: Clients, job: JobPaths, params: Params, settings: AwsSett
                              f"{explain(exc, 's3')}; nothing was started") from None
     try:
         clients.sagemaker.create_training_job(**training_job_request(job, params, settings, fp))
-    except (ClientError, BotoCoreError) as exc:
+    except ClientError as exc:  # SageMaker answered: it refused
         raise SageMakerError(f"{explain(exc, 'sagemaker')}. No job was started; the features "
                              f"stay in {job.input_uri} and a re-run with the same params and "
                              "features reuses them") from None
+    except BotoCoreError as exc:  # no answer: the job may exist all the same
+        raise SageMakerError(f"{explain(exc, 'sagemaker')}. SageMaker did not answer, so "
+                             f"{job.name} may have started: a re-run with the same params and "
+                             "features follows it if it did, else starts one, reusing the "
+                             f"features in {job.input_uri}") from None
     print(f"sagemaker: started {job.name} (checkpoints in {job.checkpoint_uri})", flush=True)
 
 
