@@ -72,7 +72,8 @@ def mixed_install(root: Path) -> Path:
 def test_a_torchaudio_from_another_cuda_variant_is_named(tmp_path):
     site = mixed_install(tmp_path)
     assert cuda_mismatches(site, "12.6") == [
-        "torchaudio/lib/_torchaudio.abi3.so needs libcudart.so.13, but torch is built for CUDA 12.6",
+        "torchaudio/lib/_torchaudio.abi3.so needs libcudart.so.13, but torch is built for "
+        "CUDA 12.6",
         "torchaudio/lib/libtorchaudio.abi3.so needs libcudart.so.13, but torch is built for "
         "CUDA 12.6"]
     with pytest.raises(RuntimeError, match=r"mixes CUDA builds .*_torchaudio.abi3.so needs "

@@ -422,8 +422,9 @@ def test_readme_policies_grant_what_the_code_calls():
     policies = readme_policies()
     caller = allowed(next(p for h, p in policies.items() if h.startswith("You (or CI)")))
     assert {"sagemaker:CreateTrainingJob", "sagemaker:AddTags", "sagemaker:DescribeTrainingJob",
-            "sagemaker:StopTrainingJob", "sagemaker:ListTrainingJobs", "iam:PassRole", "s3:PutObject", "s3:GetObject",
-            "s3:ListBucket", "logs:DescribeLogStreams", "logs:GetLogEvents"} <= caller
+            "sagemaker:StopTrainingJob", "sagemaker:ListTrainingJobs", "iam:PassRole",
+            "s3:PutObject", "s3:GetObject", "logs:DescribeLogStreams",
+            "logs:GetLogEvents"} <= caller  # the launcher never lists the bucket
     role = allowed(next(p for h, p in policies.items() if h.startswith("The SageMaker execution")))
     assert {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject",
             "cloudwatch:PutMetricData", "logs:CreateLogStream", "logs:PutLogEvents",
@@ -678,7 +679,8 @@ def test_a_queued_lr_sweep_runs_as_parallel_sagemaker_jobs(aws_env, tmp_path):
     def run(*cmd: str, timeout: float = 600) -> str:
         proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True,
                               timeout=timeout)
-        assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        assert proc.returncode == 0, (f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n"
+                                      f"{proc.stderr[-3000:]}")
         return proc.stdout
 
     run(sys.executable, "-m", "coughlab.sample", "data")
@@ -697,7 +699,12 @@ def test_a_queued_lr_sweep_runs_as_parallel_sagemaker_jobs(aws_env, tmp_path):
             run("dvc", "exp", "run", "--queue", "-S", "train.backend=sagemaker",
                 "-S", "+train.sagemaker.instance_type=ml.m5.xlarge", "-S", "train.epochs=2",
                 "-S", f"lr={','.join(LRS)}")
-            run("dvc", "queue", "start", "-j", "3")
+            # Not through a pipe: the workers it spawns inherit it and would hold it open.
+            with open(tmp_path / "queue-start.log", "w") as log:
+                started = subprocess.run(["dvc", "queue", "start", "-j", "3"], cwd=repo,
+                                         env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         timeout=120)
+            assert started.returncode == 0, (tmp_path / "queue-start.log").read_text()
             deadline = time.monotonic() + 900
             while re.search(r"\b(Queued|Running)\b", status := queue_status(repo, env)):
                 assert time.monotonic() < deadline, status
