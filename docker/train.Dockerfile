@@ -22,28 +22,39 @@ ENV CUBLAS_WORKSPACE_CONFIG=:4096:8
 
 WORKDIR /opt/coughlab
 
-# torch 2.14.1 built for CUDA 12.6, from PyTorch's own index, not PyPI's build for CUDA 13.0:
+# torch 2.14.1, torchvision 0.29.1 and torchaudio 2.11.0, all three built for CUDA 12.6, from
+# PyTorch's own index, not PyPI's builds for CUDA 13.0. All three from the one index: each
+# wheel's extensions link one CUDA runtime (libcudart.so.12 here), and torchaudio checks its
+# CUDA against torch's at import, so one PyPI (CUDA 13) package beside the others breaks
+# `import torchaudio` and with it every job (tests/test_container.py reads this line and
+# pyproject.toml's pins; the build checks the installed ELF files below).
 # - CUDA 13 needs an NVIDIA driver >= 580 on the host; a CUDA 12.x build runs on any driver
-#   >= 525.60.13 (CUDA minor-version compatibility). SageMaker does not document its training
-#   hosts' drivers; the GPU drivers it documents for its ML instances are R470, R535 (CUDA 12.2)
-#   and R550 (CUDA 12.4), so 580 cannot be assumed and 12.x is what those hosts run.
+#   >= 525.60.13 (CUDA minor-version compatibility). The default instance type is chosen for a
+#   documented R535+ driver (docs/sagemaker.md: Which GPU instance).
 # - 12.6 is the only CUDA that torch 2.14 ships for every SageMaker GPU family: its builds cover
 #   sm_50-sm_90 (V100 ml.p3, T4 ml.g4dn, A10G ml.g5, L4 ml.g6 via sm_86, A100 ml.p4d, H100
 #   ml.p5); CUDA 13.x builds drop Volta (ml.p3) altogether.
-# On an R470 host no CUDA 12 build starts without NVIDIA's forward-compatibility libraries: the
-# container then logs the driver and fails with that reason in output/failure instead of
-# training on the CPU (coughlab.container.check_device).
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cu126
-RUN pip install --index-url "${TORCH_INDEX}" torch==2.14.1+cu126 torchvision==0.29.1+cu126
+# On a host whose driver is too old the container logs the driver and fails with that reason in
+# output/failure instead of training on the CPU (coughlab.container.check_device).
+ARG TORCH_VARIANT=cu126
+ARG TORCH_INDEX=https://download.pytorch.org/whl/${TORCH_VARIANT}
+RUN pip install --index-url "${TORCH_INDEX}" \
+        torch==2.14.1+${TORCH_VARIANT} torchvision==0.29.1+${TORCH_VARIANT} \
+        torchaudio==2.11.0+${TORCH_VARIANT}
 
 # The other dependencies, from pyproject.toml alone: this layer is rebuilt when the pins
-# change, not on every source edit. torch==2.14.1 is already satisfied by the CUDA 12.6 build.
+# change, not on every source edit. The torch family's pins (==2.14.1, ==0.29.1, ==2.11.0)
+# are already satisfied by the +cu126 builds, so pip keeps them.
 COPY pyproject.toml README.md ./
 RUN mkdir -p src/coughlab && touch src/coughlab/__init__.py \
     && pip install . && pip uninstall -y coughlab && rm -rf src \
-    && python -c "import torch; assert torch.version.cuda == '12.6', torch.version.cuda"
+    && python -c "import torch; assert 'cu' + torch.version.cuda.replace('.', '') \
+        == '${TORCH_VARIANT}', torch.__version__"
 
+# `selfcheck` fails the build unless every torch-family extension links torch's CUDA runtime
+# and a one-epoch training run on synthetic features goes through the whole training path
+# (coughlab.container -> coughlab.model -> torchaudio, torchvision, fastai, dvclive) on the CPU.
 COPY src ./src
-RUN pip install --no-deps . && python -m coughlab.container --help > /dev/null
+RUN pip install --no-deps . && python -m coughlab.container selfcheck
 
 ENTRYPOINT ["python", "-m", "coughlab.container"]

@@ -250,18 +250,118 @@ def test_curves_are_copied_into_output_data_without_renaming_it(tmp_path, monkey
     assert (layout.output_data / "plots" / "metrics" / "train_loss.tsv").is_file()
 
 
-def test_training_image_installs_the_project_torch_pins_built_for_cuda_12_6():
-    """The image swaps PyPI's CUDA 13 torch for the CUDA 12.6 build of the same versions."""
+TORCH_FAMILY = ("torch", "torchvision", "torchaudio")
+
+
+def dockerfile_commands(text: str) -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined and ARG defaults substituted."""
+    args: dict[str, str] = {}
+    commands = []
+    for line in re.sub(r"\\\n", " ", text).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), line)
+        if arg := re.fullmatch(r"ARG (\w+)=(\S+)", line):
+            args[arg.group(1)] = arg.group(2)
+        commands.append(line)
+    return commands
+
+
+def torch_family_installs(text: str) -> list[dict]:
+    """Each `pip install` naming a torch-family package: {"index": url, name: version...}."""
+    installs = []
+    for command in dockerfile_commands(text):
+        for step in command.removeprefix("RUN ").split("&&"):
+            words = step.replace('"', "").split()
+            if words[:2] != ["pip", "install"]:
+                continue
+            pins = dict(re.fullmatch(r"([\w-]+)==(\S+)", w).groups() for w in words
+                        if re.fullmatch(r"(torch|torchvision|torchaudio)==\S+", w))
+            if pins:
+                index = words[words.index("--index-url") + 1] if "--index-url" in words else None
+                installs.append({"index": index, **pins})
+    return installs
+
+
+def torch_family_problems(dockerfile: str, pyproject: str) -> list[str]:
+    """Why the image's torch, torchvision and torchaudio are not one CUDA variant of the pins."""
     import tomllib
 
+    pins = dict(dep.split("==") for dep in tomllib.loads(pyproject)["project"]["dependencies"]
+                if dep.split("==")[0] in TORCH_FAMILY)
+    installs = torch_family_installs(dockerfile)
+    if len(installs) != 1:
+        return [f"{len(installs)} pip installs name the torch family; want one, naming all three"]
+    install = installs[0]
+    problems = [f"{name} is not installed with the others (pip install . would take PyPI's "
+                "build)" for name in TORCH_FAMILY if name not in install]
+    variants = {install[name].partition("+")[2] for name in TORCH_FAMILY if name in install}
+    if len(variants) != 1 or "" in variants:
+        problems.append(f"variants differ or are missing: {sorted(variants)}")
+    for name in TORCH_FAMILY:
+        if name in install and install[name].partition("+")[0] != pins[name]:
+            problems.append(f"{name}=={install[name]} is not pyproject.toml's {pins[name]}")
+    if not (install["index"] or "").rstrip("/").endswith(tuple(f"/{v}" for v in variants if v)):
+        problems.append(f"index {install['index']} is not the {sorted(variants)} index")
+    return problems
+
+
+def test_training_image_installs_the_torch_family_from_one_cuda_variant_of_the_pins():
+    """torch, torchvision and torchaudio from one index and one +cuNNN (issue 18, point 1)."""
     root = Path(__file__).resolve().parents[1]
-    pins = dict(dep.split("==") for dep in tomllib.loads((root / "pyproject.toml").read_text())
-                ["project"]["dependencies"] if dep.startswith(("torch==", "torchvision==")))
+    pyproject = (root / "pyproject.toml").read_text()
     dockerfile = (root / "docker" / "train.Dockerfile").read_text()
-    assert re.search(r"--index-url \"\$\{TORCH_INDEX\}\" torch==(\S+)\+cu126 "
-                     r"torchvision==(\S+)\+cu126", dockerfile).groups() == (
-        pins["torch"], pins["torchvision"])
-    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cu126" in dockerfile
+    assert torch_family_problems(dockerfile, pyproject) == []
+    assert torch_family_installs(dockerfile)[0]["torchaudio"] == "2.11.0+cu126"
+
+
+def test_the_torch_family_check_catches_a_torchaudio_left_to_pypi():
+    """Today's image before the fix: torchaudio came from PyPI via `pip install .`."""
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    before = ('ARG TORCH_INDEX=https://download.pytorch.org/whl/cu126\n'
+              'RUN pip install --index-url "${TORCH_INDEX}" torch==2.14.1+cu126 '
+              'torchvision==0.29.1+cu126\nRUN pip install .\n')
+    assert torch_family_problems(before, pyproject) == [
+        "torchaudio is not installed with the others (pip install . would take PyPI's build)"]
+    mixed = before.replace("torchvision==0.29.1+cu126", "torchvision==0.29.1+cu130 "
+                           "torchaudio==2.11.0+cu126")
+    assert torch_family_problems(mixed, pyproject) == ["variants differ or are missing: "
+                                                       "['cu126', 'cu130']"]
+    stale = before.replace("torchvision==0.29.1+cu126", "torchvision==0.28.0+cu126 "
+                           "torchaudio==2.11.0+cu126").replace("/cu126", "/cu130")
+    assert torch_family_problems(stale, pyproject) == [
+        "torchvision==0.28.0+cu126 is not pyproject.toml's 0.29.1",
+        "index https://download.pytorch.org/whl/cu130 is not the ['cu126'] index"]
+
+
+def test_image_build_runs_the_selfcheck_on_the_installed_code():
+    """Not only `--help`: the build trains one epoch, so a broken import fails the build."""
+    commands = dockerfile_commands((Path(__file__).resolve().parents[1] / "docker"
+                                    / "train.Dockerfile").read_text())
+    copy_src = commands.index("COPY src ./src")
+    assert any("python -m coughlab.container selfcheck" in c for c in commands[copy_src:-1])
+
+
+def test_selfcheck_trains_one_epoch_outside_the_repository(tmp_path):
+    """As the image build runs it: a subprocess in a directory that is not a git checkout."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "coughlab.container", "selfcheck"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"container: selfcheck: torch built for .*; its extensions link ",
+                     result.stdout)
+    assert "container: selfcheck passed" in result.stdout
+    assert list(tmp_path.iterdir()) == []  # its job lived in a temporary directory
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="a CPU torch links no CUDA runtime")
+def test_selfcheck_fails_when_torch_is_another_cuda_than_its_extensions(monkeypatch, capsys):
+    """What the cu126 torch beside PyPI's torchaudio looks like from the installed files."""
+    other = "12.6" if not torch.version.cuda.startswith("12.") else "13.0"
+    monkeypatch.setattr(torch.version, "cuda", other)
+    assert main(["selfcheck"]) == 1
+    assert "mixes CUDA builds" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["train.Dockerfile", "lambda.Dockerfile"])

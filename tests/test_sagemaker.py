@@ -5,7 +5,11 @@ so these tests put the job's artifacts in S3 themselves), or botocore's Stubber.
 """
 import copy
 import io
+import json
+import os
 import re
+import subprocess
+import sys
 import tarfile
 import time
 from datetime import datetime, timezone
@@ -18,11 +22,13 @@ from botocore.stub import Stubber
 
 from coughlab.config import (AudioConfig, ModelConfig, Params, SageMakerConfig,
                              SpecAugmentConfig, TrainConfig, compose, load_params)
+from coughlab.container import GPU_INSTANCE
 from coughlab.model import build_net, fingerprint, save_model
-from coughlab.sagemaker import (LOG_GROUP, AwsSettings, Clients, JobPaths, SageMakerError,
-                                check_outcome, cost_line, follow_job, job_name, job_paths,
-                                make_clients, run_training_job, settings_from_env,
-                                training_job_request, validate_job_config, wait_for_job)
+from coughlab.sagemaker import (IMAGE_CUDA, LOG_GROUP, AwsSettings, Clients, JobPaths,
+                                SageMakerError, check_outcome, cost_line, driver_warning,
+                                follow_job, job_name, job_paths, make_clients, run_training_job,
+                                settings_from_env, training_job_request, validate_job_config,
+                                wait_for_job)
 from coughlab.stages import train as train_stage
 
 from helpers import make_features, write_params
@@ -69,7 +75,7 @@ def expected_request(fp: str) -> dict:
         "InputDataConfig": [{
             "ChannelName": "features",
             "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
-                                            "S3Uri": f"{root}/input/{JOB}/features/",
+                                            "S3Uri": f"{root}/input/{fp}/features/",
                                             "S3DataDistributionType": "FullyReplicated"}},
             "InputMode": "File",
         }],
@@ -141,10 +147,11 @@ def test_dispatch_sends_the_exact_request_and_unpacks_the_model(aws_env, tmp_pat
     path = run_training_job(PARAMS, features, model_dir, live_dir, SETTINGS, clients, name=JOB,
                             poll_seconds=0)
 
-    assert sent == [expected_request(fingerprint(PARAMS, features, IMAGE))]
-    uploaded = clients.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"exp/coughlab/input/{JOB}/")
+    fp = fingerprint(PARAMS, features, IMAGE)
+    assert sent == [expected_request(fp)]
+    uploaded = clients.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"exp/coughlab/input/{fp}/")
     assert {o["Key"].rsplit("/", 1)[1] for o in uploaded["Contents"]} == {"train.npz", "valid.npz"}
-    body = clients.s3.get_object(Bucket=BUCKET, Key=f"exp/coughlab/input/{JOB}/features/train.npz")
+    body = clients.s3.get_object(Bucket=BUCKET, Key=f"exp/coughlab/input/{fp}/features/train.npz")
     assert body["Body"].read() == (features / "train.npz").read_bytes()
     assert path == model_dir / "model.pt"
     assert sorted(p.name for p in model_dir.iterdir()) == ["model.pt"]  # replaced, not merged
@@ -254,7 +261,7 @@ def test_ctrl_c_while_waiting_stops_the_job_and_waits_until_it_has_stopped(capsy
     with stub, logs_stub, pytest.raises(KeyboardInterrupt):
         follow_job(Clients(None, sm, logs), job, poll_seconds=30, sleep=sleep)
     stub.assert_no_pending_responses()
-    assert calls == [30, 30, 30]  # the interrupted poll, then two while Stopping
+    assert calls == [30, 30, 60]  # the interrupted poll, then two while Stopping, backing off
     out = capsys.readouterr().out
     assert f"sagemaker: {JOB} is Stopped; re-running the stage resumes from {job.checkpoint_uri}" in out
 
@@ -394,3 +401,341 @@ def test_train_stage_with_sagemaker_backend_needs_the_aws_settings(tmp_path, mon
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"backend": "kubernetes"}}))
     with pytest.raises(SystemExit, match="'kubernetes' is unknown; use local or sagemaker"):
         train_stage.main([])
+
+
+# --- Errors, re-attach, polling (issue 18, points 6 and 8) -----------------------------------
+
+SPOT_QUOTA_MESSAGE = (
+    "The account-level service limit 'ml.g4dn.xlarge for spot training job usage' is 0 "
+    "Instances, with current utilization of 0 Instances and a request delta of 1 Instances. "
+    "Please use AWS Service Quotas to request an increase for this quota. If AWS Service "
+    "Quotas is not available, contact AWS support to request an increase for this quota.")
+DENIED_MESSAGE = (
+    "User: arn:aws:iam::123456789012:user/dev is not authorized to perform: "
+    "sagemaker:CreateTrainingJob on resource: arn:aws:sagemaker:us-east-1:123456789012:"
+    "training-job/coughlab-0123 because no identity-based policy allows the "
+    "sagemaker:CreateTrainingJob action")
+
+
+def no_running_job(stub: Stubber, fp: str) -> None:
+    stub.add_response("list_training_jobs", {"TrainingJobSummaries": []},
+                      {"NameContains": f"coughlab-{fp[:12]}-", "StatusEquals": "InProgress"})
+
+
+def stage_workdir(tmp_path: Path, monkeypatch) -> Path:
+    """A directory the train stage runs in: params.yaml for train=sagemaker, the features."""
+    write_params(tmp_path, "train=sagemaker", "train.epochs=2")
+    make_features(tmp_path / "build" / "features")
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"COUGHLAB_SM_ROLE": ROLE, "COUGHLAB_SM_BUCKET": BUCKET,
+                        "COUGHLAB_SM_IMAGE": IMAGE}.items():
+        monkeypatch.setenv(name, value)
+    return tmp_path
+
+
+@pytest.mark.parametrize("code, message, expected", [
+    ("ResourceLimitExceeded", SPOT_QUOTA_MESSAGE,
+     "train: CreateTrainingJob hit the quota 'ml.g4dn.xlarge for spot training job usage' "
+     "(ResourceLimitExceeded: " + SPOT_QUOTA_MESSAGE + "); request an increase in the Service "
+     "Quotas console: https://console.aws.amazon.com/servicequotas/home/services/sagemaker/"
+     "quotas. No job was started; the features stay in {input} and a re-run with the same "
+     "params and features reuses them"),
+    ("AccessDeniedException", DENIED_MESSAGE,
+     "train: access denied: CreateTrainingJob needs sagemaker:CreateTrainingJob on "
+     "arn:aws:sagemaker:us-east-1:123456789012:training-job/coughlab-0123, which the policy of "
+     "the identity you run as does not allow; add it (docs/iam.md lists each policy). No job "
+     "was started; the features stay in {input} and a re-run with the same params and "
+     "features reuses them"),
+])
+def test_a_refused_job_is_one_line_and_the_rerun_reuses_the_upload(
+        aws_env, tmp_path, monkeypatch, capsys, code, message, expected):
+    """The first run on a new account: spot GPU quota 0, or a policy without the action."""
+    workdir = stage_workdir(tmp_path, monkeypatch)
+    params = load_params()
+    features = workdir / "build" / "features"
+    fp = fingerprint(params, features, IMAGE)
+    real = make_clients("us-east-1")
+    real.s3.create_bucket(Bucket=BUCKET)
+    sm, stub = stubbed("sagemaker")
+    monkeypatch.setattr("coughlab.sagemaker.make_clients",
+                        lambda region: Clients(real.s3, sm, real.logs))
+    no_running_job(stub, fp)
+    stub.add_client_error("create_training_job", code, message, http_status_code=400)
+    with stub, pytest.raises(SystemExit) as exit_:
+        train_stage.main([])
+    input_uri = f"s3://{BUCKET}/coughlab/input/{fp}/features/"
+    assert str(exit_.value) == expected.format(input=input_uri)
+    assert "\n" not in str(exit_.value)
+    listed = real.s3.list_objects_v2(Bucket=BUCKET, Prefix="coughlab/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == [f"coughlab/input/{fp}/features/train.npz",
+                                               f"coughlab/input/{fp}/features/valid.npz"]
+    capsys.readouterr()
+
+    # Quota granted: the re-run sends no feature byte again and starts the job.
+    no_running_job(stub, fp)
+    stub.add_response("create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:us-east-1:"
+                                              "123456789012:training-job/x"})
+    stub.add_client_error("describe_training_job", "AccessDeniedException",
+                          "User: u is not authorized to perform: sagemaker:DescribeTrainingJob")
+    with stub, pytest.raises(SystemExit, match=r"train: lost track of coughlab-[0-9a-f]{12}-\d{8}"
+                             r"-\d{6}: access denied: DescribeTrainingJob needs sagemaker:"
+                             r"DescribeTrainingJob.*re-running the stage follows it again"):
+        train_stage.main([])
+    out = capsys.readouterr().out
+    assert f"{input_uri}train.npz is already uploaded" in out
+    assert f"{input_uri}valid.npz is already uploaded" in out
+
+
+def test_an_error_outside_the_sagemaker_module_is_one_line_too(tmp_path, monkeypatch):
+    """No region anywhere: boto3 raises NoRegionError while making the clients."""
+    stage_workdir(tmp_path, monkeypatch)
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    with pytest.raises(SystemExit, match=r"^train: no AWS region set: export AWS_REGION"):
+        train_stage.main([])
+
+
+def running_job(name: str, fp: str, status: str = "InProgress", secondary: str = "Training",
+                prefix: str = "exp/coughlab") -> dict:
+    root = f"s3://{BUCKET}/{prefix}"
+    return described(
+        status, secondary, TrainingJobName=name,
+        ModelArtifacts={"S3ModelArtifacts": f"{root}/output/{name}/output/model.tar.gz"},
+        CheckpointConfig={"S3Uri": f"{root}/checkpoints/{fp}/", "LocalPath": "/opt/ml/checkpoints"},
+        OutputDataConfig={"S3OutputPath": f"{root}/output/"},
+        InputDataConfig=[{"ChannelName": "features", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": f"{root}/input/{fp}/features/"}}}],
+        AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File"},
+        RoleArn=ROLE, ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1,
+                                      "VolumeSizeInGB": 10})
+
+
+def test_a_rerun_follows_the_job_already_running_for_its_fingerprint(aws_env, tmp_path, capsys):
+    """The launcher died while its job trained: the re-run waits on that job, starts none."""
+    features = make_features(tmp_path / "features")
+    fp = fingerprint(PARAMS, features, IMAGE)
+    orphan = f"coughlab-{fp[:12]}-20260101-000000"
+    real = make_clients("us-east-1")
+    real.s3.create_bucket(Bucket=BUCKET)
+    artifacts = job_artifacts(tmp_path)
+    for name in ("model.tar.gz", "output.tar.gz"):
+        real.s3.put_object(Bucket=BUCKET, Key=f"exp/coughlab/output/{orphan}/output/{name}",
+                           Body=artifacts[name])
+    sm, stub = stubbed("sagemaker")
+    logs, logs_stub = stubbed("logs")
+    for _ in range(3):
+        logs_stub.add_client_error("describe_log_streams", "ResourceNotFoundException")
+    same_prefix_other_params = f"coughlab-{fp[:12]}-20251231-235959"
+    stub.add_response("list_training_jobs", {"TrainingJobSummaries": [
+        {"TrainingJobName": n, "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:1:t/{n}",
+         "CreationTime": datetime(2026, 1, 1), "TrainingJobStatus": "InProgress"}
+        for n in (same_prefix_other_params, orphan)]},
+        {"NameContains": f"coughlab-{fp[:12]}-", "StatusEquals": "InProgress"})
+    stub.add_response("describe_training_job", running_job(same_prefix_other_params, "cd" * 32),
+                      {"TrainingJobName": same_prefix_other_params})
+    stub.add_response("describe_training_job", running_job(orphan, fp),
+                      {"TrainingJobName": orphan})
+    for status, secondary in [("InProgress", "Training"), ("InProgress", "Uploading"),
+                              ("Completed", "Completed")]:
+        stub.add_response("describe_training_job", running_job(orphan, fp, status, secondary),
+                          {"TrainingJobName": orphan})
+    model_dir, live_dir = tmp_path / "model", tmp_path / "live"
+    with stub, logs_stub:  # no create_training_job is stubbed: starting one would fail
+        path = run_training_job(PARAMS, features, model_dir, live_dir, SETTINGS,
+                                Clients(real.s3, sm, logs), poll_seconds=0)
+    stub.assert_no_pending_responses()
+    assert path.read_bytes() == artifacts["model.pt"]
+    assert (live_dir / "metrics.json").read_bytes() == artifacts["metrics.json"]
+    assert "Contents" not in real.s3.list_objects_v2(Bucket=BUCKET, Prefix="exp/coughlab/input/")
+    assert (f"sagemaker: {orphan} is already training these params and features (Training); "
+            "following it instead of starting another") in capsys.readouterr().out
+
+
+def test_a_job_of_the_same_name_prefix_but_other_checkpoints_is_not_reattached(aws_env, tmp_path):
+    """12 hex digits of the fingerprint name a job; the checkpoint prefix holds all 64."""
+    features = make_features(tmp_path / "features")
+    fp = fingerprint(PARAMS, features, IMAGE)
+    other = f"coughlab-{fp[:12]}-20251231-235959"
+    real = make_clients("us-east-1")
+    real.s3.create_bucket(Bucket=BUCKET)
+    sm, stub = stubbed("sagemaker")
+    stub.add_response("list_training_jobs", {"TrainingJobSummaries": [
+        {"TrainingJobName": other, "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:1:t/{other}",
+         "CreationTime": datetime(2026, 1, 1), "TrainingJobStatus": "InProgress"}]})
+    stub.add_response("describe_training_job", running_job(other, fp, prefix="elsewhere"),
+                      {"TrainingJobName": other})
+    stub.add_client_error("create_training_job", "ResourceLimitExceeded", SPOT_QUOTA_MESSAGE)
+    with stub, pytest.raises(SageMakerError, match="No job was started"):
+        run_training_job(PARAMS, features, tmp_path / "m", tmp_path / "l", SETTINGS,
+                         Clients(real.s3, sm, None), poll_seconds=0)
+    stub.assert_no_pending_responses()  # it tried to start its own
+
+
+def test_status_polls_back_off_while_nothing_changes_and_restart_on_a_change():
+    sm, stub = stubbed("sagemaker")
+    logs, logs_stub = stubbed("logs")
+    states = [("InProgress", "Starting")] * 6 + [("InProgress", "Training")] * 3 + [
+        ("Completed", "Completed")]
+    for status, secondary in states:
+        stub.add_response("describe_training_job", described(status, secondary),
+                          {"TrainingJobName": JOB})
+    for _ in states:
+        logs_stub.add_client_error("describe_log_streams", "ResourceNotFoundException")
+    pauses: list[float] = []
+    with stub, logs_stub:
+        wait_for_job(Clients(None, sm, logs), JOB, poll_seconds=10, sleep=pauses.append,
+                     max_poll_seconds=60)
+    assert pauses == [10, 20, 40, 60, 60, 60, 10, 20, 40]
+
+
+def test_the_default_gpu_instance_has_a_documented_driver_for_the_images_cuda():
+    """Point 7: ml.g4dn is documented with R470, on which no CUDA 12 build starts."""
+    default = compose(ROOT / "conf", ["train=sagemaker"])["train"]["sagemaker"]["instance_type"]
+    assert default == SageMakerConfig().instance_type
+    assert GPU_INSTANCE.match(default)
+    assert driver_warning(default) is None
+    assert "driver 470 for ml.g4dn" in driver_warning("ml.g4dn.xlarge")
+    assert driver_warning("ml.m5.xlarge") is None  # CPU: no driver involved
+    dockerfile = (ROOT / "docker" / "train.Dockerfile").read_text()
+    assert f"ARG TORCH_VARIANT=cu{IMAGE_CUDA.replace('.', '')}" in dockerfile
+
+
+# --- Scale-out: a queued sweep of SageMaker jobs, each a DVC experiment --------------------
+
+LRS = ("0.001", "0.003", "0.01")
+
+
+def queue_status(repo: Path, env: dict) -> str:
+    return subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True,
+                          text=True).stdout
+
+
+def worker_infos(repo: Path) -> list[Path]:
+    """dvc-task's process info file of each queue worker ever started here."""
+    return sorted((repo / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.json"))
+
+
+def live_workers(repo: Path) -> list[int]:
+    """PIDs of the queue's celery workers still alive."""
+    pids = []
+    for info in worker_infos(repo):
+        pid = json.loads(info.read_text()).get("pid")
+        try:
+            os.kill(pid, 0)
+        except (OSError, TypeError):
+            continue
+        pids.append(pid)
+    return pids
+
+
+@pytest.mark.slow
+def test_a_queued_lr_sweep_runs_as_parallel_sagemaker_jobs(aws_env, tmp_path):
+    """`dvc exp run --queue -S train.backend=sagemaker -S 'lr=...'`, `dvc queue start -j 3`.
+
+    Against moto_server behind FakeSageMaker (tests/fake_sagemaker.py), which trains each
+    job with coughlab.container as SageMaker would. CPU instance and 2 epochs keep it short.
+    """
+    from fake_sagemaker import FakeSageMaker
+    from test_pipeline_e2e import ENV, clone_working_tree
+
+    repo = clone_working_tree(tmp_path / "repo")
+    env = {**ENV, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")},
+           "PYTHONPATH": str(repo / "src")}
+
+    def run(*cmd: str, timeout: float = 600) -> str:
+        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        assert proc.returncode == 0, (f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n"
+                                      f"{proc.stderr[-3000:]}")
+        return proc.stdout
+
+    run(sys.executable, "-m", "coughlab.sample", "data")
+    run("dvc", "repro", "featurize")  # the baseline: only train and what follows it re-run
+    subprocess.run(["git", "commit", "-qam", "features", "--allow-empty"], cwd=repo, env=env,
+                   check=True)
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+
+    with FakeSageMaker(aws_env, tmp_path / "jobs") as fake:
+        # What the queue's workers inherit: they are started by `dvc queue start` below.
+        env.update({"AWS_ENDPOINT_URL": fake.url, "COUGHLAB_SM_ROLE": ROLE,
+                    "COUGHLAB_SM_BUCKET": BUCKET, "COUGHLAB_SM_IMAGE": IMAGE,
+                    "OMP_NUM_THREADS": "1"})
+        try:
+            run("dvc", "exp", "run", "--queue", "-S", "train.backend=sagemaker",
+                "-S", "+train.sagemaker.instance_type=ml.m5.xlarge", "-S", "train.epochs=2",
+                "-S", f"lr={','.join(LRS)}")
+            # Not through a pipe: the workers it spawns inherit it and would hold it open.
+            with open(tmp_path / "queue-start.log", "w") as log:
+                started = subprocess.run(["dvc", "queue", "start", "-j", "3"], cwd=repo,
+                                         env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         timeout=120)
+            assert started.returncode == 0, (tmp_path / "queue-start.log").read_text()
+            deadline = time.monotonic() + 900
+            while re.search(r"\b(Queued|Running)\b", status := queue_status(repo, env)):
+                assert time.monotonic() < deadline, status
+                time.sleep(5)
+        finally:
+            subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env,
+                           capture_output=True, timeout=120)
+            deadline = time.monotonic() + 120  # the workers leave once told to
+            while live_workers(repo) or "Worker status: 0 active, 0 idle" not in (
+                    last := queue_status(repo, env)):
+                assert time.monotonic() < deadline, f"queue workers still running:\n{last}"
+                time.sleep(2)
+
+    assert len(worker_infos(repo)) == 3  # what live_workers watched: -j 3 started three
+    assert len(fake.jobs) == 3 and all(done.returncode == 0 for done in fake.jobs.values()), {
+        name: done.stderr[-2000:] for name, done in fake.jobs.items()}
+    starts, ends = zip(*fake.intervals.values())
+    assert max(starts) < min(ends), "the three jobs did not train at the same time"
+    assert status.count("Success") == 3, status
+
+    shown = json.loads(run("dvc", "exp", "show", "--json"))
+    exps = [exp for baseline in shown for exp in baseline.get("experiments") or []]
+    results = {}
+    for exp in exps:
+        data = exp["revs"][0]["data"]
+        lr = data["params"]["params.yaml"]["data"]["lr"]
+        results[str(lr)] = (data["outs"]["build/model"]["hash"],
+                            data["metrics"]["reports/metrics.json"]["data"])
+    assert sorted(results) == sorted(str(float(lr)) for lr in LRS)
+    assert len({model for model, _ in results.values()}) == 3  # a model of its own each
+
+    sm = boto3.client("sagemaker", region_name="us-east-1")
+    jobs = [sm.describe_training_job(TrainingJobName=j["TrainingJobName"])
+            for j in sm.list_training_jobs()["TrainingJobSummaries"]]
+    assert sorted(float(j["HyperParameters"]["lr"]) for j in jobs) == sorted(map(float, LRS))
+    prefixes = {j["CheckpointConfig"]["S3Uri"] for j in jobs}
+    assert len(prefixes) == 3
+    for uri in prefixes:
+        key = uri.removeprefix(f"s3://{BUCKET}/") + "checkpoint.json"
+        assert json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())["epoch"] == 1
+
+
+def test_no_answer_to_create_says_the_job_may_exist_and_the_rerun_finds_it(aws_env, tmp_path):
+    """A dropped connection is not a refusal: the job may be training; say so, in one line."""
+    from botocore.exceptions import ConnectionClosedError
+
+    features = make_features(tmp_path / "features")
+    fp = fingerprint(PARAMS, features, IMAGE)
+    real = make_clients("us-east-1")
+    real.s3.create_bucket(Bucket=BUCKET)
+    sm, stub = stubbed("sagemaker")
+    no_running_job(stub, fp)
+
+    def dropped(**request):
+        raise ConnectionClosedError(endpoint_url="https://api.sagemaker.us-east-1.amazonaws.com")
+
+    sm.create_training_job = dropped
+    with stub, pytest.raises(SageMakerError) as raised:
+        run_training_job(PARAMS, features, tmp_path / "m", tmp_path / "l", SETTINGS,
+                         Clients(real.s3, sm, None), name=JOB, poll_seconds=0)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.endswith(
+        f"SageMaker did not answer, so {JOB} may have started: a re-run with the same params "
+        "and features follows it if it did, else starts one, reusing the features in "
+        f"s3://{BUCKET}/exp/coughlab/input/{fp}/features/")
+    assert "No job was started" not in message

@@ -139,7 +139,7 @@ class SageMakerConfig:
     Account-specific values (role, bucket, image, region) come from the environment instead,
     so params.yaml stays the same in every account; see coughlab.sagemaker.
     """
-    instance_type: str = "ml.g4dn.xlarge"
+    instance_type: str = "ml.g6.xlarge"  # documented R535 driver (docs/sagemaker.md)
     volume_size_gb: int = 30
     max_run_seconds: int = 3600
     # Training time plus time spent waiting for spot capacity; must exceed max_run_seconds.

@@ -312,6 +312,49 @@ def run(layout: Layout, flag: SigtermFlag) -> int:
     return 0
 
 
+def synthetic_job(base: Path) -> Layout:
+    """A tiny job under `base` laid out as SageMaker would: random features, one epoch."""
+    import numpy as np
+
+    from coughlab.config import ModelConfig, TrainConfig
+
+    layout = Layout(base)
+    params = Params(model=ModelConfig(width=4), train=TrainConfig(epochs=1, batch_size=8))
+    atomic_write_text(layout.hyperparameters, json.dumps(hyperparameters(params)))
+    layout.features.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split in TRAINING_SPLITS:
+        y = np.arange(16) % 2
+        np.savez(layout.features / f"{split}.npz", y=y.astype(np.int8),
+                 x=rng.normal(size=(16, 1, params.audio.n_mels, 32)).astype(np.float32),
+                 path=np.array([f"{split}/{i}.wav" for i in range(16)]),
+                 channel=np.array(["app"] * 16))
+    return layout
+
+
+def selfcheck() -> int:
+    """The image build's smoke test: one CUDA runtime across the torch family, then a one-epoch
+    job through the whole training path, so a broken image fails at build, not in a paid job."""
+    import tempfile
+
+    from coughlab.cudalibs import check_installed
+
+    try:
+        print(f"container: selfcheck: {check_installed()}", flush=True)
+    except RuntimeError as exc:
+        print(f"container: selfcheck failed: {exc}", file=sys.stderr, flush=True)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="coughlab-selfcheck-") as tmp:
+        layout = synthetic_job(Path(tmp))
+        status = run(layout, SigtermFlag())
+        if status != 0 or not (layout.model / "model.pt").is_file():
+            print("container: selfcheck failed: the one-epoch job did not write model.pt",
+                  file=sys.stderr, flush=True)
+            return status or 1
+    print("container: selfcheck passed", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Train coughlab inside a SageMaker training container (the image from "
@@ -319,13 +362,17 @@ def main(argv: list[str] | None = None) -> int:
         "from the checkpoints dir, writes model/model.pt and the curves to output/data; on "
         "error writes output/failure and exits 1; on SIGTERM (spot interruption) checkpoints "
         "the running epoch and exits 143.")
-    parser.add_argument("command", choices=["train"],
-                        help="SageMaker starts the image with `train`")
+    parser.add_argument("command", choices=["train", "selfcheck"],
+                        help="SageMaker starts the image with `train`; the image build runs "
+                        "`selfcheck` (torch-family CUDA runtimes agree, one epoch on synthetic "
+                        "features in a temporary directory; --base-dir is not used)")
     parser.add_argument("--base-dir", type=Path,
                         default=Path(os.environ.get(BASE_DIR_ENV, DEFAULT_BASE_DIR)),
                         help=f"SageMaker's root directory (default ${BASE_DIR_ENV} or "
                         f"{DEFAULT_BASE_DIR})")
     args = parser.parse_args(argv)
+    if args.command == "selfcheck":
+        return selfcheck()
     flag = SigtermFlag()
     previous = signal.signal(signal.SIGTERM, flag)  # first: before torch and fastai load
     try:

@@ -13,10 +13,16 @@ Account-specific settings come from the environment, never from params.yaml:
 COUGHLAB_SM_ROLE (execution role ARN), COUGHLAB_SM_BUCKET, COUGHLAB_SM_IMAGE (ECR image URI),
 AWS_REGION (else boto3's default); credentials from the usual boto3 chain. S3 layout under
 s3://$COUGHLAB_SM_BUCKET/<train.sagemaker.s3_prefix>/:
-  input/<job>/features/      the uploaded train.npz and valid.npz
+  input/<fingerprint>/features/ the uploaded train.npz and valid.npz (each tagged with its
+                             sha256, so a re-run with the same params and features reuses them)
   checkpoints/<fingerprint>/ epoch checkpoints, shared by every job with the same params and
                              features, so a re-run after a failed or stopped job resumes
   output/<job>/output/       model.tar.gz and output.tar.gz
+
+A re-run whose fingerprint has a job still InProgress (the launcher died: network drop, closed
+laptop) follows that job instead of starting a second one on the same checkpoints. Every AWS
+error ends as one SageMakerError line (coughlab.aws_errors: the quota to raise, the IAM
+action denied) that also says what stays in S3 and what a re-run does.
 """
 from __future__ import annotations
 
@@ -29,8 +35,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from coughlab.atomic import atomic_dir
+from coughlab.aws_errors import explain
 from coughlab.config import Params, SageMakerConfig
 from coughlab.container import CHANNEL, TRAINING_SPLITS, check_features, hyperparameters
+from coughlab.digest import sha256_file
 from coughlab.model import MODEL_FILE, fingerprint
 from coughlab.progress import progress_bar
 
@@ -42,12 +50,25 @@ ENV_TRAINING_IMAGE = "COUGHLAB_TRAINING_IMAGE"
 CONTAINER_CHECKPOINTS = "/opt/ml/checkpoints"
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TERMINAL_STATUSES = ("Completed", "Failed", "Stopped")
-POLL_SECONDS = 30
+# Status polls back off while nothing changes: 10 s, 20 s, 40 s, then every 60 s; back to 10 s
+# at each status change, so transitions are seen quickly and a 2-hour job costs ~130 calls.
+POLL_SECONDS = 10
+MAX_POLL_SECONDS = 60
 # CloudWatch Logs error codes that mean "later", not "never": the tail backs off and retries.
 THROTTLING_CODES = ("ThrottlingException", "Throttling", "TooManyRequestsException",
                     "RequestLimitExceeded", "ServiceUnavailableException")
-MAX_SKIPPED_POLLS = 8  # backoff cap: with POLL_SECONDS=30, logs are read at least every 4.5 min
+MAX_SKIPPED_POLLS = 8  # backoff cap: logs are read at least every 9 polls
 CURVES_FILE = "metrics.json"  # dvclive's summary; output.tar.gz must hold it
+
+
+# The NVIDIA driver AWS documents per SageMaker GPU family (the driver table of "Best practices
+# to minimize interruptions during GPU driver upgrades", docs.aws.amazon.com/sagemaker/latest/
+# dg/inference-gpu-drivers.html; written for inference hosts, the only per-family driver list
+# SageMaker publishes). The image's CUDA 12.6 needs a driver >= 525.60.13.
+DOCUMENTED_DRIVERS = {"ml.p2": 470, "ml.p3": 470, "ml.p4d": 470, "ml.p4de": 470, "ml.g4dn": 470,
+                      "ml.g5": 470, "ml.g6": 535, "ml.p5": 535, "ml.p5e": 550, "ml.p5en": 550}
+IMAGE_CUDA = "12.6"
+IMAGE_MIN_DRIVER = 525
 
 
 class SageMakerError(Exception):
@@ -115,15 +136,33 @@ def validate_job_config(cfg: SageMakerConfig) -> None:
         raise SageMakerError("train.sagemaker: " + "; ".join(problems))
 
 
+def driver_warning(instance_type: str) -> str | None:
+    """A warning when AWS documents a driver too old for the image's CUDA on this family.
+
+    A warning, not a refusal: training hosts' drivers are not documented and may be newer.
+    """
+    family = instance_type.rsplit(".", 1)[0]
+    driver = DOCUMENTED_DRIVERS.get(family)
+    if driver is None or driver >= IMAGE_MIN_DRIVER:
+        return None
+    return (f"sagemaker: warning: AWS documents NVIDIA driver {driver} for {family}, older than "
+            f"the {IMAGE_MIN_DRIVER} the image's CUDA {IMAGE_CUDA} needs; if the job fails with "
+            "'cannot use CUDA', use ml.g6.xlarge (driver 535) or a CPU type")
+
+
 def job_name(fingerprint_hex: str, now: datetime | None = None) -> str:
     """Unique per launch, 37 characters (SageMaker allows 63), traceable to the params."""
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
     return f"coughlab-{fingerprint_hex[:12]}-{stamp}"
 
 
+def job_name_prefix(fingerprint_hex: str) -> str:
+    return f"coughlab-{fingerprint_hex[:12]}-"
+
+
 def job_paths(name: str, fingerprint_hex: str, bucket: str, prefix: str) -> JobPaths:
     root = f"s3://{bucket}/{prefix.strip('/')}"
-    return JobPaths(name=name, input_uri=f"{root}/input/{name}/{CHANNEL}/",
+    return JobPaths(name=name, input_uri=f"{root}/input/{fingerprint_hex}/{CHANNEL}/",
                     checkpoint_uri=f"{root}/checkpoints/{fingerprint_hex}/",
                     output_uri=f"{root}/output/")
 
@@ -162,14 +201,64 @@ def training_job_request(job: JobPaths, params: Params, settings: AwsSettings,
     }
 
 
+def uploaded_sha256(s3, bucket: str, key: str) -> str | None:
+    """The sha256 an earlier upload_features recorded on the object; None if it is not there."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("sha256")
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
 def upload_features(s3, features_dir: Path, input_uri: str) -> None:
-    """Upload only the splits training reads; the test split never leaves the machine."""
+    """Upload only the splits training reads; the test split never leaves the machine.
+
+    A file already there with the same sha256 (a re-run after a failed start) is not sent
+    again. S3 makes an object visible only once its upload completed, so none is half there.
+    """
     bucket, prefix = split_s3_uri(input_uri)
     for split in TRAINING_SPLITS:
         path = features_dir / f"{split}.npz"
+        digest = sha256_file(path)
+        if uploaded_sha256(s3, bucket, f"{prefix}{path.name}") == digest:
+            print(f"sagemaker: {input_uri}{path.name} is already uploaded", flush=True)
+            continue
         with progress_bar(total=path.stat().st_size, unit="B", unit_scale=True,
                           desc=f"upload {path.name}") as bar:
-            s3.upload_file(str(path), bucket, f"{prefix}{path.name}", Callback=bar.update)
+            s3.upload_file(str(path), bucket, f"{prefix}{path.name}", Callback=bar.update,
+                           ExtraArgs={"Metadata": {"sha256": digest}})
+
+
+def find_running_job(sagemaker, fingerprint_hex: str, checkpoint_uri: str) -> dict | None:
+    """The InProgress job launched for this fingerprint, if any (DescribeTrainingJob's answer).
+
+    Found by the deterministic name prefix, confirmed by its checkpoint prefix (which holds
+    the whole fingerprint, and the bucket and s3_prefix): that is the job a second launch
+    would collide with.
+    """
+    prefix = job_name_prefix(fingerprint_hex)
+    pages = sagemaker.get_paginator("list_training_jobs").paginate(
+        NameContains=prefix, StatusEquals="InProgress")
+    for page in pages:
+        for summary in page["TrainingJobSummaries"]:
+            if not summary["TrainingJobName"].startswith(prefix):
+                continue
+            desc = sagemaker.describe_training_job(TrainingJobName=summary["TrainingJobName"])
+            if (desc.get("CheckpointConfig") or {}).get("S3Uri") == checkpoint_uri \
+                    and desc["TrainingJobStatus"] == "InProgress":
+                return desc
+    return None
+
+
+def paths_of(desc: dict) -> JobPaths:
+    """A described job's own name and S3 locations."""
+    return JobPaths(name=desc["TrainingJobName"],
+                    input_uri=desc["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"],
+                    checkpoint_uri=desc["CheckpointConfig"]["S3Uri"],
+                    output_uri=desc["OutputDataConfig"]["S3OutputPath"])
 
 
 class LogTail:
@@ -242,9 +331,21 @@ def progress_line(desc: dict, elapsed: float) -> str:
             f"{desc['SecondaryStatus']} after {elapsed:.0f}s" + (f": {message}" if message else ""))
 
 
+def poll_delays(first: float, cap: float):
+    """first, 2*first, 4*first ... capped at `cap`: the pauses between unchanged polls."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(cap, delay * 2)
+
+
 def wait_for_job(clients: Clients, job: str, poll_seconds: float = POLL_SECONDS,
-                 sleep=time.sleep) -> dict:
-    """Poll until the job ends, printing each status change and the job's log lines."""
+                 sleep=time.sleep, max_poll_seconds: float = MAX_POLL_SECONDS) -> dict:
+    """Poll until the job ends, printing each status change and the job's log lines.
+
+    The pause doubles while the status stays the same (up to max_poll_seconds) and starts
+    again from poll_seconds when it changes.
+    """
     tail = LogTail(clients.logs, job)
     started, last_state = time.monotonic(), None
     while True:
@@ -253,10 +354,11 @@ def wait_for_job(clients: Clients, job: str, poll_seconds: float = POLL_SECONDS,
         if state != last_state:
             print(progress_line(desc, time.monotonic() - started), flush=True)
             last_state = state
+            delays = poll_delays(poll_seconds, max(poll_seconds, max_poll_seconds))
         tail.poll()
         if desc["TrainingJobStatus"] in TERMINAL_STATUSES:
             return desc
-        sleep(poll_seconds)
+        sleep(next(delays))
 
 
 def follow_job(clients: Clients, job: JobPaths, poll_seconds: float = POLL_SECONDS,
@@ -288,8 +390,9 @@ def stop_job(clients: Clients, job: JobPaths, poll_seconds: float = POLL_SECONDS
               f"{job.name}`", flush=True)
         return
     print(f"sagemaker: interrupted: stopping {job.name}...", flush=True)
+    delays = poll_delays(poll_seconds, max(poll_seconds, MAX_POLL_SECONDS))
     while (status := job_status(clients, job.name)) not in (*TERMINAL_STATUSES, "unknown"):
-        sleep(poll_seconds)
+        sleep(next(delays))
     print(f"sagemaker: {job.name} is {status}; re-running the stage resumes from "
           f"{job.checkpoint_uri}", flush=True)
 
@@ -334,7 +437,7 @@ def download_tar(s3, uri: str, dest: Path, required: str) -> None:
     try:
         size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
     except ClientError as exc:
-        raise SageMakerError(f"cannot read {uri}: {exc}") from None
+        raise SageMakerError(f"cannot read {uri}: {explain(exc, 's3')}") from None
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=dest.parent) as tmp:
         archive = Path(tmp) / Path(key).name
@@ -347,27 +450,74 @@ def download_tar(s3, uri: str, dest: Path, required: str) -> None:
                 raise SageMakerError(f"{uri} has no {required}; {dest} left as it was")
 
 
+def start_job(clients: Clients, job: JobPaths, params: Params, settings: AwsSettings,
+              fp: str, features_dir: Path) -> None:
+    """Upload the features and create the job; an AWS refusal says what stays in S3."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        upload_features(clients.s3, features_dir, job.input_uri)
+    except (ClientError, BotoCoreError) as exc:
+        raise SageMakerError(f"uploading the features to {job.input_uri} failed: "
+                             f"{explain(exc, 's3')}; nothing was started") from None
+    try:
+        clients.sagemaker.create_training_job(**training_job_request(job, params, settings, fp))
+    except ClientError as exc:  # SageMaker answered: it refused
+        raise SageMakerError(f"{explain(exc, 'sagemaker')}. No job was started; the features "
+                             f"stay in {job.input_uri} and a re-run with the same params and "
+                             "features reuses them") from None
+    except BotoCoreError as exc:  # no answer: the job may exist all the same
+        raise SageMakerError(f"{explain(exc, 'sagemaker')}. SageMaker did not answer, so "
+                             f"{job.name} may have started: a re-run with the same params and "
+                             "features follows it if it did, else starts one, reusing the "
+                             f"features in {job.input_uri}") from None
+    print(f"sagemaker: started {job.name} (checkpoints in {job.checkpoint_uri})", flush=True)
+
+
 def run_training_job(params: Params, features_dir: Path, model_dir: Path, live_dir: Path,
                      settings: AwsSettings, clients: Clients, name: str | None = None,
                      poll_seconds: float = POLL_SECONDS) -> Path:
-    """Upload, start, follow, download; returns model_dir/model.pt."""
+    """Find or start the job, follow it, download; returns model_dir/model.pt."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     validate_job_config(params.train.sagemaker)
     check_features(features_dir)
     # The same fingerprint the container computes (it sees the image as $COUGHLAB_TRAINING_IMAGE),
     # so each image gets its own checkpoint prefix.
     fp = fingerprint(params, features_dir, settings.image)
     job = job_paths(name or job_name(fp), fp, settings.bucket, params.train.sagemaker.s3_prefix)
-    upload_features(clients.s3, features_dir, job.input_uri)
-    clients.sagemaker.create_training_job(**training_job_request(job, params, settings, fp))
-    print(f"sagemaker: started {job.name} (checkpoints in {job.checkpoint_uri})", flush=True)
-    desc = follow_job(clients, job, poll_seconds)
+    try:
+        running = find_running_job(clients.sagemaker, fp, job.checkpoint_uri)
+    except (ClientError, BotoCoreError) as exc:
+        raise SageMakerError(f"looking for a job already running these params failed: "
+                             f"{explain(exc, 'sagemaker')}; nothing was started") from None
+    if running:
+        job = paths_of(running)
+        print(f"sagemaker: {job.name} is already training these params and features "
+              f"({running['SecondaryStatus']}); following it instead of starting another",
+              flush=True)
+    else:
+        if warning := driver_warning(params.train.sagemaker.instance_type):
+            print(warning, flush=True)
+        start_job(clients, job, params, settings, fp, features_dir)
+    try:
+        desc = follow_job(clients, job, poll_seconds)
+    except (ClientError, BotoCoreError) as exc:
+        raise SageMakerError(f"lost track of {job.name}: {explain(exc, 'sagemaker')}; the job "
+                             "goes on without us, and re-running the stage follows it again "
+                             "(or stop it: aws sagemaker stop-training-job --training-job-name "
+                             f"{job.name})") from None
     check_outcome(desc, job)
     if line := cost_line(desc):
         print(line)
     model_uri = desc["ModelArtifacts"]["S3ModelArtifacts"]
-    download_tar(clients.s3, model_uri, model_dir, MODEL_FILE)
-    download_tar(clients.s3, model_uri.rsplit("/", 1)[0] + "/output.tar.gz", live_dir,
-                 CURVES_FILE)
+    try:
+        download_tar(clients.s3, model_uri, model_dir, MODEL_FILE)
+        download_tar(clients.s3, model_uri.rsplit("/", 1)[0] + "/output.tar.gz", live_dir,
+                     CURVES_FILE)
+    except (ClientError, BotoCoreError) as exc:
+        raise SageMakerError(f"downloading {job.name}'s artifacts failed: {explain(exc, 's3')}; "
+                             f"they stay in {model_uri.rsplit('/', 1)[0]}/") from None
     return model_dir / MODEL_FILE
 
 

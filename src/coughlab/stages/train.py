@@ -39,12 +39,17 @@ def main(argv: list[str] | None = None) -> None:
         path = train_model(params, args.features, args.model_dir, args.checkpoint_dir,
                            args.live_dir)
     elif params.train.backend == "sagemaker":
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from coughlab.aws_errors import explain
         from coughlab.sagemaker import SageMakerError, train_on_sagemaker
 
         try:
             path = train_on_sagemaker(params, args.features, args.model_dir, args.live_dir)
         except SageMakerError as exc:
             raise SystemExit(f"train: {exc}") from None
+        except (ClientError, BotoCoreError) as exc:  # one line, never a botocore traceback
+            raise SystemExit(f"train: {explain(exc)}") from None
         # A DVC output of the stage; the job's own checkpoints are in S3.
         args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     else:
