@@ -7,7 +7,7 @@ Two steps, so the cost stays near-linear in the number of clips:
    spectrogram. Peaks survive gain changes and lossy re-encoding, and a hash says nothing about
    where in the clip it sits, so trimming only shifts every match by one time offset. Two
    clips are candidates when at least `MIN_MATCHES` of their hashes agree at one offset.
-   Hashes that occur in very many clips (stationary hum, codec artefacts) are skipped: they
+   Hashes that occur very often (stationary hum, codec artefacts) are skipped: they
    would make the pairing quadratic and say nothing about identity.
 2. **Confirmation by normalised cross-correlation** of the 8 kHz waveforms: the largest
    |xcorr| over all lags divided by the two clips' norms. 1.0 means one clip is a scaled copy of
@@ -34,7 +34,10 @@ FAN_OUT = 5          # targets paired with each anchor peak
 MAX_DT = 40          # frames (0.64 s) from anchor to target
 MAX_DF = 64          # bins (1 kHz)
 MIN_MATCHES = 6      # hashes agreeing at one time offset (+-1 frame) to make a candidate
-MAX_BUCKET = 100     # a hash seen in more clips than this is skipped as uninformative
+MAX_BUCKET = 100     # a hash seen more often than this is skipped as uninformative
+LOOKAHEAD = 32       # peaks after an anchor considered as its targets
+CLIP_BITS = 21       # up to 2 million clips
+OFFSET_BITS = 21     # time offsets up to +-1 million frames (4.6 hours)
 XCORR_THRESHOLD = 0.70
 
 
@@ -66,61 +69,64 @@ def fingerprint(wave8k: np.ndarray) -> Fingerprint:
         strongest = np.argsort(-spec[f, t], kind="stable")[:keep]
         f, t = f[strongest], t[strongest]
     order = np.lexsort((f, t))
-    f, t = f[order], t[order]
-    hashes, times = [], []
-    for i in range(f.size):
-        targets = 0
-        for j in range(i + 1, f.size):
-            dt = t[j] - t[i]
-            if dt > MAX_DT:
-                break
-            if dt == 0 or abs(int(f[j]) - int(f[i])) > MAX_DF:
-                continue
-            hashes.append((int(f[i]) << 15) | (int(f[j]) << 6) | int(dt))
-            times.append(int(t[i]))
-            targets += 1
-            if targets == FAN_OUT:
-                break
-    return Fingerprint(np.array(hashes, np.uint32), np.array(times, np.int32))
+    f, t = f[order].astype(np.int64), t[order].astype(np.int64)
+    # Anchor i pairs with the first FAN_OUT peaks after it within MAX_DT frames and MAX_DF bins.
+    ahead = np.arange(1, LOOKAHEAD + 1)
+    j = np.arange(f.size)[:, None] + ahead[None, :]
+    inside = j < f.size
+    j = np.where(inside, j, 0)
+    dt, df = t[j] - t[:, None], np.abs(f[j] - f[:, None])
+    ok = inside & (dt > 0) & (dt <= MAX_DT) & (df <= MAX_DF)
+    ok &= np.cumsum(ok, axis=1) <= FAN_OUT
+    anchor, target = np.nonzero(ok)
+    hashes = (f[anchor] << 15) | (f[j[anchor, target]] << 6) | dt[anchor, target]
+    return Fingerprint(hashes.astype(np.uint32), t[anchor].astype(np.int32))
 
 
 def candidate_pairs(prints: Sequence[Fingerprint]) -> dict[tuple[int, int], int]:
-    """`(i, j) -> matches` for clip pairs, i < j, sharing >= MIN_MATCHES hashes at one offset."""
+    """`(i, j) -> matches` for clip pairs, i < j, sharing >= MIN_MATCHES hashes at one offset.
+
+    A hash join, vectorised by bucket size: every pair of entries of one hash, from two clips,
+    votes for (clip, other clip, time offset); offsets o-1, o, o+1 count together, since
+    trimming shifts a copy by a fraction of a hop.
+    """
     clip = np.concatenate([np.full(p.hashes.size, k, np.int64) for k, p in enumerate(prints)]
-                          or [np.zeros(0, np.int64)])
-    hashes = np.concatenate([p.hashes for p in prints] or [np.zeros(0, np.uint32)])
-    times = np.concatenate([p.times for p in prints] or [np.zeros(0, np.int32)])
-    # One entry per (hash, clip, time); buckets = runs of one hash.
+                          + [np.zeros(0, np.int64)])
+    hashes = np.concatenate([p.hashes for p in prints] + [np.zeros(0, np.uint32)])
+    times = np.concatenate([p.times for p in prints] + [np.zeros(0, np.int32)]).astype(np.int64)
     order = np.lexsort((times, clip, hashes))
     hashes, clip, times = hashes[order], clip[order], times[order]
     starts = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]])
-    ends = np.r_[starts[1:], hashes.size]
-    a_parts, b_parts, off_parts = [], [], []
-    for s, e in zip(starts, ends):
-        if e - s < 2:
-            continue
-        members = clip[s:e]
-        if np.unique(members).size > MAX_BUCKET:
-            continue
-        i, j = np.triu_indices(e - s, k=1)
-        other = members[i] != members[j]
-        a_parts.append(members[i][other])
-        b_parts.append(members[j][other])
-        off_parts.append((times[s:e][j] - times[s:e][i])[other])
-    if not a_parts:
+    sizes = np.diff(np.r_[starts, hashes.size])
+    keys = []
+    for size in np.unique(sizes[(sizes >= 2) & (sizes <= MAX_BUCKET)]):
+        first = starts[sizes == size]
+        i, j = np.triu_indices(int(size), k=1)
+        a, b = (first[:, None] + i).ravel(), (first[:, None] + j).ravel()
+        other = clip[a] != clip[b]
+        a, b = a[other], b[other]
+        # Entries are sorted by clip within a bucket, so clip[a] < clip[b].
+        keys.append(pair_key(clip[a], clip[b], times[b] - times[a]))
+    if not keys:
         return {}
-    a, b, off = np.concatenate(a_parts), np.concatenate(b_parts), np.concatenate(off_parts)
-    swap = a > b  # members are sorted by clip within a bucket, but keep it explicit
-    a, b, off = np.where(swap, b, a), np.where(swap, a, b), np.where(swap, -off, off)
-    keys, counts = np.unique(np.stack([a, b, off]), axis=1, return_counts=True)
+    votes, counts = np.unique(np.concatenate(keys), return_counts=True)
+    total = counts.copy()
+    for step in (-1, 1):
+        at = np.searchsorted(votes, votes + step)
+        hit = (at < votes.size) & (votes[np.minimum(at, votes.size - 1)] == votes + step)
+        total[hit] += counts[at[hit]]
+    strong = total >= MIN_MATCHES
+    pairs, best = votes[strong] >> OFFSET_BITS, total[strong]
     found: dict[tuple[int, int], int] = {}
-    # Matches at offsets o-1, o, o+1 count together: trimming shifts by a fraction of a hop.
-    index = {tuple(k): c for k, c in zip(keys.T.tolist(), counts.tolist())}
-    for (i, j, o), c in index.items():
-        total = c + index.get((i, j, o - 1), 0) + index.get((i, j, o + 1), 0)
-        if total >= MIN_MATCHES and total > found.get((i, j), 0):
-            found[(i, j)] = total
+    for pair, matches in zip(pairs.tolist(), best.tolist()):
+        key = (pair >> CLIP_BITS, pair & ((1 << CLIP_BITS) - 1))
+        found[key] = max(found.get(key, 0), matches)
     return found
+
+
+def pair_key(a: np.ndarray, b: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """(clip a, clip b, time offset) packed in one int64, so offset +-1 is key +-1."""
+    return (((a << CLIP_BITS) | b) << OFFSET_BITS) | (offset + (1 << (OFFSET_BITS - 1)))
 
 
 def max_norm_xcorr(a: np.ndarray, b: np.ndarray) -> float:
