@@ -35,7 +35,7 @@ def test_model_json_records_parity_threshold_rate_and_rules(exported_model):
     assert meta["sample_rate"] == 16000 and meta["threshold"] == 0.5
     assert meta["parity"]["clips"] == 3
     assert meta["parity"]["max_abs_diff"] <= meta["parity"]["tolerance"] == 1e-4
-    assert meta["input_seconds"] == 3.0
+    assert meta["input_seconds"] == 30.0  # audio.max_seconds: the graph scores the whole clip
     assert meta["quality"] == {"min_seconds": 0.3, "silence_dbfs": -60.0}
     assert len(meta["version"]) == 12
 

@@ -187,3 +187,54 @@ class SpecAugment(nn.Module):
                 mask = (pos >= start) & (pos < start + width)
                 spec = torch.where(mask, fill, spec)
         return spec
+
+
+def centre_span(wave: torch.Tensor, max_length: int) -> torch.Tensor:
+    """The centred `max_length` samples of the last axis, or all of it when shorter (no pad).
+
+    The same centred span lambda/handler.py resamples for a graph whose model.json gives
+    `input_seconds`, so a long recording is cut identically offline and in the Lambda.
+    """
+    n = wave.shape[-1]
+    start = torch.sym_max(n - max_length, 0) // 2
+    return wave[..., start : start + torch.sym_min(n, max_length)]
+
+
+def window_starts(n, length: int, count: int) -> list:
+    """Where `count` windows of `length` samples start in a clip of `n`, in the zero-padded
+    clip of `fit_length` (`length` zeros either side).
+
+    Evenly spaced from the clip's first sample to its last, so together they cover the whole
+    clip; a clip shorter than a window gets shifted copies (left- to right-aligned), which in
+    training is a random shift and at inference a small shift average. One window is
+    fit_length's centre crop. No branch on `n`, so one exported graph serves every length.
+    """
+    if count == 1:
+        return [length + (n - length) // 2]
+    return [length + (n - length) * i // (count - 1) for i in range(count)]
+
+
+class WindowedFeaturizer(nn.Module):
+    """Waveform `[batch, samples]` -> log-mel windows `[batch, windows, 1, n_mels, frames]`.
+
+    The centred `max_seconds` of the clip, `windows` evenly spaced windows of `clip_seconds`
+    over it (see window_starts), each through the same log-mel. featurize runs it on clips;
+    export puts the same module in front of the network, so the Lambda scores the whole
+    recording (up to `max_seconds`) exactly as evaluate does.
+    """
+
+    def __init__(self, cfg: AudioConfig):
+        super().__init__()
+        self.length = clip_samples(cfg)
+        self.max_length = int(round(cfg.max_seconds * cfg.sample_rate))
+        self.count = cfg.windows
+        self.logmel = LogMel(cfg)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        wave = centre_span(wave, self.max_length)
+        padded = nn.functional.pad(wave, (self.length, self.length))
+        starts = window_starts(wave.shape[-1], self.length, self.count)
+        windows = torch.stack([padded[:, s : s + self.length] for s in starts], dim=1)
+        batch = windows.shape[0]
+        spec = self.logmel(windows.reshape(batch * self.count, self.length))
+        return spec.reshape(batch, self.count, *spec.shape[1:])

@@ -116,6 +116,11 @@ class AudioConfig:
     # Subtract each mel band's mean over the window (cepstral mean normalisation): removes a
     # recording channel's fixed frequency response and the recording level.
     band_mean_norm: bool = False
+    # Windows of clip_seconds scored per clip, evenly spaced over the whole clip (their
+    # P(positive) averaged); in training each clip gives one of them at random per epoch.
+    windows: int = 1
+    # Longest recording scored: a longer one is cut to its centred max_seconds.
+    max_seconds: float = 30.0
 
 
 @dataclass
@@ -130,6 +135,14 @@ class SpecAugmentConfig:
     freq_mask: int = 8
     time_mask: int = 16
     n_masks: int = 2
+
+
+@dataclass
+class ChannelAugmentConfig:
+    # sd of a random per-clip level and of the weights of a smooth random frequency response,
+    # in log-mel units (see coughlab.model.ChannelAugment); 0 turns it off.
+    gain: float = 0.0
+    tilt: float = 0.0
 
 
 @dataclass
@@ -154,6 +167,9 @@ class TrainConfig:
     batch_size: int = 32
     weight_decay: float = 0.01
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    channel_augment: ChannelAugmentConfig = field(default_factory=ChannelAugmentConfig)
+    # Networks trained (seeds seed, seed + 1, ...) and shipped as one averaged ensemble.
+    members: int = 1
     # label: class-weighted loss. channel_label: batches drawn evenly from every
     # channel x label cell, so the recording channel predicts nothing about the label.
     balance: str = "label"

@@ -1,8 +1,10 @@
 """Export the trained network, with its featurizer, as one framework-free ONNX graph.
 
 The graph's input is `waveform`: float32 `[batch, samples]`, mono, at the pipeline's sample
-rate, any length. Inside it: the same centre crop/pad and log-mel as featurize, then the
-network and a softmax. Its output is `p_positive` `[batch]`. The Lambda therefore needs only
+rate, any length. Inside it: featurize's windows over the whole clip (its centred
+audio.max_seconds) and log-mel, then the network (or every member of the ensemble) and a
+softmax, and the mean P(positive) over windows and members. Its output is `p_positive`
+`[batch]`. The Lambda therefore needs only
 onnxruntime and numpy, and cannot drift from training in how it computes features.
 """
 from __future__ import annotations
@@ -13,8 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from coughlab.audio import Featurizer
+from coughlab.audio import WindowedFeaturizer
 from coughlab.config import AudioConfig
+from coughlab.model import window_proba
 
 INPUT_NAME = "waveform"
 OUTPUT_NAME = "p_positive"
@@ -22,16 +25,16 @@ OPSET = 18
 
 
 class ServingModel(nn.Module):
-    """Waveform -> P(positive): featurizer + network + softmax, in eval mode."""
+    """Waveform -> P(positive): windows + featurizer + network + softmax + mean, in eval mode."""
 
     def __init__(self, net: nn.Module, audio: AudioConfig):
         super().__init__()
-        self.featurizer = Featurizer(audio)
+        self.featurizer = WindowedFeaturizer(audio)
         self.net = net
         self.eval()
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(self.featurizer(waveform)), dim=-1)[:, 1]
+        return window_proba(self.net, self.featurizer(waveform))
 
 
 def export_onnx(net: nn.Module, audio: AudioConfig, path: Path) -> Path:

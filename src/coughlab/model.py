@@ -13,6 +13,7 @@ record, and checked, before its tensors are touched.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -91,9 +92,32 @@ def build_net(cfg: ModelConfig) -> nn.Module:
                          nn.Linear(n_features, len(LABELS)))
 
 
+class Ensemble(nn.Module):
+    """K networks as one: log of the mean of the members' softmax probabilities.
+
+    Returned as log-probabilities so that softmax(ensemble(x)) is that mean exactly:
+    predict_proba and the exported graph treat one network and an ensemble alike.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(m(spec), dim=-1) for m in self.members]).mean(dim=0)
+        return torch.log(probs)
+
+
 def load_split(features_dir: Path, split: str) -> dict[str, np.ndarray]:
+    """A featurized split: `x` float32 `[clips, windows, 1, mels, frames]`, `y`, `path`, `channel`.
+
+    Features written before windows existed (`[clips, 1, mels, frames]`) read as one window.
+    """
     with np.load(Path(features_dir) / f"{split}.npz") as npz:
-        return {k: npz[k] for k in npz.files}
+        data = {k: npz[k] for k in npz.files}
+    if data["x"].ndim == 4:
+        data["x"] = data["x"][:, None]
+    return data
 
 
 def cell_weights(cells: list[np.ndarray]) -> np.ndarray:
@@ -116,9 +140,17 @@ def dataloaders(features_dir: Path, batch_size: int, seed: int, balance: str = "
     n_train = len(train["y"])
     if n_train == 0 or len(valid["y"]) == 0:
         raise ValueError(f"{features_dir}: train and valid splits must both be non-empty")
+    n_windows = x.shape[1]
+
+    def get_x(i: int) -> torch.Tensor:
+        # A random window of each training clip (a random crop, reseeded every epoch by
+        # EpochSeed); valid clips give their middle window, for the logged curves.
+        w = int(torch.randint(n_windows, ())) if i < n_train else n_windows // 2
+        return torch.from_numpy(x[i, w].astype(np.float32))
+
     block = DataBlock(
         blocks=(TransformBlock, CategoryBlock(vocab=list(LABELS))),
-        get_x=lambda i: torch.from_numpy(x[i].astype(np.float32)),
+        get_x=get_x,
         get_y=lambda i: LABELS[y[i]],
         splitter=IndexSplitter(range(n_train, len(y))),
     )
@@ -149,15 +181,44 @@ class EpochSeed(Callback):
         self.dls.train.rng = random.Random(self.seed * 1000 + self.epoch)
 
 
+class ChannelAugment(nn.Module):
+    """A random recording channel per training clip: gain and a smooth frequency response.
+
+    A microphone, codec or phone line multiplies the spectrum by a fixed, smooth response;
+    in log-mel that is an added curve. Each item gets `gain` * N(0, 1) dB-like level plus a
+    curve of the first four cosines over the mel axis with N(0, `tilt`) weights, so the
+    network cannot rely on a channel's response or level to tell channels (and labels) apart.
+    """
+
+    def __init__(self, gain: float, tilt: float):
+        super().__init__()
+        self.gain, self.tilt = gain, tilt
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        if not self.training or (self.gain == 0 and self.tilt == 0):
+            return spec
+        batch, _, n_mels, _ = spec.shape
+        mel = torch.linspace(0, torch.pi, n_mels, device=spec.device)
+        basis = torch.stack([torch.cos(k * mel) for k in range(1, 5)])  # [4, mels]
+        weights = torch.randn(batch, 4, device=spec.device) * self.tilt
+        level = torch.randn(batch, 1, device=spec.device) * self.gain
+        curve = level + weights @ basis  # [batch, mels]
+        return spec + curve[:, None, :, None]
+
+
 class SpecAugmentCallback(Callback):
     """Mask the training batches only; validation and export see clean spectrograms."""
 
-    def __init__(self, cfg: SpecAugmentConfig):
+    def __init__(self, cfg: SpecAugmentConfig, channel: ChannelAugment | None = None):
         self.augment = SpecAugment(cfg.freq_mask, cfg.time_mask, cfg.n_masks)
+        self.channel = channel
 
     def before_batch(self):
         if self.training:
-            self.learn.xb = (self.augment(self.xb[0]),)
+            xb = self.xb[0]
+            if self.channel is not None:
+                xb = self.channel(xb)
+            self.learn.xb = (self.augment(xb),)
 
 
 @dataclass
@@ -333,7 +394,10 @@ def fingerprint(params: Params, features_dir: Path, training_image: str | None =
     if training_image is None:
         training_image = os.environ.get(TRAINING_IMAGE_ENV, "")
     digest = hashlib.sha256()
-    train = {k: v for k, v in asdict(params.train).items() if k not in ("backend", "sagemaker")}
+    # Not `members`: each member has its own fingerprint (its seed), so raising train.members
+    # resumes the members already trained.
+    train = {k: v for k, v in asdict(params.train).items()
+             if k not in ("backend", "sagemaker", "members")}
     digest.update(json.dumps({"seed": params.seed, "lr": params.lr, "model": asdict(params.model),
                               "train": train, "code": code_digest(),
                               "image": training_image},
@@ -371,19 +435,48 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
+def member_seeds(params: Params) -> list[int]:
+    """The seed of each ensemble member: seed, seed + 1, ..."""
+    return [params.seed + k for k in range(params.train.members)]
+
+
 def train_model(params: Params, features_dir: Path, model_dir: Path, checkpoint_dir: Path,
                 live_dir: Path | None = None, callbacks: Sequence[Callback] = ()) -> Path:
-    """Fit the configured network on build/features and save `model_dir/model.pt`.
+    """Fit the configured network (or train.members of them, one per seed, as one Ensemble)
+    on build/features and save `model_dir/model.pt`.
 
-    `callbacks` are extra fastai callbacks, e.g. the SageMaker container's stop-on-SIGTERM,
-    which orders itself after EpochCheckpoint so it stops only once the epoch is saved.
+    One seed's network is a noisy product (dev CV: see docs/quality.md); the members differ
+    only in their seed. Member k checkpoints in `checkpoint_dir/member-k` (one member: in
+    `checkpoint_dir` itself), so a killed run resumes inside the member it was training; the
+    curves in `live_dir` are the first member's. `callbacks` are extra fastai callbacks, e.g.
+    the SageMaker container's stop-on-SIGTERM, which orders itself after EpochCheckpoint so
+    it stops only once the epoch is saved.
     """
+    seeds = member_seeds(params)
+    nets, device = [], "cpu"
     with reproducible_cpu_kernels():
-        return fit_and_save(params, features_dir, model_dir, checkpoint_dir, live_dir, callbacks)
+        for k, seed in enumerate(seeds):
+            member = dataclasses.replace(params, seed=seed)
+            member_dir = Path(checkpoint_dir) / f"member-{k}" if len(seeds) > 1 else checkpoint_dir
+            if len(seeds) > 1:
+                print(f"train: member {k + 1}/{len(seeds)} (seed {seed})", flush=True)
+            net, device = fit(member, features_dir, member_dir, live_dir if k == 0 else None,
+                              callbacks)
+            nets.append(net)
+    return save_model(nets[0] if len(nets) == 1 else Ensemble(nets), params, Path(model_dir),
+                      device)
 
 
 def fit_and_save(params: Params, features_dir: Path, model_dir: Path, checkpoint_dir: Path,
                  live_dir: Path | None, callbacks: Sequence[Callback]) -> Path:
+    """One network, saved, without train_model's kernel pinning (benchmarks compare the two)."""
+    net, device = fit(params, features_dir, checkpoint_dir, live_dir, callbacks)
+    return save_model(net, params, Path(model_dir), device)
+
+
+def fit(params: Params, features_dir: Path, checkpoint_dir: Path, live_dir: Path | None,
+        callbacks: Sequence[Callback]) -> tuple[nn.Module, str]:
+    """One network fitted with `params.seed`, resumed from `checkpoint_dir` if it matches."""
     from dvclive import Live
 
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -400,7 +493,8 @@ def fit_and_save(params: Params, features_dir: Path, model_dir: Path, checkpoint
         resume(learn, resumed)
         start = resumed.epoch + 1
         print(f"train: resuming after epoch {resumed.epoch} from {checkpoint_dir}")
-    cbs = [EpochSeed(params.seed), SpecAugmentCallback(params.train.spec_augment),
+    channel = ChannelAugment(params.train.channel_augment.gain, params.train.channel_augment.tilt)
+    cbs = [EpochSeed(params.seed), SpecAugmentCallback(params.train.spec_augment, channel),
            EpochCheckpoint(checkpoint_dir, fp, resumed)]
     live = None
     if live_dir is not None:
@@ -419,7 +513,7 @@ def fit_and_save(params: Params, features_dir: Path, model_dir: Path, checkpoint
             learn.fit_one_cycle(params.train.epochs, params.lr, cbs=cbs, start_epoch=start)
     if live is not None:
         live.end()
-    return save_model(learn.model, params, Path(model_dir), device_name(dls.device))
+    return learn.model, device_name(dls.device)
 
 
 def epoch_line(names: Sequence[str], row: Sequence) -> str:
@@ -436,6 +530,7 @@ def save_model(net: nn.Module, params: Params, model_dir: Path, device: str = "c
     path = model_dir / MODEL_FILE
     with atomic_file(path) as fh:
         torch.save({"state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
+                    "members": len(net.members) if isinstance(net, Ensemble) else 1,
                     "model": asdict(params.model), "audio": asdict(params.audio),
                     "labels": list(LABELS), "device": device}, fh)
     return path
@@ -451,14 +546,27 @@ def load_model(path: Path) -> tuple[nn.Module, AudioConfig]:
     except pickle.UnpicklingError as exc:
         raise ValueError(f"{path} holds more than plain tensors, refusing to load it: "
                          f"{exc}") from None
-    net = build_net(ModelConfig(**saved["model"]))
+    cfg = ModelConfig(**saved["model"])
+    members = int(saved.get("members", 1))
+    net = build_net(cfg) if members == 1 else Ensemble([build_net(cfg) for _ in range(members)])
     net.load_state_dict(saved["state_dict"])
     return net.eval(), AudioConfig(**saved["audio"])
 
 
+def window_proba(net: nn.Module, windows: torch.Tensor) -> torch.Tensor:
+    """P(positive) per clip `[n]` from log-mel windows `[n, windows, 1, mels, frames]`: the mean
+    over the clip's windows. The exported graph computes exactly this (coughlab.export)."""
+    n, count = windows.shape[:2]
+    logits = net(windows.reshape(n * count, *windows.shape[2:]))
+    return torch.softmax(logits, dim=-1)[:, 1].reshape(n, count).mean(dim=1)
+
+
 @torch.inference_mode()
-def predict_proba(net: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """P(positive) for log-mel features `[n, 1, mels, frames]`."""
-    out = [torch.softmax(net(torch.from_numpy(x[i:i + batch_size].astype(np.float32))), -1)[:, 1]
+def predict_proba(net: nn.Module, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """P(positive) per clip for featurize's `x` (`[n, windows, 1, mels, frames]`, or one window
+    `[n, 1, mels, frames]`)."""
+    if x.ndim == 4:
+        x = x[:, None]
+    out = [window_proba(net, torch.from_numpy(x[i:i + batch_size].astype(np.float32)))
            for i in range(0, len(x), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)

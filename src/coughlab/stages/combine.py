@@ -6,12 +6,15 @@ Outputs (build/combined/):
 - manifest.csv      one row per kept clip: labels.csv columns (path -> the wav, fetched_path the
                     original) + split, orig_sr, orig_channels, seconds
 - quarantine.csv    one row per rejected clip with its reason (unreadable, empty, silent, ...)
-- summary.json      counts per split x label x source, and quarantine counts per reason
+- summary.json      counts per split x label x source, quarantine counts per reason, and the
+                    near-duplicate groups (re-sent recordings) that were made one subject
 
 Quarantine is never fatal on its own; combine fails only if the quarantined fraction exceeds
 data.quality.max_quarantine_fraction, which signals a broken source rather than bad clips.
 Splits are subject-disjoint (no person in two splits; possible duplicates of one person, by
-`person_fingerprint`, stay together) and stratified by source x label, from `seed`.
+`person_fingerprint`, stay together; so do near-duplicate recordings, the same audio re-sent
+under another id, re-trimmed, re-encoded or rescaled, found across all sources by
+coughlab.duplicates) and stratified by source x label, from `seed`.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import pandas as pd
 from coughlab.atomic import atomic_dir
 from coughlab.audio import (AudioDecodeError, load_audio, quality_problem, resample, to_mono,
                             write_float_wav)
+from coughlab import duplicates
 from coughlab.config import QualityConfig, SplitConfig, load_params
 from coughlab.progress import progress_bar
 
@@ -46,9 +50,10 @@ class SplitError(ValueError):
 FINGERPRINT = "person_fingerprint"
 
 
-def subject_groups(df: pd.DataFrame) -> pd.Series:
+def subject_groups(df: pd.DataFrame, linked: list[tuple[str, str]] = ()) -> pd.Series:
     """`subject_id -> group`: subjects sharing a non-empty person_fingerprint (possibly one
-    person recorded twice) form one group, named after its first subject id in sorted order."""
+    person recorded twice), or `linked` in pairs (near-duplicate recordings), form one group,
+    named after its first subject id in sorted order."""
     parent = {s: s for s in sorted(df["subject_id"].unique())}
 
     def root(s: str) -> str:
@@ -64,6 +69,9 @@ def subject_groups(df: pd.DataFrame) -> pd.Series:
             for other in rest:
                 a, b = sorted((root(first), root(other)))
                 parent[b] = a
+    for one, other in linked:
+        a, b = sorted((root(one), root(other)))
+        parent[b] = a
     return pd.Series({s: root(s) for s in parent}, name="group")
 
 
@@ -72,16 +80,17 @@ def _majority(values: pd.Series) -> str:
     return values.value_counts().sort_index().idxmax()
 
 
-def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int) -> pd.Series:
+def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int,
+                   linked: list[tuple[str, str]] = ()) -> pd.Series:
     """Assign each row the split of its subject, seeded.
 
-    Subject-disjoint, and possible duplicates of one person (equal person_fingerprint) stay
-    together. Stratified by source x label: within each source, each label's groups are
+    Subject-disjoint, and possible duplicates of one person (equal person_fingerprint) and
+    `linked` subject pairs (near-duplicate recordings) stay together. Stratified by source x label: within each source, each label's groups are
     shuffled and cut by the split fractions; then every source is made to appear in every
     split with a non-zero fraction, or SplitError names the source with too few subjects.
     A group's source and label are the majority of its clips.
     """
-    groups = subject_groups(df)
+    groups = subject_groups(df, linked)
     row_group = df["subject_id"].map(groups)
     strata = df.groupby(row_group).agg(source=("source", _majority), label=("label", _majority))
     fractions = {"test": split.test, "valid": split.valid}
@@ -141,11 +150,52 @@ def process_clip(src: Path, dst: Path, sample_rate: int, quality: QualityConfig)
     return {"orig_sr": sr, "orig_channels": wave.shape[0], "seconds": round(mono.size / sr, 3)}
 
 
+def clip_fingerprint(path: Path) -> duplicates.Fingerprint:
+    """The landmark hashes of a clip combine wrote (mono float WAV)."""
+    wave, sr = load_audio(path)
+    return duplicates.fingerprint(duplicates.to_rate(wave[0], sr))
+
+
+def near_duplicate_pairs(clips_dir: Path, manifest: pd.DataFrame,
+                         prints: list[duplicates.Fingerprint], sample_rate: int) -> list[duplicates.Pair]:
+    """Confirmed near-duplicate clip pairs (row numbers of `manifest`), reading only candidates."""
+    def wave8k(k: int) -> np.ndarray:
+        wave, sr = load_audio(clips_dir / manifest["path"].iloc[k])
+        return duplicates.to_rate(wave[0], sr)
+
+    return duplicates.find_near_duplicates(len(manifest), wave8k, prints,
+                                           progress=lambda it, desc: progress_bar(it, desc=desc, unit="pair"))
+
+
+def duplicate_report(manifest: pd.DataFrame, pairs: list[duplicates.Pair]) -> dict:
+    """summary.json's account: how pairs are decided, and every group of re-sent recordings."""
+    group = duplicates.clip_groups(len(manifest), pairs)
+    members: dict[int, list[int]] = {}
+    for k in sorted({k for pair in pairs for k in (pair.i, pair.j)}):
+        members.setdefault(group[k], []).append(k)
+    xcorr: dict[int, float] = {}
+    for pair in pairs:
+        xcorr[group[pair.i]] = min(xcorr.get(group[pair.i], 1.0), pair.xcorr)
+    rows = manifest.reset_index(drop=True)
+    return {
+        "method": "landmark-hash candidates (>= {} matching hashes at one offset), confirmed by "
+                  "max normalised cross-correlation at {} Hz >= {}".format(
+                      duplicates.MIN_MATCHES, duplicates.RATE, duplicates.XCORR_THRESHOLD),
+        "pairs": len(pairs),
+        "groups": [{"paths": rows["path"].iloc[clips].tolist(),
+                    "subjects": sorted(set(rows["subject_id"].iloc[clips])),
+                    "labels": sorted(set(rows["label"].iloc[clips])),
+                    "split": rows["split"].iloc[clips[0]],
+                    "min_xcorr": xcorr[g]}
+                   for g, clips in sorted(members.items())],
+    }
+
+
 def combine(src_dir: Path, out: Path, sample_rate: int, quality: QualityConfig,
             split: SplitConfig, seed: int) -> dict:
     labels = pd.read_csv(src_dir / "labels.csv", dtype=str, keep_default_na=False)
     with atomic_dir(out) as tmp:
-        kept, quarantined = [], []
+        kept, quarantined, prints = [], [], []
         for row in progress_bar(labels.to_dict("records"), desc="combine", unit="clip"):
             clip = wav_path(row["path"])
             result = process_clip(src_dir / row["path"], tmp / "clips" / clip, sample_rate, quality)
@@ -153,6 +203,7 @@ def combine(src_dir: Path, out: Path, sample_rate: int, quality: QualityConfig,
                 quarantined.append({"path": row["path"], "label": row["label"],
                                     "source": row["source"], **result})
             else:
+                prints.append(clip_fingerprint(tmp / "clips" / clip))
                 kept.append({**row, "path": clip, "fetched_path": row["path"], **result})
         fraction = len(quarantined) / max(len(labels), 1)
         if fraction > quality.max_quarantine_fraction:
@@ -163,14 +214,17 @@ def combine(src_dir: Path, out: Path, sample_rate: int, quality: QualityConfig,
         manifest = pd.DataFrame(kept)
         if manifest.empty:
             raise TooManyQuarantined("no clip passed the quality checks")
-        manifest["split"] = split_subjects(manifest, split, seed)
+        pairs = near_duplicate_pairs(tmp / "clips", manifest, prints, sample_rate)
+        linked = [(manifest["subject_id"].iloc[p.i], manifest["subject_id"].iloc[p.j]) for p in pairs]
+        manifest["split"] = split_subjects(manifest, split, seed, linked)
         manifest.to_csv(tmp / "manifest.csv", index=False)
         quarantine = pd.DataFrame(quarantined, columns=["path", "label", "source", "reason", "detail"])
         quarantine.to_csv(tmp / "quarantine.csv", index=False)
-        summary = summarize(manifest, quarantine, sample_rate)
+        summary = {**summarize(manifest, quarantine, sample_rate),
+                   "near_duplicates": duplicate_report(manifest, pairs)}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"combine: kept {len(manifest)} clips, quarantined {len(quarantine)} "
-          f"{summary['quarantined_by_reason']}")
+          f"{summary['quarantined_by_reason']}; {len(pairs)} near-duplicate pair(s) share a subject")
     return summary
 
 

@@ -100,8 +100,8 @@ def export_lambda(model_dir: Path, metrics_json: Path, combined: Path, features:
             "output": OUTPUT_NAME,
             "sample_rate": audio.sample_rate,
             "clip_seconds": audio.clip_seconds,
-            # The graph centre-crops this many seconds: the handler resamples only those.
-            "input_seconds": audio.clip_seconds,
+            # The graph scores the centred max_seconds: the handler resamples only those.
+            "input_seconds": audio.max_seconds,
             # combine's quarantine rules: the Lambda refuses what training never saw.
             "quality": {"min_seconds": quality.min_seconds, "silence_dbfs": quality.silence_dbfs},
             "labels": list(LABELS),

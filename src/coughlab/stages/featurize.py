@@ -1,11 +1,13 @@
-"""Stage featurize: one fixed-length, centre-cropped log-mel window per clip, per split.
+"""Stage featurize: log-mel windows over the whole of every clip, per split.
 
-Writes build/features/{train,valid,test}.npz with `x` (float32 [n, 1, n_mels, frames]: float16
-would move P(positive) by more than the Lambda parity gate allows), `y` (0 = negative,
+Writes build/features/{train,valid,test}.npz with `x` (float32 [n, audio.windows, 1, n_mels,
+frames]: audio.windows windows of audio.clip_seconds evenly spaced over the clip's centred
+audio.max_seconds; float16 would move P(positive) by more than the Lambda parity gate
+allows), `y` (0 = negative,
 1 = positive), `path` (the manifest path, to join back source/channel) and `channel` (the
 recording channel, or the source where there is none: train can balance over it).
-The window is the same centre crop/pad the exported Lambda model applies, so offline metrics
-are the metrics of the deployed graph.
+The windows are those the exported Lambda model cuts (coughlab.audio.WindowedFeaturizer), so
+offline metrics are the metrics of the deployed graph.
 """
 from __future__ import annotations
 
@@ -19,25 +21,28 @@ import torch
 
 from coughlab import LABELS
 from coughlab.atomic import atomic_dir
-from coughlab.audio import Featurizer, fit_length
+from coughlab.audio import WindowedFeaturizer
 from coughlab.config import AudioConfig, load_params
 from coughlab.progress import progress_bar
 from coughlab.stages.combine import SPLITS
 
 IN = Path("build/combined")
 OUT = Path("build/features")
-BATCH = 64
 
 
 @torch.inference_mode()
 def featurize_waves(waves: list[np.ndarray], cfg: AudioConfig, desc: str = "featurize") -> np.ndarray:
-    """Log-mel windows `[n, 1, n_mels, frames]` of mono clips already at `cfg.sample_rate`."""
-    featurizer = Featurizer(cfg).eval()
-    chunks = []
-    for start in progress_bar(range(0, len(waves), BATCH), desc=desc, unit="batch"):
-        batch = [fit_length(torch.from_numpy(w), featurizer.length) for w in waves[start : start + BATCH]]
-        chunks.append(featurizer.logmel(torch.stack(batch)).numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, 1, cfg.n_mels, 0), np.float32)
+    """Log-mel windows `[n, windows, 1, n_mels, frames]` of mono clips at `cfg.sample_rate`.
+
+    One clip at a time: the windows' positions depend on each clip's own length.
+    """
+    featurizer = WindowedFeaturizer(cfg).eval()
+    out = [featurizer(torch.from_numpy(np.ascontiguousarray(w, np.float32))[None])[0].numpy()
+           for w in progress_bar(waves, desc=desc, unit="clip")]
+    if not out:
+        frames = featurizer(torch.zeros(1, featurizer.length)).shape[-1]
+        return np.zeros((0, cfg.windows, 1, cfg.n_mels, frames), np.float32)
+    return np.stack(out)
 
 
 def read_clip(path: Path, cfg: AudioConfig) -> np.ndarray:
