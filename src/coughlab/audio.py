@@ -49,9 +49,12 @@ def _load_with_pyav(path: Path) -> tuple[np.ndarray, int]:
         with av.open(str(path)) as container:
             stream = container.streams.audio[0]
             sr = stream.codec_context.sample_rate
-            resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=sr)
+            # Packed ("flt": one plane), never planar: PyAV 18.1's to_ndarray() finds the planes
+            # of a planar frame by walking to a NULL pointer, and with 8 channels (7.1 opus/aac)
+            # there is none, so it reads past them and the process dies (SIGSEGV).
+            resampler = av.AudioResampler(format="flt", layout=stream.layout.name, rate=sr)
             chunks = [
-                out.to_ndarray()
+                out.to_ndarray().reshape(-1, out.layout.nb_channels).T
                 for frame in container.decode(stream)
                 for out in resampler.resample(frame)
             ]
