@@ -1,6 +1,6 @@
 """Markdown report of what the workspace changes against a base revision: metrics, params, plots.
 
-It opens with the workspace's confound check from reports/metrics.json: the within-channel
+It opens with the workspace's confound check from reports/evaluation.json: the within-channel
 ROC-AUC headline, the margin over the metadata-only baseline with its CI, channel leakage, and
 the warning when the margin's CI does not lie above 0.
 
@@ -21,7 +21,8 @@ from pathlib import Path
 from coughlab.atomic import atomic_write_text
 
 OUT = Path("build/pr-report.md")
-METRICS = Path("reports/metrics.json")
+# evaluate's full report; reports/metrics.json holds only the numbers `dvc metrics diff` compares.
+METRICS = Path("reports/evaluation.json")
 WORKSPACE = "workspace"  # DVC's name for the files on disk
 
 
@@ -100,7 +101,7 @@ def figure_row(name: str, d: dict, key: str, sign: str = "") -> str:
 def confound_section(metrics: dict) -> str:
     """The figures that say whether the model hears coughs or the recording channel."""
     if "margin" not in metrics:
-        return "_reports/metrics.json has no within-channel figures; re-run `dvc repro evaluate`._"
+        return f"_{METRICS} has no within-channel figures; re-run `dvc repro evaluate`._"
     head, base, margin = metrics["headline"], metrics["metadata_baseline"], metrics["margin"]
     leakage = metrics["channel_leakage"]
     lines = ["| Test figure | Value | 95% CI (subjects resampled) |", "|---|---|---|",
