@@ -93,10 +93,10 @@ def model_card(meta: dict, evaluation: dict) -> str:
         "",
         "## Known limits",
         "",
-        "- **Another source scores at chance.** Scored on hospital patients from a source it "
-        "was not trained on, the model of this pipeline was at chance (ROC-AUC 0.53 per clip, "
-        "0.55 per patient). The figures above hold for recordings like the training data's "
-        "only.",
+        "- **Another source scores at chance.** Checked on held-out recordings of hospital "
+        "patients, a source it was not trained on, this pipeline's default model was at chance "
+        "(ROC-AUC 0.53 per clip, 0.55 per patient). The figures above hold only for recordings "
+        "made like the training data.",
         "- **The recording channel predicts the label** in crowd-sourced cough sets (phone "
         "line vs app, sample rate, channel count). A model that learnt the channel looks good "
         "overall; that is why the headline is the ROC-AUC within each channel, set against a "
