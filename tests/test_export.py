@@ -202,7 +202,7 @@ def test_unrelated_changes_leave_model_json_unchanged(exported_model, tmp_path, 
     export_lambda(local["model"], local["evaluation"], local["combined"], local["features"],
                   local["fetched"], ROOT / "lambda" / "handler.py", QualityConfig(), Path("lambda"),
                   local["data_dir"], local["params_file"], Path("reports/model.json"))
-    for name in ("model.json", "model.onnx"):
+    for name in ("model.json", "model.onnx", "model_card.md"):
         assert (Path("lambda") / name).read_bytes() == (exported_model["lambda_dir"] / name).read_bytes()
     assert Path("reports/model.json").read_bytes() == exported_model["record"].read_bytes()
 

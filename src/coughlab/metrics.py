@@ -97,7 +97,8 @@ def _newton_logistic(x: list[float], y: list[int], w: list[float], l2: float,
         det = h_aa * h_bb - h_ab * h_ab
         if not det > 0:
             break
-        step_a, step_b = (h_bb * grad_a - h_ab * grad_b) / det, (h_aa * grad_b - h_ab * grad_a) / det
+        step_a = (h_bb * grad_a - h_ab * grad_b) / det
+        step_b = (h_aa * grad_b - h_ab * grad_a) / det
         scale = 1.0
         while scale > 1e-10:
             trial = loss(a - scale * step_a, b - scale * step_b)

@@ -38,7 +38,7 @@ from sklearn import metrics as skm  # noqa: E402
 from coughlab import LABELS  # noqa: E402
 from coughlab.atomic import atomic_write_text  # noqa: E402
 from coughlab.metrics import (  # noqa: E402
-    METADATA_COLUMNS, OPERATING_POINT, binary_metrics, channel_auc, choose_threshold, grouped_metrics, margin_warning,
+    METADATA_COLUMNS, OPERATING_POINT, binary_metrics, channel_auc, choose_threshold,
     grouped_metrics, margin_warning, metadata_baseline_scores, platt_calibration, roc_auc,
     within_channel_auc, within_channel_breakdown, within_channel_margin, with_ci)
 from coughlab.model import (  # noqa: E402
