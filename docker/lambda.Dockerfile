@@ -24,6 +24,6 @@ RUN pip install --no-cache-dir --no-compile --require-hashes --only-binary=:all:
     && rm /tmp/requirements.txt
 
 COPY lambda/handler.py lambda/page.html ${LAMBDA_TASK_ROOT}/
-COPY build/lambda/model.onnx build/lambda/model.json ${LAMBDA_TASK_ROOT}/model/
+COPY build/lambda/model.onnx build/lambda/model.json build/lambda/model_card.md ${LAMBDA_TASK_ROOT}/model/
 
 CMD ["handler.handler"]

@@ -213,6 +213,9 @@ def test_unzipped_package_serves_requests(exported_model, tmp_path, monkeypatch)
         (exported_model["lambda_dir"] / "model.json").read_text())["version"]
     page = handler.handler({"requestContext": {"http": {"method": "GET"}}})  # page.html shipped
     assert page["statusCode"] == 200 and "MediaRecorder" in page["body"]
+    card = handler.handler({"requestContext": {"http": {"method": "GET"}},  # the page links it
+                            "rawQueryString": "model_card"})
+    assert card["statusCode"] == 200 and card["body"].startswith("# Model card")
 
 
 def test_dependencies_are_cross_built_for_the_lambda_platform_and_cached(tmp_path):

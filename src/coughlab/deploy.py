@@ -251,6 +251,8 @@ def package_entries(deps_dir: Path, handler: Path, model_dir: Path, meta: dict) 
     ours = {"handler.py": handler, "page.html": handler.parent / "page.html",
             "model/model.json": model_dir / "model.json",
             f"model/{meta['onnx_file']}": model_dir / meta["onnx_file"]}
+    if meta.get("model_card"):  # served at GET ?model_card, linked from the page
+        ours[f"model/{meta['model_card']}"] = model_dir / meta["model_card"]
     clashes = [name for name in entries if name in ours or name.startswith("model/")]
     if clashes:
         raise DeployError(f"{deps_dir} holds files that would shadow the handler or model: {clashes}")
