@@ -26,6 +26,6 @@ RUN pip install --no-cache-dir --no-compile --require-hashes --only-binary=:all:
 # Lambda runs the image as a non-root user: whatever modes the files have here (export-lambda's
 # outputs were once 0600), the image gets world-readable ones (BuildKit's COPY --chmod).
 COPY --chmod=0644 lambda/handler.py lambda/page.html ${LAMBDA_TASK_ROOT}/
-COPY --chmod=0644 build/lambda/model.onnx build/lambda/model.json ${LAMBDA_TASK_ROOT}/model/
+COPY --chmod=0644 build/lambda/model.onnx build/lambda/model.json build/lambda/model_card.md ${LAMBDA_TASK_ROOT}/model/
 
 CMD ["handler.handler"]

@@ -4,7 +4,8 @@ Needs onnxruntime, numpy, soundfile, soxr and PyAV (plus boto3, which the Lambda
 for S3 events); never torch or coughlab. Two kinds of event:
 
 - Function URL / API Gateway GET: the recording page (`page.html`, next to this file): record a
-  cough in the browser, POST it here, see the answer.
+  cough in the browser, POST it here, see the answer. GET `?model_card`: the model card
+  export-lambda wrote beside model.json (Markdown, served as plain text).
 - Function URL / API Gateway POST. Body: the audio file itself (base64, as API Gateway
   delivers binary bodies) with an audio Content-Type (`audio/webm`, `audio/wav`,
   `application/octet-stream`, ...), or JSON `{"audio": "<base64 of the file>"}` as
@@ -52,6 +53,7 @@ log.setLevel(logging.INFO)
 
 MODEL_DIR = Path(os.environ.get("MODEL_DIR", Path(__file__).resolve().parent / "model"))
 PAGE = Path(__file__).resolve().parent / "page.html"
+MODEL_CARD = "model_card.md"  # export-lambda writes it beside model.json
 # A Function URL refuses a request over Lambda's 6 MB synchronous payload before the handler
 # runs (the caller gets Lambda's own error, not this JSON). The body travels base64-encoded,
 # 4/3 of the file, inside an event that also carries headers and requestContext.
@@ -534,12 +536,28 @@ def recording_page() -> dict:
         "Cache-Control": "no-cache"}}
 
 
+def wants_model_card(event: dict) -> bool:
+    """GET ?model_card: a Function URL event has rawQueryString, API Gateway's the parameters."""
+    params = event.get("queryStringParameters")
+    return event.get("rawQueryString") == "model_card" or (isinstance(params, dict)
+                                                           and "model_card" in params)
+
+
+def model_card() -> dict:
+    path = MODEL_DIR / MODEL_CARD
+    if not path.is_file():
+        raise RequestError(404, "no_model_card", "this model was exported without a model card")
+    return {"statusCode": 200, "body": path.read_text(encoding="utf-8"), "headers": {
+        "Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-cache"}}
+
+
 def handler(event, context=None):
     try:
         if not isinstance(event, dict):
             raise RequestError(400, "invalid_event", "the event must be a JSON object")
         if request_method(event) == "GET":
-            return recording_page()
+            return model_card() if wants_model_card(event) else recording_page()
         if "Records" in event:
             return s3_records(event["Records"])
         return respond(200, predict(request_audio(event)))

@@ -101,7 +101,7 @@ def exported_model(tmp_path_factory):
     The originals are an 8 kHz stereo mp3, a 48 kHz mono mp3 and a 44.1 kHz wav, so the
     export's handler-vs-pipeline parity gate runs on every path a real source takes.
     Returns a dict with `model_pt`, `lambda_dir` (model.onnx + model.json), `combined`,
-    `metrics`, `fetched`, `originals` (manifest path -> original file) and the provenance
+    `evaluation`, `fetched`, `originals` (manifest path -> original file) and the provenance
     inputs: `data_dir`, `params_file`, `features`, `record`.
     """
     import json
@@ -124,8 +124,18 @@ def exported_model(tmp_path_factory):
     params = Params(model=ModelConfig(width=8))
     net = build_net(params.model).eval()
     save_model(net, params, root / "model")
-    (root / "metrics.json").write_text(json.dumps({"threshold": 0.5, "test": {
-        "roc_auc": 0.95, "pr_auc": 0.9, "sensitivity": 0.9, "specificity": 0.8, "n": 3}}))
+    auc = {"roc_auc": 0.8, "roc_auc_ci_low": 0.6, "roc_auc_ci_high": 0.95}
+    (root / "evaluation.json").write_text(json.dumps({  # what evaluate reports, in brief
+        "threshold": 0.5,
+        "test": {"roc_auc": 0.95, "pr_auc": 0.9, "sensitivity": 0.9, "specificity": 0.8, "n": 3,
+                 "positives": 3, "roc_auc_ci_low": 0.7, "roc_auc_ci_high": 1.0},
+        "headline": {"within_channel_roc_auc": 0.9, "within_channel_roc_auc_ci_low": 0.7,
+                     "within_channel_roc_auc_ci_high": 1.0},
+        "margin": {"within_channel_roc_auc": 0.2, "within_channel_roc_auc_ci_low": 0.05,
+                   "within_channel_roc_auc_ci_high": 0.4, "warning": None},
+        "channel_leakage": {"negative": auc, "positive": auc},
+        "test_by_source": {"sample": auc}, "test_by_channel": {"app": auc},
+        "bootstrap": {"test_subjects": 3}}))
     rng = np.random.default_rng(0)
     rows = []
     (root / "fetched").mkdir()
@@ -145,10 +155,10 @@ def exported_model(tmp_path_factory):
     (root / "data" / "labels.csv").write_text("path,label,subject_id,source,channel\n")
     inputs = {"data_dir": root / "data", "params_file": write_params(root, "model.width=8"),
               "features": root / "features", "record": root / "reports" / "model.json"}
-    export_lambda(root / "model", root / "metrics.json", root / "combined", root / "features",
+    export_lambda(root / "model", root / "evaluation.json", root / "combined", root / "features",
                   root / "fetched", ROOT / "lambda" / "handler.py", QualityConfig(), root / "lambda",
                   inputs["data_dir"], inputs["params_file"], inputs["record"])
     return {"model_pt": root / "model" / "model.pt", "lambda_dir": root / "lambda",
-            "combined": root / "combined", "metrics": root / "metrics.json",
+            "combined": root / "combined", "evaluation": root / "evaluation.json",
             "fetched": root / "fetched",
             "originals": {r["path"]: root / "fetched" / r["fetched_path"] for r in rows}, **inputs}

@@ -226,6 +226,19 @@ def test_get_serves_the_page_with_a_strict_csp(handler):
     assert 'src="http' not in response["body"] and "<script src" not in response["body"]
 
 
+def test_page_links_to_the_model_card(playwright, handler, cough_wav, exported_model):
+    """The link on the page opens the card export-lambda wrote beside model.json, as text."""
+    with FunctionUrl(handler.handler) as url:
+        browser, page = open_page(playwright, url.url, cough_wav)
+        page.click("#model-card")
+        page.wait_for_url("**?model_card")
+        shown = page.locator("body").inner_text()
+        browser.close()
+    card = (exported_model["lambda_dir"] / "model_card.md").read_text()
+    assert shown.strip() == card.strip()
+    assert shown.startswith("# Model card")
+
+
 def test_denied_microphone_is_explained(playwright, handler, cough_wav):
     with FunctionUrl(handler.handler) as url:  # a microphone exists, but its prompt gets "no"
         browser, page = open_page(playwright, url.url, cough_wav, grant_microphone=False)

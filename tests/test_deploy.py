@@ -42,7 +42,7 @@ def write_model(model_dir: Path, onnx: bytes = b"onnx graph", **meta_changes) ->
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "model.onnx").write_bytes(onnx)
     meta = {"onnx_file": "model.onnx", "version": hashlib.sha256(onnx).hexdigest()[:12],
-            "parity": {"max_abs_diff": 2e-6, "clips": 2, "tolerance": 1e-4},
+            "parity": {"passed": True, "clips": 2, "tolerance": 1e-4},
             "test_metrics": {"roc_auc": 0.9, "pr_auc": 0.9, "sensitivity": 0.8,
                              "specificity": 0.8, "n": 40}} | meta_changes
     (model_dir / "model.json").write_text(json.dumps(meta))
@@ -132,7 +132,8 @@ def rewrite_meta(**changes):
 
 
 @pytest.mark.parametrize("break_model,message", [
-    (rewrite_meta(parity={"max_abs_diff": 3e-3, "tolerance": 1e-4}), "disagree by 0.003"),
+    (rewrite_meta(parity={"passed": False, "clips": 2, "tolerance": 1e-4}),
+     "disagree beyond tolerance 0.0001"),
     (rewrite_meta(parity=None), "never checked against the pipeline"),
     (rewrite_meta(test_metrics={"roc_auc": 0.55}), "ROC-AUC 0.5500 is below the minimum 0.7"),
     (rewrite_meta(test_metrics={}), "no test_metrics.roc_auc"),
@@ -151,7 +152,7 @@ def test_gate_refuses_bad_or_mismatched_models(tmp_path, break_model, message):
 def test_refused_model_never_reaches_aws(aws_env, tmp_path, capsys):
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="coughlab-deploy")
-    model_dir = write_model(tmp_path / "lambda", parity={"max_abs_diff": 1.0, "tolerance": 1e-4})
+    model_dir = write_model(tmp_path / "lambda", parity={"passed": False, "clips": 2, "tolerance": 1e-4})
     with pytest.raises(SystemExit, match="deploy refused: the Lambda handler and the pipeline disagree"):
         deploy.main(["--bucket", "coughlab-deploy", "--role", "arn:aws:iam::123456789012:role/x",
                      "--model-dir", str(model_dir), "--deps-dir", str(write_deps(tmp_path / "deps")),
@@ -220,6 +221,9 @@ def test_unzipped_package_serves_requests(exported_model, tmp_path, monkeypatch)
         (exported_model["lambda_dir"] / "model.json").read_text())["version"]
     page = handler.handler({"requestContext": {"http": {"method": "GET"}}})  # page.html shipped
     assert page["statusCode"] == 200 and "MediaRecorder" in page["body"]
+    card = handler.handler({"requestContext": {"http": {"method": "GET"}},  # the page links it
+                            "rawQueryString": "model_card"})
+    assert card["statusCode"] == 200 and card["body"].startswith("# Model card")
 
 
 def test_dependencies_are_cross_built_for_the_lambda_platform_and_cached(tmp_path):

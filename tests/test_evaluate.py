@@ -70,9 +70,10 @@ def run_evaluate(tmp_path, monkeypatch, score):
     monkeypatch.setattr(stage, "predict_proba", lambda net, x: x.reshape(-1).astype(np.float32))
     stage.main(["--model-dir", str(tmp_path), "--features", str(tmp_path / "features"),
                 "--manifest", str(tmp_path / "manifest.csv"),
-                "--metrics", str(tmp_path / "metrics.json"), "--plots", str(tmp_path / "plots")])
-    text = (tmp_path / "metrics.json").read_text()
-    return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json")), stage
+                "--metrics", str(tmp_path / "metrics.json"),
+                "--report", str(tmp_path / "evaluation.json"), "--plots", str(tmp_path / "plots")])
+    text = (tmp_path / "evaluation.json").read_text()
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in evaluation.json")), stage
 
 
 def test_a_model_that_learnt_the_channel_gets_the_warning(tmp_path, monkeypatch, capsys):
@@ -85,8 +86,8 @@ def test_a_model_that_learnt_the_channel_gets_the_warning(tmp_path, monkeypatch,
     assert report["margin"]["ci_above_zero"] is False
     assert "WARNING" in report["margin"]["warning"]
     assert "WARNING" in capsys.readouterr().out
-    # make repro's last step prints it again from metrics.json, even if evaluate was cached.
-    stage.main(["--verdict", "--metrics", str(tmp_path / "metrics.json")])
+    # make repro's last step prints it again from evaluation.json, even if evaluate was cached.
+    stage.main(["--verdict", "--report", str(tmp_path / "evaluation.json")])
     assert capsys.readouterr().out.splitlines()[-1] == report["margin"]["warning"]
 
 
@@ -99,13 +100,33 @@ def test_a_model_that_hears_the_label_gets_no_warning(tmp_path, monkeypatch, cap
     assert report["margin"]["warning"] is None
     assert report["channel_leakage"]["negative"]["roc_auc"] < 0.8
     assert "WARNING" not in capsys.readouterr().out
-    stage.main(["--verdict", "--metrics", str(tmp_path / "metrics.json")])
+    stage.main(["--verdict", "--report", str(tmp_path / "evaluation.json")])
     assert "WARNING" not in capsys.readouterr().out
 
 
-def test_metrics_json_keeps_what_consumers_read_and_states_the_operating_point(tmp_path, monkeypatch):
+def test_metrics_json_holds_only_the_compared_numbers_headline_first(tmp_path, monkeypatch):
+    """What `dvc exp show` and `dvc metrics diff` list: a dozen numbers at most, no text, no
+    tables, the within-channel headline and its CI first, each equal to the report's figure."""
+    report, stage = run_evaluate(tmp_path, monkeypatch, lambda y, channel: 0.3 + 0.4 * y)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(metrics)[:3] == ["wc_auc", "wc_lo", "wc_hi"]
+    assert len(metrics) <= 12
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values())
+    assert metrics["wc_auc"] == round(report["headline"]["within_channel_roc_auc"], 4)
+    assert metrics["wc_lo"] == round(report["headline"]["within_channel_roc_auc_ci_low"], 4)
+    assert metrics["margin"] == round(report["margin"]["within_channel_roc_auc"], 4)
+    assert metrics["leak_pos"] == round(report["channel_leakage"]["positive"]["roc_auc"], 4)
+    assert (metrics["auc"], metrics["sens"], metrics["spec"]) == tuple(
+        round(report["test"][k], 4) for k in ("roc_auc", "sensitivity", "specificity"))
+    # Every key has its line in the report's legend.
+    legend = json.dumps(report["metrics"])
+    assert all(key in legend for key in metrics)
+
+
+def test_evaluation_json_keeps_what_consumers_read_and_states_the_operating_point(tmp_path,
+                                                                                 monkeypatch):
     report, _ = run_evaluate(tmp_path, monkeypatch, lambda y, channel: 0.3 + 0.4 * y)
-    # export_lambda and deploy read these.
+    # export_lambda (model.json, the model card) and the PR report read these.
     assert 0 < report["threshold"] < 1
     assert {"roc_auc", "pr_auc", "sensitivity", "specificity", "n"} <= set(report["test"])
     assert "Platt" in report["operating_point"]["definition"]
@@ -121,11 +142,13 @@ def test_metrics_json_keeps_what_consumers_read_and_states_the_operating_point(t
     assert headline["roc_auc"] == report["headline"]["within_channel_roc_auc"]
 
 
-def test_verdict_of_metrics_from_before_the_confound_figures_is_a_clear_error(tmp_path):
+def test_verdict_of_a_report_from_before_the_confound_figures_is_a_clear_error(tmp_path):
     from coughlab.stages import evaluate as stage
-    (tmp_path / "metrics.json").write_text(json.dumps({"threshold": 0.5, "test": {}}))
+    (tmp_path / "evaluation.json").write_text(json.dumps({"threshold": 0.5, "test": {}}))
     with pytest.raises(SystemExit, match="re-run evaluate"):
-        stage.main(["--verdict", "--metrics", str(tmp_path / "metrics.json")])
+        stage.main(["--verdict", "--report", str(tmp_path / "evaluation.json")])
+    with pytest.raises(SystemExit, match="not found; run evaluate"):
+        stage.main(["--verdict", "--report", str(tmp_path / "missing.json")])
 
 
 def test_clips_without_a_channel_count_one_channel_per_source():

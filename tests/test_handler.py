@@ -428,6 +428,21 @@ def test_result_names_the_git_commit_of_the_model(model_dir_with, monkeypatch):
     assert body(untagged.handler(post(wav())))["git_commit"] is None
 
 
+def test_get_model_card_as_plain_text_in_both_event_shapes(handler, exported_model, tmp_path,
+                                                            monkeypatch):
+    function_url = handler.handler({"requestContext": {"http": {"method": "GET"}},
+                                    "rawPath": "/", "rawQueryString": "model_card"})
+    api_gateway = handler.handler({"httpMethod": "GET", "path": "/",
+                                   "queryStringParameters": {"model_card": ""}})
+    assert function_url == api_gateway
+    assert function_url["statusCode"] == 200
+    assert function_url["headers"]["Content-Type"] == "text/plain; charset=utf-8"
+    assert function_url["body"] == (exported_model["lambda_dir"] / "model_card.md").read_text()
+    monkeypatch.setattr(handler, "MODEL_DIR", tmp_path)
+    missing = handler.handler({"httpMethod": "GET", "queryStringParameters": {"model_card": ""}})
+    assert missing["statusCode"] == 404 and json.loads(missing["body"])["error"] == "no_model_card"
+
+
 def test_model_loads_once_per_container(handler, monkeypatch):
     import onnxruntime
 

@@ -211,6 +211,25 @@ def test_threshold_is_where_the_balanced_platt_calibration_crosses_one_half():
     assert 1 / (1 + np.exp(-(slope * np.log(t / (1 - t)) + intercept))) == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("n, positives, separation", [(40, 0.5, 1.0), (300, 0.3, 0.3),
+                                                     (2000, 0.2, 2.0), (20, 0.5, 8.0)])
+def test_platt_fit_is_scikit_learns_balanced_l2_logistic_regression(n, positives, separation):
+    """The plain-Python Newton fit minimises what LogisticRegression(C=1, class_weight=
+    "balanced") does, also on separable scores, where the L2 term keeps the slope finite."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(n)
+    y = (rng.random(n) < positives).astype(int)
+    y[:2] = [0, 1]
+    p = 1 / (1 + np.exp(-(rng.normal(size=n) + separation * (2 * y - 1))))
+    x = np.log(p / (1 - p))[:, None]
+    reference = LogisticRegression(C=M.PLATT_C, class_weight="balanced", tol=1e-12,
+                                   max_iter=100_000).fit(x, y)
+    slope, intercept = M.platt_calibration(y, p)
+    assert slope == pytest.approx(reference.coef_[0, 0], rel=1e-7)
+    assert intercept == pytest.approx(reference.intercept_[0], abs=1e-7)
+
+
 def test_threshold_swings_less_than_youden_across_resampled_valid_splits():
     # The same score distributions, 30 valid splits of 60 clips: the Platt threshold must
     # vary less than Youden's (which jumps between ROC points).

@@ -136,14 +136,15 @@ def check_release(model_dir: Path, meta: dict, min_roc_auc: float) -> None:
     if digest != meta.get("version"):
         raise DeployRefused(f"{onnx_path} (sha256 {digest}) is not the model {model_dir}/model.json "
                             f"describes (version {meta.get('version')}); re-run `make repro`")
+    # export-lambda records the gate's machine-independent facts only (the residual depends
+    # on the CPU's onnxruntime kernels and goes to its log): passed, tolerance, clips.
     parity = meta.get("parity") or {}
-    diff, tolerance = parity.get("max_abs_diff"), parity.get("tolerance")
-    if diff is None or tolerance is None:
-        raise DeployRefused("model.json has no parity.max_abs_diff/parity.tolerance: the "
+    if parity.get("tolerance") is None or not parity.get("clips"):
+        raise DeployRefused("model.json has no parity.tolerance/parity.clips: the "
                             "model was never checked against the pipeline; re-run export-lambda")
-    if not diff <= tolerance:
-        raise DeployRefused(f"the Lambda handler and the pipeline disagree by {diff:.3g} > "
-                            f"tolerance {tolerance:g}")
+    if parity.get("passed") is not True:
+        raise DeployRefused(f"the Lambda handler and the pipeline disagree beyond tolerance "
+                            f"{parity['tolerance']:g} (parity.passed is not true)")
     roc_auc = (meta.get("test_metrics") or {}).get("roc_auc")
     if roc_auc is None:
         raise DeployRefused("model.json has no test_metrics.roc_auc; re-run evaluate and export-lambda")
@@ -263,6 +264,8 @@ def package_entries(deps_dir: Path, handler: Path, model_dir: Path, meta: dict) 
     ours = {"handler.py": handler, "page.html": handler.parent / "page.html",
             "model/model.json": model_dir / "model.json",
             f"model/{meta['onnx_file']}": model_dir / meta["onnx_file"]}
+    if meta.get("model_card"):  # served at GET ?model_card, linked from the page
+        ours[f"model/{meta['model_card']}"] = model_dir / meta["model_card"]
     clashes = [name for name in entries if name in ours or name.startswith("model/")]
     if clashes:
         raise DeployError(f"{deps_dir} holds files that would shadow the handler or model: {clashes}")
@@ -749,7 +752,8 @@ def run(args: argparse.Namespace) -> str | None:
     check_release(args.model_dir, meta, args.min_roc_auc)
     meta = meta | {"git_commit": require_reproducible(args.repo)}
     print(f"deploy: model {meta['version']} passes the gate (test ROC-AUC "
-          f"{meta['test_metrics']['roc_auc']:.4f}, parity {meta['parity']['max_abs_diff']:.1e}, "
+          f"{meta['test_metrics']['roc_auc']:.4f}, parity within {meta['parity']['tolerance']:g} "
+          f"on {meta['parity']['clips']} clips, "
           f"git {meta['git_commit']} clean and matching dvc.lock)")
     if args.check_only:
         return None

@@ -16,12 +16,12 @@ where undefined). With a (B, n) matrix of clip weights the result is B values, o
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
-from sklearn.linear_model import LogisticRegression
 
 from coughlab import LABELS
 
@@ -51,15 +51,67 @@ def platt_calibration(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     """(slope, intercept) of calibrated P(positive) = sigmoid(slope * logit(p) + intercept).
 
     Class-balanced, so the calibrated 0.5 does not move with the positive share of the split.
+    It minimises what scikit-learn's LogisticRegression(C=PLATT_C, class_weight="balanced")
+    does, by Newton's method in plain Python floats: every sum is `math.fsum` (exactly
+    rounded, so independent of order) and exp/log are libm's scalar ones. BLAS (OpenBLAS picks
+    its kernels per CPU) and numpy's SIMD loops (AVX-512 variants of exp and log) never touch
+    it, so the threshold is the same to the last bit on every x86-64 machine.
     """
     y = np.asarray(y).astype(int)
     if len(np.unique(y)) < 2:
         raise ValueError("cannot calibrate the threshold: the split has only one class "
                          f"({LABELS[int(y[0])] if len(y) else 'no clips'})")
-    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
-    x = np.log(p / (1 - p))[:, None]
-    fit = LogisticRegression(C=PLATT_C, class_weight="balanced").fit(x, y)
-    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    labels = [int(v) for v in y]
+    logits = [math.log(q / (1 - q)) for q in (min(max(float(v), 1e-7), 1 - 1e-7) for v in p)]
+    counts = (labels.count(0), labels.count(1))
+    weights = [len(labels) / (2 * counts[k]) for k in labels]
+    return _newton_logistic(logits, labels, weights, 1 / PLATT_C)
+
+
+def _sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z)) if z >= 0 else math.exp(z) / (1 + math.exp(z))
+
+
+def _log1p_exp(z: float) -> float:
+    return z + math.log1p(math.exp(-z)) if z > 0 else math.log1p(math.exp(z))
+
+
+def _newton_logistic(x: list[float], y: list[int], w: list[float], l2: float,
+                     max_steps: int = 100) -> tuple[float, float]:
+    """argmin over (a, b) of sum w_i * logloss(y_i, a x_i + b) + l2 / 2 * a^2, the intercept
+    unpenalised. The objective is strictly convex; Newton steps, halved until the objective
+    does not rise, stop once they move the estimate by less than 1e-14 of its size."""
+    def loss(a: float, b: float) -> float:
+        return math.fsum([wi * (_log1p_exp(a * xi + b) - yi * (a * xi + b))
+                          for xi, yi, wi in zip(x, y, w)]) + l2 / 2 * a * a
+
+    a = b = 0.0
+    current = loss(a, b)
+    for _ in range(max_steps):
+        s = [_sigmoid(a * xi + b) for xi in x]
+        r = [wi * (si - yi) for si, yi, wi in zip(s, y, w)]
+        h = [wi * si * (1 - si) for si, wi in zip(s, w)]
+        grad_a, grad_b = math.fsum([ri * xi for ri, xi in zip(r, x)]) + l2 * a, math.fsum(r)
+        h_aa = math.fsum([hi * xi * xi for hi, xi in zip(h, x)]) + l2
+        h_ab, h_bb = math.fsum([hi * xi for hi, xi in zip(h, x)]), math.fsum(h)
+        det = h_aa * h_bb - h_ab * h_ab
+        if not det > 0:
+            break
+        step_a = (h_bb * grad_a - h_ab * grad_b) / det
+        step_b = (h_aa * grad_b - h_ab * grad_a) / det
+        scale = 1.0
+        while scale > 1e-10:
+            trial = loss(a - scale * step_a, b - scale * step_b)
+            if trial <= current:
+                break
+            scale /= 2
+        else:
+            break
+        moved = scale * max(abs(step_a), abs(step_b))
+        a, b, current = a - scale * step_a, b - scale * step_b, trial
+        if moved <= 1e-14 * (1 + abs(a) + abs(b)):
+            break
+    return a, b
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
@@ -71,7 +123,7 @@ def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
     slope, intercept = platt_calibration(y, p)
     if slope <= 0:
         return 0.5
-    return float(1 / (1 + np.exp(intercept / slope)))
+    return 1 / (1 + math.exp(intercept / slope))
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:

@@ -1,6 +1,6 @@
 """Markdown report of what the workspace changes against a base revision: metrics, params, plots.
 
-It opens with the workspace's confound check from reports/metrics.json: the within-channel
+It opens with the workspace's confound check from reports/evaluation.json: the within-channel
 ROC-AUC headline, the margin over the metadata-only baseline with its CI, channel leakage, and
 the warning when the margin's CI does not lie above 0.
 
@@ -26,7 +26,8 @@ from coughlab.atomic import atomic_dir, atomic_write_text
 
 OUT = Path("build/pr-report.md")
 IMAGES = "pr-plots"  # folder of the plot images, next to the report
-METRICS = Path("reports/metrics.json")
+# evaluate's full report; reports/metrics.json holds only the numbers `dvc metrics diff` compares.
+METRICS = Path("reports/evaluation.json")
 MODEL_CARD = Path("build/lambda/model_card.md")
 WORKSPACE = "workspace"  # DVC's name for the files on disk
 
@@ -149,29 +150,10 @@ def figure_row(name: str, d: dict, key: str, sign: str = "") -> str:
     return f"| {name} | {shown} | {bounds} |"
 
 
-def numbers(tree: dict, prefix: str = "") -> list[tuple[str, float]]:
-    """Every number in a metrics tree as (dotted key, value), in the file's order."""
-    found = []
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            found += numbers(value, f"{prefix}{key}.")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            found.append((f"{prefix}{key}", value))
-    return found
-
-
-def numbers_table(metrics: dict) -> str:
-    """The workspace's metrics as evaluate ordered them (headline first), when they are not
-    in the layout confound_section reads."""
-    lines = [f"| {METRICS} | {WORKSPACE} |", "|---|---|"]
-    lines += [f"| {key} | {value:.4g} |" for key, value in numbers(metrics)]
-    return "\n".join(lines) if len(lines) > 2 else f"_{METRICS} holds no numbers._"
-
-
 def confound_section(metrics: dict) -> str:
     """The figures that say whether the model hears coughs or the recording channel."""
     if "margin" not in metrics:
-        return numbers_table(metrics)
+        return f"_{METRICS} has no within-channel figures; re-run `dvc repro evaluate`._"
     head, base, margin = metrics["headline"], metrics["metadata_baseline"], metrics["margin"]
     leakage = metrics["channel_leakage"]
     lines = ["| Test figure | Value | 95% CI (subjects resampled) |", "|---|---|---|",

@@ -1,41 +1,54 @@
 """Stage evaluate: test-split metrics that a recording-channel confound cannot hide, plus plots.
 
 A model that learnt the phone line instead of the cough looks good overall, because in
-crowd-sourced cough sets the channel predicts the label. So reports/metrics.json leads with
-the within-channel ROC-AUC (subject-weighted mean of the per-channel AUCs) and sets beside it:
+crowd-sourced cough sets the channel predicts the label. So the report leads with the
+within-channel ROC-AUC (subject-weighted mean of the per-channel AUCs) and sets beside it:
 overall, per source and per channel figures; a metadata-only baseline (source, channel,
 original sample rate and channel count; fit on train) and the model's paired margin over it;
 channel leakage (how well the score tells channels apart within each label); and a 95 %
 bootstrap CI that resamples test subjects for every AUC. The threshold is the balanced-prior
 operating point of a Platt calibration fit on valid (see coughlab.metrics.OPERATING_POINT).
 
-Plots for `dvc plots`: reports/plots/{roc,pr,confusion,roc_by_channel,auc_ci}.json.
+reports/metrics.json, the DVC metric that `dvc exp show` and `dvc metrics diff` compare,
+holds only the ten numbers of METRICS_KEYS, headline first; reports/evaluation.json holds
+everything (definitions, per-source and per-channel tables, calibration, confusion counts,
+the threshold that export-lambda ships). Plots for `dvc plots`:
+reports/plots/{roc,pr,confusion,roc_by_channel,auc_ci}.json.
 `--verdict` prints the stored verdict again (the last step of `make repro`): a WARNING when
 the margin's CI does not lie above 0.
+
+The outputs are a function of the inputs only, on every x86-64 CPU: the network runs with
+train's pinned kernels (coughlab.determinism, before torch loads; one thread, oneDNN off) and
+the calibration in exactly rounded plain-Python arithmetic (coughlab.metrics).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
+from coughlab.determinism import pin_cpu_kernels
 
-import pandas as pd
-from sklearn import metrics as skm
+pin_cpu_kernels()  # before torch loads: its kernel choice is made at import
 
-from coughlab import LABELS
-from coughlab.atomic import atomic_write_text
-from coughlab.metrics import (METADATA_COLUMNS, OPERATING_POINT, binary_metrics, channel_auc,
-                              choose_threshold, grouped_metrics, margin_warning,
-                              metadata_baseline_scores, platt_calibration, roc_auc,
-                              within_channel_auc, within_channel_breakdown, within_channel_margin,
-                              with_ci)
-from coughlab.model import MODEL_FILE, load_model, load_split, predict_proba
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+
+from coughlab import LABELS  # noqa: E402
+from coughlab.atomic import atomic_write_text  # noqa: E402
+from coughlab.metrics import (  # noqa: E402
+    METADATA_COLUMNS, OPERATING_POINT, binary_metrics, channel_auc, choose_threshold,
+    grouped_metrics, margin_warning, metadata_baseline_scores, platt_calibration, roc_auc,
+    within_channel_auc, within_channel_breakdown, within_channel_margin, with_ci)
+from coughlab.model import (  # noqa: E402
+    MODEL_FILE, load_model, load_split, predict_proba, reproducible_cpu_kernels)
 
 MODEL_DIR = Path("build/model")
 FEATURES = Path("build/features")
 MANIFEST = Path("build/combined/manifest.csv")
 METRICS = Path("reports/metrics.json")
+REPORT = Path("reports/evaluation.json")
 PLOTS = Path("reports/plots")
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0  # fixed: the CI moves only when the scores do
@@ -54,6 +67,30 @@ LEAKAGE = ("ROC-AUC of the model's score for the recording channel among clips o
            "1.0 = the score identifies the channel).")
 
 
+# reports/metrics.json: (key, where in the report, which figure), headline first. Short keys,
+# rounded to METRICS_DIGITS: `dvc exp show` gives each one a column.
+METRICS_KEYS = (
+    ("wc_auc", "headline", "within_channel_roc_auc"),
+    ("wc_lo", "headline", "within_channel_roc_auc_ci_low"),
+    ("wc_hi", "headline", "within_channel_roc_auc_ci_high"),
+    ("margin", "margin", "within_channel_roc_auc"),
+    ("leak_neg", "channel_leakage", "negative", "roc_auc"),
+    ("leak_pos", "channel_leakage", "positive", "roc_auc"),
+    ("auc", "test", "roc_auc"),
+    ("pr_auc", "test", "pr_auc"),
+    ("sens", "test", "sensitivity"),
+    ("spec", "test", "specificity"),
+)
+METRICS_DIGITS = 4
+METRICS_LEGEND = {
+    "wc_auc": "within-channel test ROC-AUC (the headline), wc_lo..wc_hi its 95% CI",
+    "margin": "wc_auc minus the metadata-only baseline's (counted as at least 0.5)",
+    "leak_neg/leak_pos": "channel leakage among negatives/positives (0.5 = none)",
+    "auc/pr_auc": "overall test ROC-AUC and PR-AUC (a channel confound inflates them)",
+    "sens/spec": "test sensitivity and specificity at the threshold chosen on valid",
+}
+
+
 def with_channel(manifest: pd.DataFrame) -> pd.DataFrame:
     """Clips whose source gives no recording channel count as one channel per source."""
     channel = (manifest["channel"] if "channel" in manifest.columns
@@ -68,8 +105,9 @@ def with_channel(manifest: pd.DataFrame) -> pd.DataFrame:
 def scored_split(net, features: Path, manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     """One row per clip of `split`: y, p (the model), and the manifest's columns by path."""
     data = load_split(features, split)
-    frame = pd.DataFrame({"path": data["path"], "y": data["y"].astype(int),
-                          "p": predict_proba(net, data["x"])})
+    with reproducible_cpu_kernels():
+        p = predict_proba(net, data["x"])
+    frame = pd.DataFrame({"path": data["path"], "y": data["y"].astype(int), "p": p})
     return frame.merge(manifest.drop(columns=["label", "split"]), on="path", how="left",
                        validate="one_to_one")
 
@@ -178,8 +216,19 @@ def verdict_lines(report: dict) -> list[str]:
     return lines
 
 
+def headline_metrics(report: dict) -> dict[str, float | None]:
+    """The numbers a person compares across experiments (METRICS_KEYS), from the full report."""
+    out = {}
+    for key, *where in METRICS_KEYS:
+        value = report
+        for step in where:
+            value = value[step]
+        out[key] = None if value is None else round(value, METRICS_DIGITS)
+    return out
+
+
 def evaluate(model_dir: Path, features: Path, manifest_csv: Path, metrics_out: Path,
-             plots_out: Path) -> dict:
+             report_out: Path, plots_out: Path) -> dict:
     net, _ = load_model(model_dir / MODEL_FILE)
     manifest = with_channel(pd.read_csv(manifest_csv, dtype={"subject_id": str}))
     manifest["baseline"] = metadata_baseline_scores(manifest)
@@ -188,6 +237,7 @@ def evaluate(model_dir: Path, features: Path, manifest_csv: Path, metrics_out: P
     slope, intercept = platt_calibration(valid["y"].to_numpy(), valid["p"].to_numpy())
     threshold = choose_threshold(valid["y"].to_numpy(), valid["p"].to_numpy())
     report = {
+        "metrics": METRICS_LEGEND,
         "threshold": threshold,
         "operating_point": {"definition": OPERATING_POINT, "fit_on": "valid",
                             "calibration_slope": slope, "calibration_intercept": intercept},
@@ -199,7 +249,8 @@ def evaluate(model_dir: Path, features: Path, manifest_csv: Path, metrics_out: P
         **confound_report(test),
     }
     plots = {**curves(test, threshold), "auc_ci": auc_ci_rows(report)}
-    atomic_write_text(metrics_out, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(report_out, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(metrics_out, json.dumps(headline_metrics(report), indent=2) + "\n")
     plots_out.mkdir(parents=True, exist_ok=True)
     for name, rows in plots.items():
         atomic_write_text(plots_out / f"{name}.json", json.dumps(rows) + "\n")
@@ -210,12 +261,14 @@ def evaluate(model_dir: Path, features: Path, manifest_csv: Path, metrics_out: P
     return report
 
 
-def print_verdict(metrics_json: Path) -> None:
+def print_verdict(report_json: Path) -> None:
     """Print the verdict evaluate stored, so `make repro` ends with it even when evaluate was
     up to date and did not run."""
-    report = json.loads(metrics_json.read_text())
+    if not report_json.is_file():
+        sys.exit(f"{report_json} not found; run evaluate (dvc repro evaluate)")
+    report = json.loads(report_json.read_text())
     if "margin" not in report:
-        sys.exit(f"{metrics_json} has no margin over the metadata baseline; "
+        sys.exit(f"{report_json} has no margin over the metadata baseline; "
                  "re-run evaluate (dvc repro evaluate)")
     print("\n".join(verdict_lines(report)))
 
@@ -232,17 +285,21 @@ def main(argv: list[str] | None = None) -> None:
                         help="combine's manifest: subjects, channels, formats, the train split "
                         "for the metadata baseline (default %(default)s)")
     parser.add_argument("--metrics", type=Path, default=METRICS,
-                        help="metrics JSON to write (or read, with --verdict; default %(default)s)")
+                        help="the DVC metric to write: the numbers `dvc exp show` compares "
+                        "(default %(default)s)")
+    parser.add_argument("--report", type=Path, default=REPORT,
+                        help="the full evaluation JSON to write (or read, with --verdict; "
+                        "default %(default)s)")
     parser.add_argument("--plots", type=Path, default=PLOTS,
                         help="folder for the plot JSON files (default %(default)s)")
     parser.add_argument("--verdict", action="store_true",
-                        help="only print the verdict stored in --metrics (headline, margin over "
+                        help="only print the verdict stored in --report (headline, margin over "
                         "the metadata baseline and its WARNING if any), then exit")
     args = parser.parse_args(argv)
     if args.verdict:
-        print_verdict(args.metrics)
+        print_verdict(args.report)
         return
-    evaluate(args.model_dir, args.features, args.manifest, args.metrics, args.plots)
+    evaluate(args.model_dir, args.features, args.manifest, args.metrics, args.report, args.plots)
 
 
 if __name__ == "__main__":
