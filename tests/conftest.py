@@ -104,14 +104,12 @@ def exported_model(tmp_path_factory):
     `evaluation`, `fetched`, `originals` (manifest path -> original file) and the provenance
     inputs: `data_dir`, `params_file`, `features`, `record`.
     """
-    import json
-
     import numpy as np
     import pandas as pd
     import soundfile as sf
     import torch
 
-    from helpers import write_params
+    from helpers import write_evaluation, write_params
 
     from coughlab.config import AudioConfig, ModelConfig, Params, QualityConfig
     from coughlab.model import build_net, save_model
@@ -124,18 +122,7 @@ def exported_model(tmp_path_factory):
     params = Params(model=ModelConfig(width=8))
     net = build_net(params.model).eval()
     save_model(net, params, root / "model")
-    auc = {"roc_auc": 0.8, "roc_auc_ci_low": 0.6, "roc_auc_ci_high": 0.95}
-    (root / "evaluation.json").write_text(json.dumps({  # what evaluate reports, in brief
-        "threshold": 0.5,
-        "test": {"roc_auc": 0.95, "pr_auc": 0.9, "sensitivity": 0.9, "specificity": 0.8, "n": 3,
-                 "positives": 3, "roc_auc_ci_low": 0.7, "roc_auc_ci_high": 1.0},
-        "headline": {"within_channel_roc_auc": 0.9, "within_channel_roc_auc_ci_low": 0.7,
-                     "within_channel_roc_auc_ci_high": 1.0},
-        "margin": {"within_channel_roc_auc": 0.2, "within_channel_roc_auc_ci_low": 0.05,
-                   "within_channel_roc_auc_ci_high": 0.4, "warning": None},
-        "channel_leakage": {"negative": auc, "positive": auc},
-        "test_by_source": {"sample": auc}, "test_by_channel": {"app": auc},
-        "bootstrap": {"test_subjects": 3}}))
+    write_evaluation(root / "evaluation.json")
     rng = np.random.default_rng(0)
     rows = []
     (root / "fetched").mkdir()

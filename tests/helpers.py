@@ -1,6 +1,7 @@
 """Small builders shared by the unit tests: tiny params and learnable synthetic features."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -39,4 +40,22 @@ def git_repo(path: Path) -> Path:
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     subprocess.run(["git", "init", "-q"], cwd=path, check=True)
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "init"], cwd=path, check=True)
+    return path
+
+
+def write_evaluation(path: Path) -> Path:
+    """A reports/evaluation.json as evaluate writes it, in brief: what export-lambda and the
+    model card read."""
+    auc = {"roc_auc": 0.8, "roc_auc_ci_low": 0.6, "roc_auc_ci_high": 0.95}
+    path.write_text(json.dumps({
+        "threshold": 0.5,
+        "test": {"roc_auc": 0.95, "pr_auc": 0.9, "sensitivity": 0.9, "specificity": 0.8, "n": 3,
+                 "positives": 3, "roc_auc_ci_low": 0.7, "roc_auc_ci_high": 1.0},
+        "headline": {"within_channel_roc_auc": 0.9, "within_channel_roc_auc_ci_low": 0.7,
+                     "within_channel_roc_auc_ci_high": 1.0},
+        "margin": {"within_channel_roc_auc": 0.2, "within_channel_roc_auc_ci_low": 0.05,
+                   "within_channel_roc_auc_ci_high": 0.4, "warning": None},
+        "channel_leakage": {"negative": auc, "positive": auc},
+        "test_by_source": {"sample": auc}, "test_by_channel": {"app": auc},
+        "bootstrap": {"test_subjects": 3}}))
     return path

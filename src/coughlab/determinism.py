@@ -21,7 +21,7 @@ PINNED_ENV = {
     # results do not depend on the number of threads either.
     "MKL_CBWR": "AVX2,STRICT",
     # cuBLAS needs a fixed workspace to be deterministic (GPUs are repeatable on the same GPU
-    # model only; see the README).
+    # model only; see docs/pipeline.md: Reproducibility).
     "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
 }
 

@@ -103,7 +103,7 @@ def settings_from_env(env=os.environ) -> AwsSettings:
     missing = [name for name in (ENV_ROLE, ENV_BUCKET, ENV_IMAGE) if not env.get(name)]
     if missing:
         raise SageMakerError(f"train.backend=sagemaker needs {', '.join(missing)} in the "
-                             "environment (README: Training on SageMaker managed spot)")
+                             "environment (docs/sagemaker.md)")
     role = env[ENV_ROLE]
     if not role.startswith("arn:"):
         raise SageMakerError(f"{ENV_ROLE}={role!r} must be an IAM role ARN "
