@@ -330,12 +330,22 @@ def ensemble_results(name: str, frames: dict[int, pd.DataFrame]) -> dict[str, di
 
 
 def report(options: list[str], seeds: list[int]) -> None:
+    """Score the out-of-fold predictions on disk; an option with none here keeps the figures
+    the results file already has for it (the predictions carry labels, so they are not
+    committed: a fresh clone has none, and must not wipe the committed results)."""
+    result_file = RESULTS / "realdata_quality.json"
+    previous = json.loads(result_file.read_text())["options"] if result_file.exists() else {}
     results = {}
     for name in options:
         files = {seed: OOF_DIR / f"{name}-seed{seed}.csv" for seed in seeds}
         found = {seed: f for seed, f in files.items() if f.exists()}
         if not found:
-            print(f"{name}: no predictions; run `run` first", file=sys.stderr)
+            kept = {key: value for key, value in previous.items()
+                    if key == name or key.startswith(f"{name} x")}
+            found_before = "kept the committed figures" if kept else "none committed either"
+            print(f"{name}: no predictions here; {found_before} (`run` measures it)",
+                  file=sys.stderr)
+            results.update(kept)
             continue
         if len(found) < len(files):
             print(f"{name}: only seeds {sorted(found)} have predictions", file=sys.stderr)
@@ -354,7 +364,7 @@ def report(options: list[str], seeds: list[int]) -> None:
                "default": default_option(),
                "bootstrap": {"resamples": BOOTSTRAP, "unit": "subject"}, "targets": TARGETS,
                "options": results, "machine": machine_info()}
-    atomic_write_text(RESULTS / "realdata_quality.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(result_file, json.dumps(payload, indent=2) + "\n")
     print(table(results))
 
 
