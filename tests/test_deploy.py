@@ -318,6 +318,11 @@ def scored_answer(model_dir: Path, p_positive: float = 0.25) -> dict:
                                 "threshold": 0.5, "model_version": version})}
 
 
+def target_args(target: dict) -> list[str]:
+    """deploy's command-line flags that point it at the moto target's bucket, role and repo."""
+    return ["--bucket", target["bucket"], "--role", target["role"], "--repo", target["repo"]]
+
+
 def healthy(target: dict, model_dir: Path) -> None:
     """The next deploy's new version answers its smoke test as a working handler would."""
     queue_lambda_results(target["moto"], PAGE_ANSWER, scored_answer(model_dir))
@@ -582,7 +587,7 @@ def test_deploy_publishes_a_capped_url_whose_cors_allows_only_itself(aws_target,
 def test_iam_auth_takes_the_public_permission_away(aws_target, tmp_path, capsys):
     write_deps(tmp_path / "deps")
     model_dir = write_model(tmp_path / "lambda")
-    args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"], "--repo", aws_target["repo"]]
+    args = target_args(aws_target)
     lam = boto3.client("lambda")
     healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
@@ -756,7 +761,7 @@ def test_the_image_layout_answers_the_smoke_test_as_an_unprivileged_user(image_t
 def test_a_version_failing_its_smoke_test_leaves_live_where_it_was(aws_target, tmp_path):
     write_deps(tmp_path / "deps")
     model_dir = write_model(tmp_path / "lambda", onnx=b"graph one")
-    args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"], "--repo", aws_target["repo"]]
+    args = target_args(aws_target)
     healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
 
@@ -815,7 +820,7 @@ def make_rollback(target: dict) -> subprocess.CompletedProcess:
 def test_make_rollback_lambda_moves_live_back_past_versions_that_never_went_live(aws_target, tmp_path):
     write_deps(tmp_path / "deps")
     model_dir = write_model(tmp_path / "lambda", onnx=b"graph one")
-    args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"], "--repo", aws_target["repo"]]
+    args = target_args(aws_target)
     for graph in (b"graph one", b"graph two"):
         write_model(model_dir, onnx=graph)
         healthy(aws_target, model_dir)
@@ -872,7 +877,7 @@ def other_function(lam, role: str, name: str = "someone-else") -> str:
 def test_cap_respects_what_other_functions_reserve_and_none_removes_it(aws_target, tmp_path, capsys):
     write_deps(tmp_path / "deps")
     model_dir = write_model(tmp_path / "lambda")
-    args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"], "--repo", aws_target["repo"]]
+    args = target_args(aws_target)
     lam = boto3.client("lambda")
     healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args, "--reserved-concurrency", "10")

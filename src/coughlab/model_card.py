@@ -26,12 +26,13 @@ def source_rows(names: list[str]) -> list[str]:
     return rows
 
 
-def figure(d: dict | None, key: str, sign: str = "") -> tuple[str, str]:
-    """(value, "[low, high]") formatted to 3 decimals; "n/a" where undefined."""
+def figure(d: dict | None, key: str, sign: str = "", no_ci: str = "") -> tuple[str, str]:
+    """(value, "[low, high]") of `key` and its `_ci_low`/`_ci_high` to 3 decimals; "n/a" for a
+    missing value, `no_ci` for a missing interval. The PR report formats its figures so too."""
     d = d or {}
     value, low, high = d.get(key), d.get(f"{key}_ci_low"), d.get(f"{key}_ci_high")
     shown = "n/a" if value is None else f"{value:{sign}.3f}"
-    bounds = "" if low is None or high is None else f"[{low:{sign}.3f}, {high:{sign}.3f}]"
+    bounds = no_ci if low is None or high is None else f"[{low:{sign}.3f}, {high:{sign}.3f}]"
     return shown, bounds
 
 

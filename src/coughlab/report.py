@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coughlab.atomic import atomic_dir, atomic_write_text
+from coughlab.model_card import figure
 
 OUT = Path("build/pr-report.md")
 IMAGES = "pr-plots"  # folder of the plot images, next to the report
@@ -144,9 +145,7 @@ def images_section(images: dict[str, list[str]], base: str) -> str:
 
 
 def figure_row(name: str, d: dict, key: str, sign: str = "") -> str:
-    value, low, high = d.get(key), d.get(f"{key}_ci_low"), d.get(f"{key}_ci_high")
-    shown = "n/a" if value is None else f"{value:{sign}.3f}"
-    bounds = "n/a" if low is None or high is None else f"[{low:{sign}.3f}, {high:{sign}.3f}]"
+    shown, bounds = figure(d, key, sign, no_ci="n/a")
     return f"| {name} | {shown} | {bounds} |"
 
 
