@@ -24,7 +24,8 @@ Limits, checked before the work they bound: MAX_AUDIO_BYTES of file (by default 
 fits a Function URL's 6 MB request once base64 has grown it by 4/3), MAX_AUDIO_SECONDS and
 MAX_AUDIO_CHANNELS from the file header (and again while decoding, for formats whose header
 has no length), sample rates within 4-192 kHz. Only decoded samples are scored, and the
-seconds reported are the decoded ones. A clip that training would have quarantined (empty,
+seconds reported are the decoded ones; an Ogg file with a damaged page is refused (422), for
+what decodes past it depends on the decoder's read size. A clip that training would have quarantined (empty,
 non-finite, too short, silent: model.json's `quality`) gets 422 with that reason.
 
 The model is loaded once per container (first call), not per request.
@@ -42,6 +43,7 @@ import math
 import os
 import re
 import urllib.parse
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +245,9 @@ def decode_pyav(audio: bytes, demuxer: str) -> tuple[np.ndarray, int]:
             if not container.streams.audio:
                 raise RequestError(415, "unsupported_audio", "the file has no audio stream")
             stream = container.streams.audio[0]
+            if stream.codec_context is None:  # demuxed, but no decoder knows its codec
+                raise RequestError(415, "unsupported_audio", "the audio codec is not one this "
+                                   f"service decodes; accepted formats: {FORMATS}")
             sample_rate = stream.codec_context.sample_rate or 0
             check_header(sample_rate, stream.codec_context.channels,
                          header_frames(container, stream, sample_rate))
@@ -251,8 +256,49 @@ def decode_pyav(audio: bytes, demuxer: str) -> tuple[np.ndarray, int]:
             return mono_blocks(blocks, sample_rate), sample_rate
     except (av.error.FFmpegError, ValueError, IndexError, TypeError, OSError) as err:
         log.info("PyAV cannot read the audio: %s", type(err).__name__)
-        raise RequestError(415, "unsupported_audio",
-                           f"not a readable audio file; accepted formats: {FORMATS}") from None
+        raise unreadable() from None
+
+
+OGG_PAGE_HEADER = 27  # "OggS", version, flags, granule, serial, sequence, CRC, segment count
+BIT_REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
+
+
+def ogg_crc(page: bytes) -> int:
+    """Ogg's page checksum (CRC-32, polynomial 0x04C11DB7, MSB first, no init or final xor),
+    by zlib's reflected CRC-32 over bit-reversed bytes: C speed on a 4 MB upload."""
+    raw = zlib.crc32(page.translate(BIT_REVERSED), 0xFFFFFFFF) ^ 0xFFFFFFFF
+    return int(f"{raw:032b}"[::-1], 2)
+
+
+def check_ogg_pages(audio: bytes) -> None:
+    """Refuse an Ogg file with a damaged page (a checksum that fails, or junk between pages).
+
+    Past such a page libsndfile's vorbis reader gives samples that depend on how much is
+    read at a time, so no score of them would be the file's. A last page cut short is an
+    upload that ended early: the pages before it decode, and are scored.
+    """
+    pos = 0
+    while pos < len(audio):
+        table_end = pos + OGG_PAGE_HEADER + (audio[pos + 26] if pos + 26 < len(audio) else 0)
+        end = table_end + sum(audio[pos + OGG_PAGE_HEADER:table_end])
+        is_page = audio[pos:pos + 4] == b"OggS"
+        if is_page and end > len(audio) and b"OggS" not in audio[pos + 4:]:
+            return  # the last page, cut short
+        page = audio[pos:end]
+        if not (is_page and end <= len(audio) and ogg_crc(page[:22] + bytes(4) + page[26:])
+                == int.from_bytes(page[22:26], "little")):
+            if pos == 0:  # no Ogg stream begins here: unreadable rather than damaged
+                raise unreadable()
+            raise RequestError(422, "damaged_audio", f"the file is damaged: the Ogg page at "
+                               f"byte {pos} fails its checksum; upload the recording again")
+        if pos == 0 and not page[5] & 0x02:  # the first page must begin a stream
+            raise unreadable()
+        pos = end
+
+
+def unreadable() -> RequestError:
+    return RequestError(415, "unsupported_audio",
+                        f"not a readable audio file; accepted formats: {FORMATS}")
 
 
 def decode(audio: bytes) -> tuple[np.ndarray, int]:
@@ -261,6 +307,8 @@ def decode(audio: bytes) -> tuple[np.ndarray, int]:
         raise RequestError(400, "empty_audio", "the audio is empty (0 bytes)")
     if len(audio) > MAX_AUDIO_BYTES:
         raise too_large(f"{len(audio)} bytes")
+    if audio.startswith(b"OggS"):
+        check_ogg_pages(audio)
     decoded = decode_soundfile(audio)
     if decoded is not None:
         return decoded

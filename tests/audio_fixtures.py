@@ -12,6 +12,8 @@ import numpy as np
 
 # FFmpeg's default layout for each channel count (what a 7.1 browser or phone file carries).
 LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+# No random stream serials (Ogg) or UIDs (Matroska): the same file on every run.
+BITEXACT = {"fflags": "+bitexact"}
 # name -> (FFmpeg muxer, encoder, most channels the encoder takes); None: written by libsndfile
 CONTAINERS = {
     "wav": ("wav", "pcm_s16le", 8),
@@ -45,8 +47,24 @@ def encode(container: str, channels: int, seconds: float = 1.0, sr: int = 48000)
 
         buf = io.BytesIO()
         sf.write(buf, wave.T, sr, format=codec)
-        return buf.getvalue()
+        return remux_ogg(buf.getvalue())
     return encode_pyav(muxer, codec, wave, sr, LAYOUTS[channels])
+
+
+def remux_ogg(data: bytes) -> bytes:
+    """libsndfile's Ogg with FFmpeg's fixed stream serial instead of its time-seeded one: the
+    same bytes on every run, so a derandomized fuzz run is the same run everywhere."""
+    import av
+
+    out_buf = io.BytesIO()
+    with av.open(io.BytesIO(data)) as source, \
+            av.open(out_buf, mode="w", format="ogg", options=BITEXACT) as out:
+        stream = out.add_stream_from_template(source.streams.audio[0])
+        for packet in source.demux(source.streams.audio[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    return out_buf.getvalue()
 
 
 def encode_pyav(muxer: str, codec: str, wave: np.ndarray, sr: int, layout: str) -> bytes:
@@ -54,7 +72,7 @@ def encode_pyav(muxer: str, codec: str, wave: np.ndarray, sr: int, layout: str) 
     import av
 
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format=muxer) as out:
+    with av.open(buf, mode="w", format=muxer, options=BITEXACT) as out:
         stream = out.add_stream(codec, rate=sr, layout=layout)
         frame_size = stream.codec_context.frame_size or 1024
         resampler = av.AudioResampler(format=stream.codec_context.format.name, layout=layout,
