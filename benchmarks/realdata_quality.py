@@ -22,7 +22,7 @@ Two phases, so the expensive one runs once:
   report  reads them and writes benchmarks/results/realdata_quality.json and a table:
           within-channel ROC-AUC, per-channel AUCs with subject-bootstrap CIs, channel
           leakage per label, the metadata-only baseline and the threshold's sd across seeds;
-          for options with --ensemble-of seeds, K-seed ensembles from disjoint seed sets.
+          and `option xK` for every ensemble size K the seeds allow, over every K-seed set.
 
 Exits 0 with a message when the data folder is absent.
 """
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -280,7 +281,10 @@ def table(results: dict) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
     def cell(f: dict) -> str:
-        return f"{f['mean']:.3f} ± {sd(f['sd'])} [{f['ci_low']:.2f}, {f['ci_high']:.2f}]"
+        independent = ("" if f.get("sd_if_independent") is None else
+                       f" (independent: {f['sd_if_independent']:.3f})")
+        return (f"{f['mean']:.3f} ± {sd(f['sd'])}{independent} "
+                f"[{f['ci_low']:.2f}, {f['ci_high']:.2f}]")
 
     columns = ["within_channel", "call-center", "telegram", "overall", "leakage_negative",
                "leakage_positive", "baseline_within_channel", "baseline_overall", "margin"]
@@ -310,11 +314,13 @@ def ensemble_of(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return indexed[0].assign(p=p, seed=-1).reset_index()
 
 
-def ensemble_results(name: str, frames: dict[int, pd.DataFrame]) -> dict[str, dict]:
+def ensemble_results(name: str, frames: dict[int, pd.DataFrame],
+                     single_sd: float | None) -> dict[str, dict]:
     """`option xK` for every ensemble size K >= 2 the seeds allow, over all K-seed sets.
 
-    The sets share seeds, so their sd understates a fresh K-seed ensemble's; the summary
-    also gives the single model's sd / sqrt(K), what independent members would reach.
+    The sets share seeds, so their sd understates a fresh K-seed ensemble's (and one set has
+    none); the within-channel summary also gives the single model's sd / sqrt(K), what K
+    members with independent errors would reach, as `sd_if_independent`.
     """
     out = {}
     seeds = sorted(frames)
@@ -322,6 +328,8 @@ def ensemble_results(name: str, frames: dict[int, pd.DataFrame]) -> dict[str, di
         sets = list(itertools.combinations(seeds, k))
         runs = [seed_figures(ensemble_of([frames[s] for s in members])) for members in sets]
         summary = summarize(runs)
+        summary["within_channel"]["sd_if_independent"] = (
+            None if single_sd is None else single_sd / math.sqrt(k))
         out[f"{name} x{k}"] = {"overrides": OPTIONS[name] + [f"ensemble of seeds {list(m)}"
                                                              for m in sets[:1]],
                                "seed_sets": [list(m) for m in sets], "summary": summary,
@@ -354,7 +362,7 @@ def report(options: list[str], seeds: list[int]) -> None:
         summary = summarize(runs)
         results[name] = {"overrides": OPTIONS[name], "seeds": sorted(found), "summary": summary,
                          "meets_targets": meets_targets(summary), "per_seed": runs}
-        results.update(ensemble_results(name, frames))
+        results.update(ensemble_results(name, frames, summary["within_channel"]["sd"]))
     payload = {"benchmark": "realdata_quality", "dataset": repo_relative(REALDATA),
                "protocol": f"{FOLDS}-fold cross-validation, grouped by subject (re-sent "
                            "recordings one subject), stratified by channel x label; folds and "
