@@ -271,28 +271,27 @@ def ogg_crc(page: bytes) -> int:
 
 
 def check_ogg_pages(audio: bytes) -> None:
-    """Refuse an Ogg file with a damaged page (a checksum that fails, or junk between pages).
+    """Refuse an Ogg file with a damaged page: a checksum that fails, or junk between pages.
 
     Past such a page libsndfile's vorbis reader gives samples that depend on how much is
-    read at a time, so no score of them would be the file's. A last page cut short is an
-    upload that ended early: the pages before it decode, and are scored.
+    read at a time, so no score of them would be the file's. What follows the last page
+    whole (the rest of a page cut short by an upload that ended early, a tag some tools
+    append) is left alone: the pages before it decode, and are scored.
     """
     pos = 0
     while pos < len(audio):
+        last = b"OggS" not in audio[pos + 4:]
         table_end = pos + OGG_PAGE_HEADER + (audio[pos + 26] if pos + 26 < len(audio) else 0)
         end = table_end + sum(audio[pos + OGG_PAGE_HEADER:table_end])
-        is_page = audio[pos:pos + 4] == b"OggS"
-        if is_page and end > len(audio) and b"OggS" not in audio[pos + 4:]:
-            return  # the last page, cut short
+        if pos == 0 and not (audio.startswith(b"OggS") and audio[5] & 0x02):
+            raise unreadable()  # no Ogg stream begins here (its first page must say so)
+        if pos and last and (audio[pos:pos + 4] != b"OggS" or end > len(audio)):
+            return
         page = audio[pos:end]
-        if not (is_page and end <= len(audio) and ogg_crc(page[:22] + bytes(4) + page[26:])
+        if not (page[:4] == b"OggS" and end <= len(audio) and ogg_crc(page[:22] + bytes(4) + page[26:])
                 == int.from_bytes(page[22:26], "little")):
-            if pos == 0:  # no Ogg stream begins here: unreadable rather than damaged
-                raise unreadable()
             raise RequestError(422, "damaged_audio", f"the file is damaged: the Ogg page at "
                                f"byte {pos} fails its checksum; upload the recording again")
-        if pos == 0 and not page[5] & 0x02:  # the first page must begin a stream
-            raise unreadable()
         pos = end
 
 
