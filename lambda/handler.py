@@ -25,8 +25,9 @@ fits a Function URL's 6 MB request once base64 has grown it by 4/3), MAX_AUDIO_S
 MAX_AUDIO_CHANNELS from the file header (and again while decoding, for formats whose header
 has no length), sample rates within 4-192 kHz. Only decoded samples are scored, and the
 seconds reported are the decoded ones; an Ogg file with a damaged page is refused (422), for
-what decodes past it depends on the decoder's read size. A clip that training would have quarantined (empty,
-non-finite, too short, silent: model.json's `quality`) gets 422 with that reason.
+what decodes past it depends on the decoder's read size. A clip that training would have
+quarantined (empty, non-finite, too short, silent: model.json's `quality`) gets 422 with that
+reason.
 
 The model is loaded once per container (first call), not per request.
 """
@@ -278,17 +279,17 @@ def check_ogg_pages(audio: bytes) -> None:
     whole (the rest of a page cut short by an upload that ended early, a tag some tools
     append) is left alone: the pages before it decode, and are scored.
     """
+    if not (audio.startswith(b"OggS") and len(audio) > 5 and audio[5] & 0x02):
+        raise unreadable()  # no Ogg stream begins here (its first page must say so)
     pos = 0
     while pos < len(audio):
-        last = b"OggS" not in audio[pos + 4:]
         table_end = pos + OGG_PAGE_HEADER + (audio[pos + 26] if pos + 26 < len(audio) else 0)
         end = table_end + sum(audio[pos + OGG_PAGE_HEADER:table_end])
-        if pos == 0 and not (audio.startswith(b"OggS") and audio[5] & 0x02):
-            raise unreadable()  # no Ogg stream begins here (its first page must say so)
-        if pos and last and (audio[pos:pos + 4] != b"OggS" or end > len(audio)):
-            return
+        whole = audio.startswith(b"OggS", pos) and end <= len(audio)
+        if pos and not whole and audio.find(b"OggS", pos + 4) == -1:
+            return  # past the last whole page
         page = audio[pos:end]
-        if not (page[:4] == b"OggS" and end <= len(audio) and ogg_crc(page[:22] + bytes(4) + page[26:])
+        if not (whole and ogg_crc(page[:22] + bytes(4) + page[26:])
                 == int.from_bytes(page[22:26], "little")):
             raise RequestError(422, "damaged_audio", f"the file is damaged: the Ogg page at "
                                f"byte {pos} fails its checksum; upload the recording again")
