@@ -203,12 +203,33 @@ def fold_baseline(oof: pd.DataFrame) -> pd.Series:
     return pd.concat(scores).reindex(test.index)
 
 
+def test_clips(oof: pd.DataFrame) -> pd.DataFrame:
+    """The out-of-fold rows (each clip once) with `y`, and `subject_id` set so that the
+    bootstrap resamples subject groups: a re-sent pair is one person, drawn together."""
+    oof = oof.assign(subject_id=oof["group"].astype(str))
+    return oof[oof["part"] == "test"].assign(y=lambda f: (f["label"] == LABELS[1]).astype(int))
+
+
+def paired_gain(oof: pd.DataFrame, references: list[pd.DataFrame]) -> dict:
+    """Within-channel AUC of `oof` minus the mean of the `references`' on the same clips, with
+    a CI from the same subject resamples for both sides: the CI of the difference itself,
+    much narrower than two overlapping per-option CIs suggest."""
+    test = test_clips(oof)
+    refs = [test_clips(r).set_index("path")["p"].reindex(test["path"]).to_numpy()
+            for r in references]
+    if any(np.isnan(r).any() for r in refs):
+        raise ValueError("the runs compared did not score the same clips")
+
+    def gain(frame: pd.DataFrame, weights=None):
+        reference = [within_channel_auc(frame.assign(p=r), weights) for r in refs]
+        return within_channel_auc(frame, weights) - np.mean(reference, axis=0)
+
+    return with_ci(test, gain, BOOTSTRAP, key="gain")
+
+
 def seed_figures(oof: pd.DataFrame) -> dict:
     """Every figure for one option x seed, each AUC with its subject-bootstrap 95 % CI."""
-    # The bootstrap resamples subject groups: a re-sent pair is one person, drawn together.
-    oof = oof.assign(subject_id=oof["group"].astype(str))
-    test = oof[oof["part"] == "test"].assign(y=lambda f: (f["label"] == LABELS[1]).astype(int))
-    test = test.assign(baseline=fold_baseline(oof))
+    test = test_clips(oof).assign(baseline=fold_baseline(oof))
     figures = {"within_channel": with_ci(test, within_channel_auc, BOOTSTRAP),
                "overall": with_ci(test, roc_auc, BOOTSTRAP),
                "baseline_within_channel": with_ci(test.assign(p=test["baseline"]),
@@ -288,9 +309,14 @@ def table(results: dict) -> str:
 
     columns = ["within_channel", "call-center", "telegram", "overall", "leakage_negative",
                "leakage_positive", "baseline_within_channel", "baseline_overall", "margin"]
-    lines = ["| option | runs | " + " | ".join(columns) + " | threshold sd per model, per seed "
-             "(calibrated / Youden) |",
-             "|---" * (len(columns) + 3) + "|"]
+    def gain(result: dict) -> str:
+        g = result.get("gain_over_default_option")
+        return "" if g is None else f"{g['mean']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]"
+
+    lines = ["| option | runs | " + " | ".join(columns) + f" | within_channel gain, paired, "
+             f"over {DEFAULT_OPTION} on the same seeds (xK: its xK; its own xK: its single "
+             "models) | threshold sd per model, per seed (calibrated / Youden) |",
+             "|---" * (len(columns) + 4) + "|"]
     default = default_option()
     for name, result in results.items():
         s = result["summary"]
@@ -299,7 +325,7 @@ def table(results: dict) -> str:
                  if name == DEFAULT_OPTION and default not in results else name)
         runs = len(result.get("seed_sets", result.get("seeds", [])))
         lines.append(f"| {label} | {runs} | " + " | ".join(cell(s[c]) for c in columns) +
-                     f" | {sd(s['threshold_calibrated']['sd'])} / {sd(s['threshold_youden']['sd'])}, "
+                     f" | {gain(result)} | {sd(s['threshold_calibrated']['sd'])} / {sd(s['threshold_youden']['sd'])}, "
                      f"{sd(s['pooled_threshold_calibrated']['sd'])} / "
                      f"{sd(s['pooled_threshold_youden']['sd'])} |")
     return "\n".join(lines)
@@ -314,13 +340,34 @@ def ensemble_of(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return indexed[0].assign(p=p, seed=-1).reset_index()
 
 
-def ensemble_results(name: str, frames: dict[int, pd.DataFrame],
-                     single_sd: float | None) -> dict[str, dict]:
+def gain_summary(pairs: list[tuple[pd.DataFrame, list[pd.DataFrame]]]) -> dict | None:
+    """Mean over runs of `paired_gain` (each run against its own references), and its sd;
+    None without a run to compare."""
+    if not pairs:
+        return None
+    runs = [paired_gain(oof, refs) for oof, refs in pairs]
+    values = [r["gain"] for r in runs]
+    return {"mean": statistics.mean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else None,
+            "ci_low": statistics.mean(r["gain_ci_low"] for r in runs),
+            "ci_high": statistics.mean(r["gain_ci_high"] for r in runs), "runs": len(runs)}
+
+
+def default_reference(name: str, default_runs: list[pd.DataFrame]) -> list[pd.DataFrame]:
+    """What an ensemble of `name` over some seeds is compared with: for the default option
+    itself, its single models on those seeds (what the ensemble adds); for another option,
+    the default's ensemble of the same seeds (what the option adds at equal K)."""
+    return default_runs if name == DEFAULT_OPTION else [ensemble_of(default_runs)]
+
+
+def ensemble_results(name: str, frames: dict[int, pd.DataFrame], single_sd: float | None,
+                     default_frames: dict[int, pd.DataFrame]) -> dict[str, dict]:
     """`option xK` for every ensemble size K >= 2 the seeds allow, over all K-seed sets.
 
     The sets share seeds, so their sd understates a fresh K-seed ensemble's (and one set has
     none); the within-channel summary also gives the single model's sd / sqrt(K), what K
-    members with independent errors would reach, as `sd_if_independent`.
+    members with independent errors would reach, as `sd_if_independent`. Each set's gain is
+    over the default option on the same seeds (`default_reference`).
     """
     out = {}
     seeds = sorted(frames)
@@ -330,11 +377,22 @@ def ensemble_results(name: str, frames: dict[int, pd.DataFrame],
         summary = summarize(runs)
         summary["within_channel"]["sd_if_independent"] = (
             None if single_sd is None else single_sd / math.sqrt(k))
+        gain = gain_summary([(ensemble_of([frames[s] for s in members]),
+                              default_reference(name, [default_frames[s] for s in members]))
+                             for members in sets if set(members) <= set(default_frames)])
         out[f"{name} x{k}"] = {"overrides": OPTIONS[name] + [f"ensemble of seeds {list(m)}"
                                                              for m in sets[:1]],
                                "seed_sets": [list(m) for m in sets], "summary": summary,
+                               "gain_over_default_option": gain,
                                "meets_targets": meets_targets(summary)}
     return out
+
+
+def predictions(option: str, seeds: list[int]) -> dict[int, pd.DataFrame]:
+    """The out-of-fold predictions `run` wrote for each of the seeds that has them."""
+    files = {seed: OOF_DIR / f"{option}-seed{seed}.csv" for seed in seeds}
+    return {seed: pd.read_csv(f, dtype={"subject_id": str}) for seed, f in files.items()
+            if f.exists()}
 
 
 def report(options: list[str], seeds: list[int]) -> None:
@@ -344,10 +402,10 @@ def report(options: list[str], seeds: list[int]) -> None:
     result_file = RESULTS / "realdata_quality.json"
     previous = json.loads(result_file.read_text())["options"] if result_file.exists() else {}
     results = {}
+    default_frames = predictions(DEFAULT_OPTION, seeds)
     for name in options:
-        files = {seed: OOF_DIR / f"{name}-seed{seed}.csv" for seed in seeds}
-        found = {seed: f for seed, f in files.items() if f.exists()}
-        if not found:
+        frames = predictions(name, seeds)
+        if not frames:
             kept = {key: value for key, value in previous.items()
                     if key == name or key.startswith(f"{name} x")}
             found_before = "kept the committed figures" if kept else "none committed either"
@@ -355,14 +413,17 @@ def report(options: list[str], seeds: list[int]) -> None:
                   file=sys.stderr)
             results.update(kept)
             continue
-        if len(found) < len(files):
-            print(f"{name}: only seeds {sorted(found)} have predictions", file=sys.stderr)
-        frames = {seed: pd.read_csv(f, dtype={"subject_id": str}) for seed, f in found.items()}
+        if len(frames) < len(seeds):
+            print(f"{name}: only seeds {sorted(frames)} have predictions", file=sys.stderr)
         runs = [seed_figures(frame) for frame in frames.values()]
         summary = summarize(runs)
-        results[name] = {"overrides": OPTIONS[name], "seeds": sorted(found), "summary": summary,
+        gain = (None if name == DEFAULT_OPTION else
+                gain_summary([(frames[s], [default_frames[s]]) for s in frames if s in default_frames]))
+        results[name] = {"overrides": OPTIONS[name], "seeds": sorted(frames), "summary": summary,
+                         "gain_over_default_option": gain,
                          "meets_targets": meets_targets(summary), "per_seed": runs}
-        results.update(ensemble_results(name, frames, summary["within_channel"]["sd"]))
+        results.update(ensemble_results(name, frames, summary["within_channel"]["sd"],
+                                        default_frames))
     payload = {"benchmark": "realdata_quality", "dataset": repo_relative(REALDATA),
                "protocol": f"{FOLDS}-fold cross-validation, grouped by subject (re-sent "
                            "recordings one subject), stratified by channel x label; folds and "
