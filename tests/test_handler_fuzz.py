@@ -7,7 +7,7 @@ failing, not the test runner dying. Every answer must be strict JSON (no NaN/Inf
 status 200 or 4xx, every S3 record's own status too, no message may show a Python repr or a
 heap address, and the same event must always get the same answer, byte for byte (a decoder
 handing on unfilled memory does not). Seeds: every container the handler reads, with every
-channel count 1-8 it takes, whole, mutated and truncated.
+channel count 1-8 it takes, whole, mutated and truncated, the same bytes on every run.
 
 Run by pytest (the test below spawns this file); `python tests/test_handler_fuzz.py --help`
 runs the child by hand.
@@ -46,6 +46,13 @@ def test_handler_answers_json_200_or_4xx_within_a_memory_cap(exported_model):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["examples"] >= EXAMPLES
     assert summary["statuses"].get("200", 0) > 0  # valid audio was among them, and scored
+
+
+def test_the_seeds_are_the_same_bytes_every_time():
+    """The run is derandomized, so the seeds must not vary either: with FFmpeg's random Ogg
+    serials and Matroska UIDs, and libsndfile's clock-seeded serial, CI fuzzed other bytes
+    than any run here, and a failure it found could not be found again."""
+    assert seed_files() == seed_files()
 
 
 # ---- the child: everything below runs under the cap, without torch or coughlab ------------
