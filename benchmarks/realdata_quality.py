@@ -302,9 +302,10 @@ def table(results: dict) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
     def cell(f: dict) -> str:
-        independent = ("" if f.get("sd_if_independent") is None else
-                       f" (independent: {f['sd_if_independent']:.3f})")
-        return (f"{f['mean']:.3f} ± {sd(f['sd'])}{independent} "
+        spread = "; ".join(f"{what}: {f[key]:.3f}" for key, what in (
+            ("sd_disjoint", "disjoint sets"), ("sd_if_independent", "independent"))
+            if f.get(key) is not None)
+        return (f"{f['mean']:.3f} ± {sd(f['sd'])}{f' ({spread})' if spread else ''} "
                 f"[{f['ci_low']:.2f}, {f['ci_high']:.2f}]")
 
     columns = ["within_channel", "call-center", "telegram", "overall", "leakage_negative",
@@ -325,7 +326,8 @@ def table(results: dict) -> str:
                  if name == DEFAULT_OPTION and default not in results else name)
         runs = len(result.get("seed_sets", result.get("seeds", [])))
         lines.append(f"| {label} | {runs} | " + " | ".join(cell(s[c]) for c in columns) +
-                     f" | {gain(result)} | {sd(s['threshold_calibrated']['sd'])} / {sd(s['threshold_youden']['sd'])}, "
+                     f" | {gain(result)} | {sd(s['threshold_calibrated']['sd'])} / "
+                     f"{sd(s['threshold_youden']['sd'])}, "
                      f"{sd(s['pooled_threshold_calibrated']['sd'])} / "
                      f"{sd(s['pooled_threshold_youden']['sd'])} |")
     return "\n".join(lines)
@@ -353,6 +355,14 @@ def gain_summary(pairs: list[tuple[pd.DataFrame, list[pd.DataFrame]]]) -> dict |
             "ci_high": statistics.mean(r["gain_ci_high"] for r in runs), "runs": len(runs)}
 
 
+def disjoint_sd(sets: list[tuple], runs: list[dict], seeds: list[int], k: int) -> float | None:
+    """Within-channel sd over the sets that share no seed (seeds in order, k at a time): a
+    K-member ensemble's own seed-to-seed spread; None with fewer than two such sets."""
+    chunks = [tuple(seeds[i:i + k]) for i in range(0, len(seeds) - k + 1, k)]
+    values = [runs[sets.index(chunk)]["within_channel"]["roc_auc"] for chunk in chunks]
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
 def default_reference(name: str, default_runs: list[pd.DataFrame]) -> list[pd.DataFrame]:
     """What an ensemble of `name` over some seeds is compared with: for the default option
     itself, its single models on those seeds (what the ensemble adds); for another option,
@@ -377,6 +387,7 @@ def ensemble_results(name: str, frames: dict[int, pd.DataFrame], single_sd: floa
         summary = summarize(runs)
         summary["within_channel"]["sd_if_independent"] = (
             None if single_sd is None else single_sd / math.sqrt(k))
+        summary["within_channel"]["sd_disjoint"] = disjoint_sd(sets, runs, seeds, k)
         gain = gain_summary([(ensemble_of([frames[s] for s in members]),
                               default_reference(name, [default_frames[s] for s in members]))
                              for members in sets if set(members) <= set(default_frames)])
@@ -417,8 +428,8 @@ def report(options: list[str], seeds: list[int]) -> None:
             print(f"{name}: only seeds {sorted(frames)} have predictions", file=sys.stderr)
         runs = [seed_figures(frame) for frame in frames.values()]
         summary = summarize(runs)
-        gain = (None if name == DEFAULT_OPTION else
-                gain_summary([(frames[s], [default_frames[s]]) for s in frames if s in default_frames]))
+        gain = (None if name == DEFAULT_OPTION else gain_summary(
+            [(frames[s], [default_frames[s]]) for s in frames if s in default_frames]))
         results[name] = {"overrides": OPTIONS[name], "seeds": sorted(frames), "summary": summary,
                          "gain_over_default_option": gain,
                          "meets_targets": meets_targets(summary), "per_seed": runs}
