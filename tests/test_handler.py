@@ -617,8 +617,9 @@ def test_a_file_damaged_mid_way_scores_only_samples_that_decode(handler, contain
 @pytest.mark.parametrize("container", ["ogg-vorbis", "ogg-opus"])
 def test_a_damaged_ogg_page_is_422_not_a_guess(handler, monkeypatch, container):
     """Past a page that fails its checksum, libsndfile's vorbis reader gives samples that
-    depend on how much is read at a time (4096-frame reads differ from one sf.read 1.1 s
-    before the damage): no answer from them would be the file's, so it is refused."""
+    depend on how much is read at a time (on this file 65,536-frame reads differ from one
+    sf.read from 0.6 s before the damage on): no answer from them would be the file's, so
+    it is refused."""
     audio = damaged_mid_file(container)
     for frames in (4096, 65536):
         monkeypatch.setattr(handler, "DECODE_BLOCK_FRAMES", frames)
