@@ -4,8 +4,8 @@ Both paths turn the same audio files into the same features (one centre-cropped 
 window at 16 kHz, n_fft/hop/n_mels/f_min/f_max from params.yaml) in the same process, run
 alternately, so a busy shared CPU slows both alike and the ratio stays meaningful.
 
-- coughlab: coughlab.audio.load_audio -> to_mono -> resample (torchaudio sinc) per clip, then
-  fit_length + the Featurizer's LogMel on batches, as the featurize stage does;
+- coughlab: coughlab.audio.load_audio -> to_mono -> resample (soxr) per clip, then the centre
+  crop/pad and coughlab.features.LogMel on batches (featurize's transform);
 - librosa:  librosa.load(sr=16000) (decode + soxr resample) -> the same centre crop/pad ->
   librosa.feature.melspectrogram -> log, one clip at a time.
 
@@ -27,8 +27,9 @@ import pandas as pd
 import torch
 
 from coughlab.atomic import atomic_write_text
-from coughlab.audio import Featurizer, fit_length, load_audio, resample, to_mono
-from coughlab.config import AudioConfig
+from coughlab.audio import load_audio, resample, to_mono
+from coughlab.config import AudioConfig, load_params
+from coughlab.features import LogMel, clip_samples
 from machine import load_average, machine_info, repo_relative
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def pick_dataset(realdata: Path, sample: Path) -> Path | None:
 
 
 def centre_window(wave: np.ndarray, length: int) -> np.ndarray:
-    """numpy twin of coughlab.audio.fit_length (centre crop or zero pad)."""
+    """The centred `length` samples, zero-padded when shorter (featurize's one-window crop)."""
     padded = np.pad(wave, (length, length))
     start = length + (wave.size - length) // 2
     return padded[start : start + length]
@@ -61,7 +62,7 @@ def centre_window(wave: np.ndarray, length: int) -> np.ndarray:
 @torch.inference_mode()
 def run_coughlab(paths: list[Path], cfg: AudioConfig, batch: int) -> tuple[dict, np.ndarray]:
     """Decode, resample and featurize `paths`; returns seconds per phase and the features."""
-    featurizer = Featurizer(cfg).eval()
+    logmel, length = LogMel(cfg).eval(), clip_samples(cfg)
     times = {"decode_s": 0.0, "resample_s": 0.0, "featurize_s": 0.0}
     chunks, skipped = [], 0
     for start in range(0, len(paths), batch):
@@ -77,13 +78,13 @@ def run_coughlab(paths: list[Path], cfg: AudioConfig, batch: int) -> tuple[dict,
             t1 = time.perf_counter()
             mono = resample(mono, sr, cfg.sample_rate)
             t2 = time.perf_counter()
-            windows.append(fit_length(torch.from_numpy(mono), featurizer.length))
+            windows.append(torch.from_numpy(centre_window(mono, length)))
             times["decode_s"] += t1 - t0
             times["resample_s"] += t2 - t1
             times["featurize_s"] += time.perf_counter() - t2
         t3 = time.perf_counter()
         if windows:
-            chunks.append(featurizer.logmel(torch.stack(windows)).numpy())
+            chunks.append(logmel(torch.stack(windows)).numpy())
         times["featurize_s"] += time.perf_counter() - t3
     times["skipped"] = skipped
     return times, np.concatenate(chunks) if chunks else np.zeros(0)
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = AudioConfig()
+    cfg = load_params(REPO / "params.yaml").audio
     paths = clip_paths(dataset, args.limit)
     warm = paths[:8]  # first calls pay one-off import and kernel costs; keep them out
     run_coughlab(warm, cfg, args.batch)

@@ -101,7 +101,7 @@ def child_torch(clip: Path, spawned_at: float, n_warm: int, threads: int) -> dic
 
     from coughlab.audio import resample, to_mono
     from coughlab.export import ServingModel
-    from coughlab.model import load_model
+    from coughlab.nets import load_model
 
     torch.set_num_threads(threads)
     t1 = time.perf_counter()

@@ -49,12 +49,13 @@ from sklearn.model_selection import StratifiedGroupKFold
 from coughlab import LABELS
 from coughlab.audio import AudioDecodeError, load_audio, quality_problem, resample, to_mono
 from coughlab.atomic import atomic_write_text
+from coughlab.baselines import youden_threshold
 from coughlab.duplicates import clip_groups, find_near_duplicates, to_rate
 from coughlab.config import compose, params_from
 from coughlab.metrics import (channel_auc, choose_threshold, metadata_baseline_scores, roc_auc,
-                              with_ci, within_channel_auc, within_channel_margin,
-                              youden_threshold)
-from coughlab.model import load_model, predict_proba, train_model
+                              with_ci, within_channel_auc, within_channel_margin)
+from coughlab.nets import load_model, predict_proba
+from coughlab.training import train_model
 from coughlab.stages.featurize import featurize_waves
 from machine import machine_info, repo_relative
 

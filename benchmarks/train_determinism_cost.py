@@ -4,7 +4,7 @@
             MKL_CBWR=AVX2,STRICT), then `train_model`, which also switches oneDNN off and
             trains on one intra-op thread: what the train stage does;
 - unpinned: torch's own choices (widest ISA, oneDNN on, one thread per core), the same
-            training code (`fit_and_save`) without the pinning: today's stage;
+            training code (`fit` + `save_model`) without the pinning: today's stage;
 - unpinned-1-thread: the same on one thread, which separates the kernels' cost from the
             thread count's (on a dedicated many-core machine one thread costs more than here).
 
@@ -43,7 +43,8 @@ if mode == "pinned":
 import torch
 from pathlib import Path
 from coughlab.config import load_params
-from coughlab.model import fit_and_save, train_model
+from coughlab.nets import save_model
+from coughlab.training import fit, train_model
 params = load_params(Path(sys.argv[5]))
 params.train.epochs = epochs
 work = Path(work)
@@ -53,7 +54,8 @@ if mode == "pinned":
 else:
     if mode == "unpinned-1-thread":
         torch.set_num_threads(1)
-    fit_and_save(params, Path(features), work / "model", work / "ckpt", None, ())
+    net, device = fit(params, Path(features), work / "ckpt", None, ())
+    save_model(net, params, work / "model", device)
 print(time.perf_counter() - start)
 """
 

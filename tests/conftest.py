@@ -109,20 +109,17 @@ def exported_model(tmp_path_factory):
     import soundfile as sf
     import torch
 
-    from helpers import write_evaluation, write_params
+    from helpers import conf, package_lambda, write_params
 
-    from coughlab.config import AudioConfig, ModelConfig, Params, QualityConfig
-    from coughlab.model import build_net, save_model
+    from coughlab.nets import build_net, save_model
     from coughlab.stages.combine import process_clip, wav_path
-    from coughlab.stages.export_lambda import export_lambda
     from coughlab.stages.featurize import featurize
 
     root = tmp_path_factory.mktemp("exported")
     torch.manual_seed(0)
-    params = Params(model=ModelConfig(width=8))
+    params = conf("model.width=8")
     net = build_net(params.model).eval()
     save_model(net, params, root / "model")
-    write_evaluation(root / "evaluation.json")
     rng = np.random.default_rng(0)
     rows = []
     (root / "fetched").mkdir()
@@ -133,19 +130,19 @@ def exported_model(tmp_path_factory):
         sf.write(root / "fetched" / name, wave.astype(np.float32), rate)
         clip = wav_path(name)
         stats = process_clip(root / "fetched" / name, root / "combined" / "clips" / clip,
-                             params.audio.sample_rate, QualityConfig())
+                             params.audio.sample_rate, params.data.quality)
         rows.append({"path": clip, "fetched_path": name, "label": "positive", "subject_id": name,
                      "source": "sample", "split": "test", **stats})
     pd.DataFrame(rows).to_csv(root / "combined" / "manifest.csv", index=False)
-    featurize(root / "combined", root / "features", AudioConfig())
+    featurize(root / "combined", root / "features", params.audio)
     (root / "data").mkdir()
     (root / "data" / "labels.csv").write_text("path,label,subject_id,source,channel\n")
     inputs = {"data_dir": root / "data", "params_file": write_params(root, "model.width=8"),
               "features": root / "features", "record": root / "reports" / "model.json"}
-    export_lambda(root / "model", root / "evaluation.json", root / "combined", root / "features",
-                  root / "fetched", ROOT / "lambda" / "handler.py", QualityConfig(), root / "lambda",
-                  inputs["data_dir"], inputs["params_file"], inputs["record"])
+    package_lambda(root, root / "model", root / "combined", root / "features", root / "fetched",
+                   root / "lambda", inputs["data_dir"], inputs["params_file"], inputs["record"])
     return {"model_pt": root / "model" / "model.pt", "lambda_dir": root / "lambda",
             "combined": root / "combined", "evaluation": root / "evaluation.json",
+            "graph": root / "graph",
             "fetched": root / "fetched",
             "originals": {r["path"]: root / "fetched" / r["fetched_path"] for r in rows}, **inputs}

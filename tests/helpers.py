@@ -7,13 +7,19 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from coughlab.config import compose
+from coughlab.config import Params, compose, params_from
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def conf(*overrides: str) -> Params:
+    """The repo's conf/ with Hydra overrides, typed: the params a stage would read."""
+    return params_from(compose(ROOT / "conf", list(overrides)))
 
 
 def write_params(workdir: Path, *overrides: str) -> Path:
     """A params.yaml composed from the repo's conf/ with Hydra overrides, as dvc exp run does."""
-    root = Path(__file__).resolve().parents[1]
-    params = compose(root / "conf", list(overrides))
+    params = compose(ROOT / "conf", list(overrides))
     path = workdir / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
@@ -25,8 +31,8 @@ def make_features(out: Path, n_per_split=(48, 16, 16), n_mels=64, frames=48, see
     out.mkdir(parents=True, exist_ok=True)
     for split, n in zip(("train", "valid", "test"), n_per_split):
         y = np.arange(n) % 2
-        x = rng.normal(size=(n, 1, n_mels, frames)).astype(np.float32)
-        x[y == 1, :, 20:28, :] += 1.5
+        x = rng.normal(size=(n, 1, 1, n_mels, frames)).astype(np.float32)
+        x[y == 1, :, :, 20:28, :] += 1.5
         np.savez_compressed(out / f"{split}.npz", x=x, y=y.astype(np.int8),
                             path=np.array([f"{split}/{i}.wav" for i in range(n)]),
                             channel=np.where(np.arange(n) % 3 == 0, "phone", "app"))
@@ -43,11 +49,12 @@ def git_repo(path: Path) -> Path:
     return path
 
 
-def write_evaluation(path: Path) -> Path:
+def write_evaluation(path: Path, graph_version: str | None = None) -> Path:
     """A reports/evaluation.json as evaluate writes it, in brief: what export-lambda and the
-    model card read."""
+    model card read, naming `graph_version` as the graph evaluate scored."""
     auc = {"roc_auc": 0.8, "roc_auc_ci_low": 0.6, "roc_auc_ci_high": 0.95}
     path.write_text(json.dumps({
+        "graph": {"version": graph_version},
         "threshold": 0.5,
         "test": {"roc_auc": 0.95, "pr_auc": 0.9, "sensitivity": 0.9, "specificity": 0.8, "n": 3,
                  "positives": 3, "roc_auc_ci_low": 0.7, "roc_auc_ci_high": 1.0},
@@ -57,5 +64,21 @@ def write_evaluation(path: Path) -> Path:
                    "within_channel_roc_auc_ci_high": 0.4, "warning": None},
         "channel_leakage": {"negative": auc, "positive": auc},
         "test_by_source": {"sample": auc}, "test_by_channel": {"app": auc},
-        "bootstrap": {"test_subjects": 3}}))
+        "bootstrap": {"test_subjects": 3},
+        "test_size": {"rule": "at least 10 test subjects of each label", "sufficient": False,
+                      "warning": "WARNING: the test split is too small"}}))
     return path
+
+
+def package_lambda(root: Path, model_dir: Path, combined: Path, features: Path, fetched: Path,
+                   out: Path, data_dir: Path, params_file: Path, record: Path) -> dict:
+    """export-graph, then export-lambda, with a brief evaluation.json naming the exported graph
+    (as evaluate writes it): the stage's inputs built from a model, as dvc repro would."""
+    from coughlab.stages.export_graph import export_graph
+    from coughlab.stages.export_lambda import export_lambda
+
+    version = export_graph(model_dir, root / "graph")
+    write_evaluation(root / "evaluation.json", version)
+    return export_lambda(root / "graph", model_dir, root / "evaluation.json", combined, features,
+                         fetched, ROOT / "lambda" / "handler.py", conf().data.quality, out,
+                         data_dir, record, params_file)

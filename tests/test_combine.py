@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -11,6 +12,8 @@ from coughlab.stages.combine import SplitError, TooManyQuarantined, combine, spl
 
 from source_fixtures import encode
 from test_audio import tone
+
+from helpers import conf
 
 QUALITY = QualityConfig(min_seconds=0.3, silence_dbfs=-60.0, max_quarantine_fraction=0.5)
 
@@ -51,7 +54,7 @@ def test_bad_clips_are_quarantined_with_reasons_not_fatal(tmp_path):
         "a/silent.wav": wav_bytes(np.zeros(16000, np.float32), 16000),
         "a/short.wav": wav_bytes(tone(16000, 0.1), 16000),
     })
-    summary = combine(src, tmp_path / "out", 16000, QualityConfig(max_quarantine_fraction=0.7),
+    summary = combine(src, tmp_path / "out", 16000, dataclasses.replace(QUALITY, max_quarantine_fraction=0.7),
                       SplitConfig(0.0, 0.0), seed=1)
     quarantine = pd.read_csv(tmp_path / "out" / "quarantine.csv")
     assert dict(zip(quarantine["path"], quarantine["reason"])) == {
@@ -71,7 +74,7 @@ def test_too_many_quarantined_fails_and_writes_nothing(tmp_path):
     src = fetched(tmp_path / "fetched", {"a/x.wav": b"", "a/y.wav": b"junk",
                                          "a/ok.wav": wav_bytes(tone(), 16000)})
     with pytest.raises(TooManyQuarantined, match="above data.quality.max_quarantine_fraction=0.5"):
-        combine(src, tmp_path / "out", 16000, QUALITY, SplitConfig(), seed=1)
+        combine(src, tmp_path / "out", 16000, QUALITY, conf().data.split, seed=1)
     assert not (tmp_path / "out").exists()
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 """coughlab.download against a loopback HTTP server: pinning, resume, retries, atomicity."""
 import contextlib
 import hashlib
@@ -7,6 +8,8 @@ import pytest
 from coughlab import download as dl
 
 from source_fixtures import ArchiveServer, sha256
+
+from helpers import conf
 
 BODY = bytes(range(256)) * 800  # 200 KiB: several read chunks would be needed at real scale
 PATH = "/records/1/files/public_dataset.zip"
@@ -244,6 +247,6 @@ def test_the_cap_spares_pinned_files(server, tmp_path):
 
 
 def test_fetch_file_takes_the_cap_from_data_download(server, tmp_path):
-    settings = dl.DownloadConfig(max_unpinned_bytes=1000)
+    settings = dataclasses.replace(conf().data.download, max_unpinned_bytes=1000)
     with pytest.raises(dl.DownloadError, match="max_unpinned_bytes=1000"):
         dl.fetch_file(server.url(PATH), tmp_path / "a.zip", None, settings)

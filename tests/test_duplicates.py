@@ -13,6 +13,8 @@ from coughlab.audio import load_audio, resample, to_mono
 from coughlab.config import QualityConfig, SplitConfig
 from coughlab.stages.combine import combine
 
+from helpers import conf
+
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "dev"
 needs_realdata = pytest.mark.skipif(not (REALDATA / "near_duplicates.csv").exists(),
                                     reason="no ../shared/realdata/dev")
@@ -120,7 +122,7 @@ def test_combine_puts_resent_recordings_in_one_split_and_reports_the_group(tmp_p
     clips["a/orig.wav"] = (original, "first", "negative")
     clips["b/resent.ogg"] = (0.3 * original[800:-400], "second", "negative")  # other source, too
     src = write_fetched(tmp_path / "fetched", clips)
-    summary = combine(src, tmp_path / "out", 16000, QualityConfig(), SplitConfig(0.3, 0.3), seed)
+    summary = combine(src, tmp_path / "out", 16000, conf().data.quality, SplitConfig(0.3, 0.3), seed)
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
     split = dict(zip(manifest["subject_id"], manifest["split"]))
     assert split["first"] == split["second"]

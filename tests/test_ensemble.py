@@ -8,21 +8,20 @@ import pytest
 import soundfile as sf
 import torch
 
-from coughlab.config import AudioConfig, ModelConfig, Params, QualityConfig, TrainConfig
 from coughlab.export import ServingModel, onnx_predict, onnx_session
-from coughlab.model import (ChannelAugment, Ensemble, build_net, dataloaders, load_model,
-                            load_split, predict_proba, save_model, train_model)
+from coughlab.nets import Ensemble, build_net, load_model, load_split, predict_proba, save_model
+from coughlab.training import ChannelAugment, dataloaders, train_model
 from coughlab.stages.featurize import featurize_waves
 
-from helpers import make_features, write_evaluation, write_params
+from helpers import conf, make_features, package_lambda, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
-WINDOWS = AudioConfig(windows=5, max_seconds=30.0)
+WINDOWS = conf("audio.windows=5", "audio.max_seconds=30.0").audio
 
 
 def members(n: int) -> list[torch.nn.Module]:
     torch.manual_seed(0)
-    return [build_net(ModelConfig(width=8)).eval() for _ in range(n)]
+    return [build_net(conf("model.width=8").model).eval() for _ in range(n)]
 
 
 def test_ensemble_scores_the_mean_of_its_members_over_the_windows():
@@ -38,7 +37,7 @@ def test_ensemble_scores_the_mean_of_its_members_over_the_windows():
 
 def test_an_ensemble_saves_and_loads_as_one_model(tmp_path):
     nets = members(2)
-    params = Params(model=ModelConfig(width=8), audio=WINDOWS)
+    params = conf("model.width=8", "audio.windows=5", "audio.max_seconds=30.0")
     net, audio = load_model(save_model(Ensemble(nets), params, tmp_path))
     assert isinstance(net, Ensemble) and len(net.members) == 2 and audio == WINDOWS
     for loaded, saved in zip(net.members, nets):
@@ -46,20 +45,14 @@ def test_an_ensemble_saves_and_loads_as_one_model(tmp_path):
             assert torch.equal(a, b)
 
 
-def test_features_from_before_windows_read_as_one_window(tmp_path):
-    make_features(tmp_path, n_per_split=(4, 2, 2), frames=16)
-    assert load_split(tmp_path, "train")["x"].shape == (4, 1, 1, 64, 16)
-
-
 def test_members_are_the_single_models_of_consecutive_seeds(tmp_path):
     features = make_features(tmp_path / "features", n_per_split=(24, 8, 8), frames=16)
-    tiny = TrainConfig(epochs=2, batch_size=8, balance="label", members=2)
-    params = Params(seed=7, model=ModelConfig(width=8), train=tiny)
+    tiny = ("model.width=8", "train.epochs=2", "train.batch_size=8", "train.balance=label")
+    params = conf("seed=7", "train.members=2", *tiny)
     net, _ = load_model(train_model(params, features, tmp_path / "ens", tmp_path / "ckpt"))
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["member-0", "member-1"]
     for k, seed in enumerate((7, 8)):
-        one = Params(seed=seed, model=ModelConfig(width=8),
-                     train=TrainConfig(epochs=2, batch_size=8, balance="label"))
+        one = conf(f"seed={seed}", *tiny)
         single, _ = load_model(train_model(one, features, tmp_path / f"m{k}", tmp_path / f"c{k}"))
         for a, b in zip(net.members[k].state_dict().values(), single.state_dict().values()):
             assert torch.equal(a, b)
@@ -95,14 +88,12 @@ def ensemble_export(tmp_path_factory):
     """An untrained 3-member ensemble with 5 windows, exported by export-lambda from original
     files (8 kHz stereo mp3, a 48 kHz mp3 longer than max_seconds, a short wav)."""
     from coughlab.stages.combine import process_clip, wav_path
-    from coughlab.stages.export_lambda import export_lambda
     from coughlab.stages.featurize import featurize
 
     root = tmp_path_factory.mktemp("ensemble")
-    audio = AudioConfig(windows=5, max_seconds=12.0)
-    params = Params(model=ModelConfig(width=8), audio=audio)
+    params = conf("model.width=8", "audio.windows=5", "audio.max_seconds=12.0")
+    audio = params.audio
     save_model(Ensemble(members(3)), params, root / "model")
-    write_evaluation(root / "evaluation.json")
     rng = np.random.default_rng(0)
     rows = []
     (root / "fetched").mkdir()
@@ -114,17 +105,16 @@ def ensemble_export(tmp_path_factory):
         sf.write(root / "fetched" / name, wave.astype(np.float32), rate)
         clip = wav_path(name)
         stats = process_clip(root / "fetched" / name, root / "combined" / "clips" / clip,
-                             audio.sample_rate, QualityConfig())
+                             audio.sample_rate, params.data.quality)
         rows.append({"path": clip, "fetched_path": name, "label": "positive", "subject_id": name,
                      "source": "sample", "split": "test", **stats})
     pd.DataFrame(rows).to_csv(root / "combined" / "manifest.csv", index=False)
     featurize(root / "combined", root / "features", audio)
     (root / "data").mkdir()
     (root / "data" / "labels.csv").write_text("path,label,subject_id,source,channel\n")
-    meta = export_lambda(root / "model", root / "evaluation.json", root / "combined",
-                         root / "features", root / "fetched", ROOT / "lambda" / "handler.py",
-                         QualityConfig(), root / "lambda", root / "data",
-                         write_params(root, "model.width=8"), root / "reports" / "model.json")
+    meta = package_lambda(root, root / "model", root / "combined", root / "features",
+                          root / "fetched", root / "lambda", root / "data",
+                          write_params(root, "model.width=8"), root / "reports" / "model.json")
     return {"root": root, "meta": meta, "audio": audio}
 
 

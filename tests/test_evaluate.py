@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from coughlab.metrics import binary_metrics, grouped_metrics, youden_threshold
+from coughlab.baselines import youden_threshold
+from coughlab.metrics import binary_metrics, grouped_metrics
 
 
 def test_binary_metrics_by_hand():
@@ -35,7 +36,7 @@ def test_grouped_metrics_per_channel():
     json.dumps(out)  # serialisable for metrics.json
 
 
-def write_stage_inputs(root, score):
+def write_stage_inputs(root, score, subjects=20):
     """Features and manifest for evaluate where the 'model' score is stored in the features.
 
     Two channels, one recording format each; phone subjects are mostly positive, app subjects
@@ -46,8 +47,8 @@ def write_stage_inputs(root, score):
     rng = np.random.default_rng(0)
     for split in ("train", "valid", "test"):
         paths, ys, xs = [], [], []
-        for channel, positives in (("phone", 16), ("app", 4)):
-            for s in range(20):
+        for channel, positives in (("phone", subjects * 4 // 5), ("app", subjects // 5)):
+            for s in range(subjects):
                 y = int(s < positives)
                 for clip in range(2):
                     path = f"{split}/{channel}{s}_{clip}.wav"
@@ -62,14 +63,16 @@ def write_stage_inputs(root, score):
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
 
 
-def run_evaluate(tmp_path, monkeypatch, score):
-    """The evaluate stage with a stand-in model whose P(positive) is the stored score."""
+def run_evaluate(tmp_path, monkeypatch, score, subjects=20):
+    """The evaluate stage with a stand-in model whose P(positive) is the stored score, and a
+    stand-in graph that agrees with it (the graph check has its own tests in test_export)."""
     from coughlab.stages import evaluate as stage
-    write_stage_inputs(tmp_path, score)
+    write_stage_inputs(tmp_path, score, subjects)
     monkeypatch.setattr(stage, "load_model", lambda path: (None, None))
     monkeypatch.setattr(stage, "predict_proba", lambda net, x: x.reshape(-1).astype(np.float32))
-    stage.main(["--model-dir", str(tmp_path), "--features", str(tmp_path / "features"),
-                "--manifest", str(tmp_path / "manifest.csv"),
+    monkeypatch.setattr(stage, "check_graph", lambda graph, clips, scored: {"version": "stand-in"})
+    stage.main(["--graph-dir", str(tmp_path), "--model-dir", str(tmp_path),
+                "--features", str(tmp_path / "features"), "--combined", str(tmp_path),
                 "--metrics", str(tmp_path / "metrics.json"),
                 "--report", str(tmp_path / "evaluation.json"), "--plots", str(tmp_path / "plots")])
     text = (tmp_path / "evaluation.json").read_text()
@@ -169,3 +172,31 @@ def test_make_repro_ends_with_the_verdict():
                           "VENV=.venv"], cwd=root, capture_output=True, text=True,
                          check=True).stdout.strip().splitlines()
     assert dry[-1].endswith("-m coughlab.stages.evaluate --verdict")
+
+
+def test_a_test_split_too_small_for_its_numbers_says_so(tmp_path, monkeypatch, capsys):
+    """6 clips used to print `within-channel ROC-AUC 1.000 [1.000, 1.000]` with no warning."""
+    from coughlab.model_card import model_card
+
+    report, stage = run_evaluate(tmp_path, monkeypatch, lambda y, channel: 0.2 + 0.6 * y,
+                                 subjects=5)
+    size = report["test_size"]
+    assert size["subjects"] == {"negative": 5, "positive": 5} and not size["sufficient"]
+    assert report["headline"]["within_channel_roc_auc"] == 1.0  # a perfect score, but ...
+    assert "too small to support these numbers" in size["warning"]
+    assert size["warning"] in capsys.readouterr().out
+    stage.main(["--verdict", "--report", str(tmp_path / "evaluation.json")])
+    assert size["warning"] in capsys.readouterr().out
+    meta = {"version": "v", "input_seconds": 30.0, "sample_rate": 16000, "threshold": 0.5,
+            "quality": {"min_seconds": 0.3, "silence_dbfs": -60.0},
+            "parity": {"tolerance": 1e-4, "clips": 3},
+            "provenance": {"data_sources": ["local"], "data_md5": "d", "features_md5": "f",
+                           "model_md5": "m", "params": {}}}
+    card = model_card(meta, report)
+    assert card.splitlines()[2] == f"> **{size['warning']}**"  # first thing under the title
+
+
+def test_a_test_split_of_enough_subjects_gets_no_size_warning(tmp_path, monkeypatch, capsys):
+    report, _ = run_evaluate(tmp_path, monkeypatch, lambda y, channel: 0.2 + 0.6 * y)
+    assert report["test_size"]["sufficient"] and report["test_size"]["warning"] is None
+    assert "too small" not in capsys.readouterr().out

@@ -11,12 +11,14 @@ import torch
 import yaml
 
 from coughlab.export import ServingModel, onnx_predict, onnx_session
-from coughlab.config import QualityConfig
-from coughlab.model import load_model
+from coughlab.nets import load_model
 from coughlab.provenance import provenance
 from coughlab.stages.export_lambda import export_lambda
 
+from helpers import conf
+
 ROOT = Path(__file__).resolve().parents[1]
+QUALITY = conf().data.quality
 
 
 @pytest.mark.parametrize("batch,samples", [(1, 1), (1, 800), (2, 48000), (3, 48001), (1, 160000)])
@@ -65,7 +67,6 @@ def test_export_refuses_a_model_the_handler_hears_differently(exported_model, tm
 
     import soundfile as sf
 
-    from coughlab.config import AudioConfig
     from coughlab.stages.featurize import featurize
 
     combined = tmp_path / "combined"
@@ -73,13 +74,13 @@ def test_export_refuses_a_model_the_handler_hears_differently(exported_model, tm
     for clip in (combined / "clips").iterdir():
         wave, sr = sf.read(clip, dtype="float32")
         sf.write(clip, np.round(wave * 32) / 32, sr, subtype="FLOAT")
-    featurize(combined, tmp_path / "features", AudioConfig())
+    featurize(combined, tmp_path / "features", conf().audio)
     with pytest.raises(RuntimeError, match="disagree"):
-        export_lambda(exported_model["model_pt"].parent, exported_model["evaluation"], combined,
-                      tmp_path / "features", exported_model["fetched"],
-                      ROOT / "lambda" / "handler.py", QualityConfig(), tmp_path / "lambda",
-                      exported_model["data_dir"], exported_model["params_file"],
-                      tmp_path / "model-record.json")
+        export_lambda(exported_model["graph"], exported_model["model_pt"].parent,
+                      exported_model["evaluation"], combined, tmp_path / "features",
+                      exported_model["fetched"], ROOT / "lambda" / "handler.py", QUALITY,
+                      tmp_path / "lambda", exported_model["data_dir"],
+                      tmp_path / "model-record.json", exported_model["params_file"])
     assert not (tmp_path / "lambda").exists() and not (tmp_path / "model-record.json").exists()
 
 
@@ -88,7 +89,6 @@ def test_parity_gate_covers_every_test_clip(exported_model, tmp_path):
     import pandas as pd
     import soundfile as sf
 
-    from coughlab.config import AudioConfig
     from coughlab.stages.combine import process_clip, wav_path
     from coughlab.stages.featurize import featurize
 
@@ -101,20 +101,20 @@ def test_parity_gate_covers_every_test_clip(exported_model, tmp_path):
         wave = np.sin(2 * np.pi * (300 + 10 * i) * t) * 0.4 + rng.standard_normal(t.size) * 0.02
         sf.write(tmp_path / "fetched" / name, wave.astype(np.float32), 16000)
         stats = process_clip(tmp_path / "fetched" / name, tmp_path / "combined" / "clips" /
-                             wav_path(name), 16000, QualityConfig())
+                             wav_path(name), 16000, QUALITY)
         rows.append({"path": wav_path(name), "fetched_path": name, "label": "negative",
                      "subject_id": name, "source": "sample", "split": "test", **stats})
     pd.DataFrame(rows).to_csv(tmp_path / "combined" / "manifest.csv", index=False)
-    featurize(tmp_path / "combined", tmp_path / "features", AudioConfig())
+    featurize(tmp_path / "combined", tmp_path / "features", conf().audio)
     # The last original is another recording than the one the pipeline featurized.
     sf.write(tmp_path / "fetched" / rows[-1]["fetched_path"],
              (rng.standard_normal(8000) * 0.3).astype(np.float32), 16000)
     with pytest.raises(RuntimeError, match="disagree"):
-        export_lambda(exported_model["model_pt"].parent, exported_model["evaluation"],
-                      tmp_path / "combined", tmp_path / "features", tmp_path / "fetched",
-                      ROOT / "lambda" / "handler.py", QualityConfig(), tmp_path / "lambda",
-                      exported_model["data_dir"], exported_model["params_file"],
-                      tmp_path / "model-record.json")
+        export_lambda(exported_model["graph"], exported_model["model_pt"].parent,
+                      exported_model["evaluation"], tmp_path / "combined", tmp_path / "features",
+                      tmp_path / "fetched", ROOT / "lambda" / "handler.py", QUALITY,
+                      tmp_path / "lambda", exported_model["data_dir"],
+                      tmp_path / "model-record.json", exported_model["params_file"])
     assert not (tmp_path / "lambda").exists()
 
 
@@ -130,7 +130,7 @@ def test_onnx_graph_needs_no_torch_ops(exported_model):
 
 def test_export_is_byte_identical_across_processes(exported_model, tmp_path):
     """So DVC sees the same model.onnx hash for the same model.pt, run after run."""
-    script = ("import sys; from pathlib import Path; from coughlab.model import load_model; "
+    script = ("import sys; from pathlib import Path; from coughlab.nets import load_model; "
               "from coughlab.export import export_onnx; net, audio = load_model(Path(sys.argv[1])); "
               "export_onnx(net, audio, Path(sys.argv[2]))")
     for name in ("a.onnx", "b.onnx"):
@@ -190,7 +190,8 @@ def test_unrelated_changes_leave_model_json_unchanged(exported_model, tmp_path, 
     so DVC's cache and bit-identical reruns hold."""
     monkeypatch.chdir(tmp_path)
     subprocess.run(["git", "init", "-q"], check=True)
-    names = ("model", "evaluation", "combined", "data_dir", "params_file", "features", "fetched")
+    names = ("graph", "model", "evaluation", "combined", "data_dir", "params_file", "features",
+             "fetched")
     sources = {name: exported_model["model_pt"].parent if name == "model" else exported_model[name]
                for name in names}
     for name, source in sources.items():
@@ -199,9 +200,10 @@ def test_unrelated_changes_leave_model_json_unchanged(exported_model, tmp_path, 
     subprocess.run(["git", "add", "-A"], check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "x"], check=True)
     local = {name: Path(source.name) for name, source in sources.items()}
-    export_lambda(local["model"], local["evaluation"], local["combined"], local["features"],
-                  local["fetched"], ROOT / "lambda" / "handler.py", QualityConfig(), Path("lambda"),
-                  local["data_dir"], local["params_file"], Path("reports/model.json"))
+    export_lambda(local["graph"], local["model"], local["evaluation"], local["combined"],
+                  local["features"], local["fetched"], ROOT / "lambda" / "handler.py", QUALITY,
+                  Path("lambda"), local["data_dir"], Path("reports/model.json"),
+                  local["params_file"])
     for name in ("model.json", "model.onnx", "model_card.md"):
         assert (Path("lambda") / name).read_bytes() == (exported_model["lambda_dir"] / name).read_bytes()
     assert Path("reports/model.json").read_bytes() == exported_model["record"].read_bytes()
@@ -209,11 +211,12 @@ def test_unrelated_changes_leave_model_json_unchanged(exported_model, tmp_path, 
 
 def test_missing_provenance_input_fails_before_writing(exported_model, tmp_path):
     with pytest.raises(FileNotFoundError, match="cannot record its DVC hash"):
-        export_lambda(exported_model["model_pt"].parent, exported_model["evaluation"],
-                      exported_model["combined"], exported_model["features"],
-                      exported_model["fetched"], ROOT / "lambda" / "handler.py", QualityConfig(),
-                      tmp_path / "lambda", tmp_path / "no-data", exported_model["params_file"],
-                      tmp_path / "model-record.json")
+        export_lambda(exported_model["graph"], exported_model["model_pt"].parent,
+                      exported_model["evaluation"], exported_model["combined"],
+                      exported_model["features"], exported_model["fetched"],
+                      ROOT / "lambda" / "handler.py", QUALITY, tmp_path / "lambda",
+                      tmp_path / "no-data", tmp_path / "model-record.json",
+                      exported_model["params_file"])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -252,14 +255,12 @@ def stage_workspace(tmp_path_factory):
 
     from helpers import write_params
 
-    from coughlab.config import AudioConfig, ModelConfig, Params
-    from coughlab.model import build_net, save_model
+    from coughlab.nets import build_net, save_model
     from coughlab.stages.combine import process_clip, wav_path
-    from coughlab.stages.featurize import featurize
 
     root = tmp_path_factory.mktemp("dispatch")
     torch.manual_seed(1)
-    params = Params(model=ModelConfig(width=8))
+    params = conf("model.width=8")
     save_model(build_net(params.model).eval(), params, root / "model")
     rng = np.random.default_rng(1)
     (root / "fetched").mkdir()
@@ -276,12 +277,11 @@ def stage_workspace(tmp_path_factory):
                 sf.write(root / "fetched" / name, wave.astype(np.float32), rate)
                 clip = wav_path(name)
                 stats = process_clip(root / "fetched" / name, root / "combined" / "clips" / clip,
-                                     params.audio.sample_rate, QualityConfig())
+                                     params.audio.sample_rate, QUALITY)
                 rows.append({"path": clip, "fetched_path": name, "label": label,
                              "subject_id": name, "source": "sample", "channel": channel,
                              "split": split, **stats})
     pd.DataFrame(rows).to_csv(root / "combined" / "manifest.csv", index=False)
-    featurize(root / "combined", root / "features", AudioConfig())
     (root / "data").mkdir()
     (root / "data" / "labels.csv").write_text("path,label,subject_id,source,channel\n")
     write_params(root, "model.width=8")
@@ -289,17 +289,20 @@ def stage_workspace(tmp_path_factory):
 
 
 def run_stages(workspace: Path, tag: str, env: dict[str, str]) -> dict[str, bytes]:
-    """evaluate then export-lambda as `dvc repro` runs them, in processes that see `env`;
-    returns every file the two stages write, by path."""
+    """featurize, export-graph, evaluate and export-lambda as `dvc repro` runs them, in
+    processes that see `env`; returns every file the stages write, by path."""
     out = workspace / tag
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env}
     commands = [
-        ["coughlab.stages.evaluate", "--model-dir", "model", "--features", "features",
-         "--manifest", "combined/manifest.csv", "--metrics", f"{tag}/metrics.json",
-         "--report", f"{tag}/evaluation.json", "--plots", f"{tag}/plots"],
-        ["coughlab.stages.export_lambda", "--model-dir", "model",
-         "--evaluation", f"{tag}/evaluation.json", "--combined",
-         "combined", "--features", "features", "--fetched", "fetched", "--data", "data",
+        ["coughlab.stages.featurize", "--in", "combined", "--out", f"{tag}/features"],
+        ["coughlab.stages.export_graph", "--model-dir", "model", "--out", f"{tag}/graph"],
+        ["coughlab.stages.evaluate", "--graph-dir", f"{tag}/graph", "--model-dir", "model",
+         "--features", f"{tag}/features", "--combined", "combined",
+         "--metrics", f"{tag}/metrics.json", "--report", f"{tag}/evaluation.json",
+         "--plots", f"{tag}/plots"],
+        ["coughlab.stages.export_lambda", "--graph-dir", f"{tag}/graph", "--model-dir", "model",
+         "--evaluation", f"{tag}/evaluation.json", "--combined", "combined",
+         "--features", f"{tag}/features", "--fetched", "fetched", "--data", "data",
          "--handler", str(ROOT / "lambda" / "handler.py"), "--out", f"{tag}/lambda",
          "--record", f"{tag}/model-record.json"]]
     for command in commands:
@@ -309,12 +312,15 @@ def run_stages(workspace: Path, tag: str, env: dict[str, str]) -> dict[str, byte
     return {str(f.relative_to(out)): f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()}
 
 
-def test_evaluate_and_export_are_byte_identical_whatever_the_cpu_dispatch(stage_workspace):
-    """Fails where inference, the calibration or the parity residual depend on the kernels this
-    CPU picks: each forced dispatch stands in for another x86-64 machine (an AVX-512 Xeon, an
-    EPYC, another core count). Every output file must come out byte for byte the same."""
+def test_featurize_evaluate_and_export_are_byte_identical_whatever_the_cpu_dispatch(
+        stage_workspace):
+    """Fails where the features, inference, the calibration or the parity residual depend on
+    the kernels this CPU picks: each forced dispatch stands in for another x86-64 machine (an
+    AVX-512 Xeon, an EPYC, another core count). Every output file must come out byte for byte
+    the same."""
     reference = run_stages(stage_workspace, "reference", {})
-    assert {"metrics.json", "evaluation.json", "plots/roc.json", "lambda/model.onnx",
+    assert {"features/train.npz", "graph/model.onnx", "metrics.json", "evaluation.json",
+            "plots/roc.json", "lambda/model.onnx",
             "lambda/model.json", "lambda/model_card.md", "model-record.json"} <= set(reference)
     differing = {}
     for tag, env in OTHER_MACHINES.items():

@@ -7,6 +7,8 @@ from coughlab.stages.featurize import featurize
 
 from test_audio import tone
 
+from helpers import conf
+
 
 def test_windows_over_the_whole_clip_per_split(tmp_path):
     combined = tmp_path / "combined"
@@ -21,7 +23,7 @@ def test_windows_over_the_whole_clip_per_split(tmp_path):
         rows.append({"path": rel, "label": "positive" if i % 2 else "negative", "subject_id": str(i),
                      "source": "s", "channel": "phone" if i < 2 else "", "split": split})
     pd.DataFrame(rows).to_csv(combined / "manifest.csv", index=False)
-    cfg = AudioConfig(windows=3)
+    cfg = conf("audio.windows=3").audio
     counts = featurize(combined, tmp_path / "features", cfg)
     assert counts == {"train": 2, "valid": 1, "test": 1}
     with np.load(tmp_path / "features" / "train.npz") as npz:

@@ -1,3 +1,4 @@
+import dataclasses
 import csv
 import os
 import subprocess
@@ -12,12 +13,13 @@ from coughlab.sample import wav_bytes
 from coughlab.sources import LabelsError
 from coughlab.stages.fetch import fetch
 
-from helpers import write_params
+from helpers import conf, write_params
 from source_fixtures import (ArchiveServer, C19Record, Upstream, coughvid_zip, covid19_cough_files,
                              virufy_files)
 from test_audio import tone
 
 ROOT = Path(__file__).resolve().parents[1]
+DATA = conf().data
 
 
 def make_zone(root, rows, files=None):
@@ -30,7 +32,7 @@ def make_zone(root, rows, files=None):
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "subject_id", "source", "channel"])
         writer.writerows(rows)
-    return DataConfig(local_dir=str(root))
+    return dataclasses.replace(DATA, local_dir=str(root))
 
 
 GOOD = [["a/1.wav", "positive", "p1", "mine", "app"], ["a/2.wav", "negative", "p2", "mine", "app"]]
@@ -74,7 +76,7 @@ def test_missing_column_is_named(tmp_path):
     zone.mkdir()
     (zone / "labels.csv").write_text("path,label\na.wav,positive\n")
     with pytest.raises(LabelsError, match=r"missing column\(s\) \['subject_id', 'source'\]"):
-        fetch(["local"], DataConfig(local_dir=str(zone)), tmp_path / "out")
+        fetch(["local"], dataclasses.replace(DATA, local_dir=str(zone)), tmp_path / "out")
 
 
 def test_failed_fetch_keeps_the_previous_output(tmp_path):
@@ -89,7 +91,7 @@ def test_failed_fetch_keeps_the_previous_output(tmp_path):
 
 def test_unknown_source_lists_the_known_ones(tmp_path):
     with pytest.raises(LabelsError, match="unknown data source 'nope'; known sources: .*local"):
-        fetch(["nope"], DataConfig(), tmp_path / "out")
+        fetch(["nope"], DATA, tmp_path / "out")
 
 
 @pytest.mark.parametrize("spellings", [
@@ -130,7 +132,7 @@ def write_labels(zone: Path, raw_rows: list[bytes]) -> DataConfig:
     """labels.csv written byte for byte: whatever a hand-edited or generated file may hold."""
     zone.mkdir(parents=True, exist_ok=True)
     (zone / "labels.csv").write_bytes(b"path,label,subject_id,source,channel\n" + b"".join(raw_rows))
-    return DataConfig(local_dir=str(zone))
+    return dataclasses.replace(DATA, local_dir=str(zone))
 
 
 GOOD_ROW = b"ok.wav,positive,p0,mine,app\n"
@@ -178,7 +180,7 @@ def test_empty_or_header_only_labels_fail_naming_the_file_and_keep_the_previous_
     bad.mkdir()
     (bad / "labels.csv").write_text(content)
     with pytest.raises(LabelsError, match=f"{bad}/{message}"):
-        fetch(["local"], DataConfig(local_dir=str(bad)), tmp_path / "out")
+        fetch(["local"], dataclasses.replace(DATA, local_dir=str(bad)), tmp_path / "out")
     assert len(list((tmp_path / "out" / "local").rglob("*.wav"))) == 2
 
 

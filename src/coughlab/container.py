@@ -37,21 +37,20 @@ import signal
 import sys
 import traceback
 import zipfile
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from omegaconf.errors import OmegaConfBaseException
-
 from coughlab.atomic import atomic_write_text
-from coughlab.config import Params, params_from
+from coughlab.config import ParamsError, TrainingParams, params_from
 
 BASE_DIR_ENV = "SM_BASE_DIR"
 DEFAULT_BASE_DIR = Path("/opt/ml")
 CHANNEL = "features"
 TRAINING_SPLITS = ("train", "valid")
-# The Params sections training reads (model.pt records audio); data and the SageMaker job
-# settings stay on the launching side.
-TRAINING_SECTIONS = ("seed", "lr", "audio", "model", "train")
+# The Params sections training reads (model.pt records audio); data and paths stay on the
+# launching side.
+TRAINING_SECTIONS = tuple(f.name for f in dataclasses.fields(TrainingParams))
 EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 CHECKPOINT_FILE = "checkpoint.json"  # coughlab.model's name for it, without importing torch
 # The NVIDIA kernel driver's view: its version, and one entry per GPU the container can see.
@@ -111,7 +110,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def hyperparameters(params: Params) -> dict[str, str]:
+def hyperparameters(params: TrainingParams) -> dict[str, str]:
     """The training params as SageMaker hyperparameters (which must be strings).
 
     One dotted key per leaf ("train.epochs") keeps each value readable in the SageMaker
@@ -119,11 +118,10 @@ def hyperparameters(params: Params) -> dict[str, str]:
     (0.003 stays a float, "cnn" a string), so the container rebuilds identical Params.
     """
     tree = {key: value for key, value in asdict(params).items() if key in TRAINING_SECTIONS}
-    del tree["train"]["sagemaker"]
     return {key: json.dumps(value) for key, value in flatten(tree).items()}
 
 
-def params_from_hyperparameters(values: dict[str, str]) -> Params:
+def params_from_hyperparameters(values: dict[str, str]) -> TrainingParams:
     """Inverse of `hyperparameters`; a wrong key or type is an error, as in params.yaml."""
     nested: dict = {}
     for key, text in values.items():
@@ -137,12 +135,12 @@ def params_from_hyperparameters(values: dict[str, str]) -> Params:
             node = node.setdefault(parent, {})
         node[leaf] = value
     try:
-        return params_from(nested)
-    except OmegaConfBaseException as exc:
+        return params_from(nested, "hyperparameters", TrainingParams)
+    except ParamsError as exc:
         raise ValueError(f"hyperparameters do not fit coughlab's params: {exc}") from None
 
 
-def read_params(path: Path) -> Params:
+def read_params(path: Path) -> TrainingParams:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: SageMaker writes it from the job's "
                                 "HyperParameters")
@@ -200,7 +198,7 @@ def stop_on_sigterm(flag: SigtermFlag):
     """
     from fastai.callback.core import Callback
 
-    from coughlab.model import LiveMetrics
+    from coughlab.training import LiveMetrics
 
     class StopOnSigterm(Callback):
         order = LiveMetrics.order + 1  # after EpochCheckpoint and LiveMetrics
@@ -281,7 +279,7 @@ def train(layout: Layout, flag: SigtermFlag) -> Path:
     """Train on the channel's features, resuming from layout.checkpoints when it matches."""
     params = read_params(layout.hyperparameters)
     check_features(layout.features)
-    from coughlab.model import train_model  # torch and fastai: seconds, under the handler
+    from coughlab.training import train_model  # torch and fastai: seconds, under the handler
 
     check_device(layout)
     if flag.requested:  # SIGTERM while starting: nothing trained, nothing to save
@@ -312,21 +310,36 @@ def run(layout: Layout, flag: SigtermFlag) -> int:
     return 0
 
 
+# The smoke job's own settings, not the project's (the image holds no conf/): the smallest
+# network, one epoch, and a tiny mel grid, through every part of the training path.
+SELFCHECK_PARAMS = {
+    "seed": 0, "lr": 0.003,
+    "audio": {"sample_rate": 16000, "clip_seconds": 1.0, "n_fft": 256, "hop_length": 128,
+              "n_mels": 16, "f_min": 20.0, "f_max": 7600.0, "band_mean_norm": False,
+              "windows": 1, "max_seconds": 1.0},
+    "model": {"arch": "cnn", "width": 4, "dropout": 0.0},
+    "train": {"backend": "local", "epochs": 1, "batch_size": 8, "weight_decay": 0.0,
+              "spec_augment": {"freq_mask": 2, "time_mask": 2, "n_masks": 1},
+              "channel_augment": {"gain": 0.0, "tilt": 0.0}, "members": 1, "balance": "label",
+              "sagemaker": {"instance_type": "ml.m5.xlarge", "volume_size_gb": 1,
+                            "max_run_seconds": 600, "max_wait_seconds": 1200,
+                            "s3_prefix": "selfcheck"}},
+}
+
+
 def synthetic_job(base: Path) -> Layout:
     """A tiny job under `base` laid out as SageMaker would: random features, one epoch."""
     import numpy as np
 
-    from coughlab.config import ModelConfig, TrainConfig
-
     layout = Layout(base)
-    params = Params(model=ModelConfig(width=4), train=TrainConfig(epochs=1, batch_size=8))
+    params = params_from(SELFCHECK_PARAMS, "selfcheck", TrainingParams)
     atomic_write_text(layout.hyperparameters, json.dumps(hyperparameters(params)))
     layout.features.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for split in TRAINING_SPLITS:
         y = np.arange(16) % 2
         np.savez(layout.features / f"{split}.npz", y=y.astype(np.int8),
-                 x=rng.normal(size=(16, 1, params.audio.n_mels, 32)).astype(np.float32),
+                 x=rng.normal(size=(16, 1, 1, params.audio.n_mels, 32)).astype(np.float32),
                  path=np.array([f"{split}/{i}.wav" for i in range(16)]),
                  channel=np.array(["app"] * 16))
     return layout

@@ -36,7 +36,7 @@ from typing import IO, Callable
 from urllib.parse import urlparse
 
 from coughlab.atomic import atomic_write_text
-from coughlab.config import PARAMS_FILE, DataConfig, DownloadConfig, load_params
+from coughlab.config import DataConfig, DownloadConfig, load_params
 from coughlab.digest import CHUNK, feed
 from coughlab.progress import progress_bar
 
@@ -393,8 +393,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _data_config() -> DataConfig:
-    """data.cache_dir from params.yaml when run in the repository, else the defaults."""
-    return load_params().data if PARAMS_FILE.exists() else DataConfig()
+    """data.cache_dir and the download settings, from params.yaml (run in the repository)."""
+    return load_params().data
 
 
 if __name__ == "__main__":

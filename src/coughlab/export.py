@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from coughlab.audio import WindowedFeaturizer
 from coughlab.config import AudioConfig
-from coughlab.model import window_proba
+from coughlab.features import WindowedFeaturizer
+from coughlab.nets import window_proba
 
+GRAPH_FILE = "model.onnx"
 INPUT_NAME = "waveform"
 OUTPUT_NAME = "p_positive"
 OPSET = 18

@@ -38,15 +38,6 @@ OPERATING_POINT = (
     "scores do not rank valid positives higher) the threshold falls back to p = 0.5.")
 
 
-def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    """The threshold maximising sensitivity + specificity - 1 (chosen on valid, applied to test)."""
-    if len(np.unique(y)) < 2:
-        return 0.5
-    fpr, tpr, thresholds = skm.roc_curve(y, p)
-    best = int(np.argmax(tpr - fpr))
-    return float(min(thresholds[best], 1.0))
-
-
 def platt_calibration(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     """(slope, intercept) of calibrated P(positive) = sigmoid(slope * logit(p) + intercept).
 
@@ -289,16 +280,6 @@ def channel_auc(frame: pd.DataFrame, weights: np.ndarray | None = None) -> float
         direction = np.sign(weighted_auc(channel == name, p, np.ones(len(p)))[0] - 0.5) or 1.0
         folded.append(0.5 + direction * (weighted_auc(channel == name, p, w) - 0.5))
     return _result(_weighted_mean(folded, [np.ones(len(w))] * len(folded)), weights)
-
-
-def channel_leakage(frame: pd.DataFrame) -> dict[str, float | None]:
-    """`channel_auc` within each label, keyed by label name; None where a label has one channel."""
-    require_columns(frame, "y", "p", "channel")
-    out = {}
-    for k, name in enumerate(LABELS):
-        value = channel_auc(frame[frame["y"] == k])
-        out[name] = None if np.isnan(value) else value
-    return out
 
 
 def subject_bootstrap_weights(frame: pd.DataFrame, n: int = 1000, seed: int = 0) -> np.ndarray:

@@ -60,10 +60,12 @@ def model_card(meta: dict, evaluation: dict) -> str:
     derived = meta["provenance"]
     test = evaluation["test"]
     warning = (evaluation.get("margin") or {}).get("warning")
+    too_small = (evaluation.get("test_size") or {}).get("warning")
     quality = meta["quality"]
     lines = [
         f"# Model card: cough classifier `{meta['version']}`",
         "",
+        *([f"> **{too_small}**", ""] if too_small else []),
         "## Intended use",
         "",
         "Research and demonstration: the probability that a recorded cough comes from someone "
@@ -85,6 +87,9 @@ def model_card(meta: dict, evaluation: dict) -> str:
         "Subjects are split disjointly into train, valid (threshold) and test (the figures "
         f"below): {test['n']} test clips, {test['positives']} positive, "
         f"{evaluation.get('bootstrap', {}).get('test_subjects', 'n/a')} subjects.",
+        *([f"The test split is large enough by this card's rule: "
+           f"{evaluation['test_size']['rule']}."] if evaluation.get("test_size", {}).get(
+               "sufficient") else []),
         "",
         "## Metrics (test split, 95 % CIs from a bootstrap over subjects)",
         "",
@@ -103,6 +108,7 @@ def model_card(meta: dict, evaluation: dict) -> str:
         "overall; that is why the headline is the ROC-AUC within each channel, set against a "
         "baseline that only sees recording metadata, and why the channel leakage is reported.",
         *([f"- {warning}"] if warning else []),
+        *([f"- {too_small}"] if too_small else []),
         "- The threshold is not calibrated to any population's prevalence; the score is not "
         "a calibrated probability of infection.",
         "",

@@ -39,7 +39,8 @@ from coughlab.aws_errors import explain
 from coughlab.config import Params, SageMakerConfig
 from coughlab.container import CHANNEL, TRAINING_SPLITS, check_features, hyperparameters
 from coughlab.digest import sha256_file
-from coughlab.model import MODEL_FILE, fingerprint
+from coughlab.checkpoint import fingerprint
+from coughlab.nets import MODEL_FILE
 from coughlab.progress import progress_bar
 
 ENV_ROLE = "COUGHLAB_SM_ROLE"

@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m coughlab.sources",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=PARAMS_FILE,
-                        help="params.yaml to read (default: ./params.yaml, else the defaults)")
+                        help="params.yaml to read (default: %(default)s; run from the repository)")
     args = parser.parse_args(argv)
-    cfg = load_params(args.params).data if args.params.exists() else DataConfig()
+    cfg = load_params(args.params).data
     selected = set(cfg.sources)
     for name in sorted(SOURCES):
         row = describe(name, cfg)

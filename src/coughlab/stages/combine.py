@@ -18,23 +18,19 @@ coughlab.duplicates) and stratified by source x label, from `seed`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from coughlab import SPLITS, duplicates
 from coughlab.atomic import atomic_dir
 from coughlab.audio import (AudioDecodeError, load_audio, quality_problem, resample, to_mono,
                             write_float_wav)
-from coughlab import duplicates
-from coughlab.config import QualityConfig, SplitConfig, load_params
+from coughlab.config import QualityConfig, SplitConfig
 from coughlab.progress import progress_bar
-
-IN = Path("build/fetched")
-OUT = Path("build/combined")
-SPLITS = ("train", "valid", "test")
+from coughlab.stages.cli import path_option, stage_parser
 
 
 class TooManyQuarantined(RuntimeError):
@@ -252,11 +248,10 @@ def summarize(manifest: pd.DataFrame, quarantine: pd.DataFrame, sample_rate: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--in", dest="src", type=Path, default=IN)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser, p = stage_parser("combine", "combine", __doc__)
+    path_option(parser, "--in", p.paths.fetched, "fetch's folder (labels.csv + clips)", "src")
+    path_option(parser, "--out", p.paths.combined, "folder to write")
     args = parser.parse_args(argv)
-    p = load_params()
     combine(args.src, args.out, p.audio.sample_rate, p.data.quality, p.data.split, p.seed)
 
 

@@ -15,7 +15,14 @@ everything (definitions, per-source and per-channel tables, calibration, confusi
 the threshold that export-lambda ships). Plots for `dvc plots`:
 reports/plots/{roc,pr,confusion,roc_by_channel,auc_ci}.json.
 `--verdict` prints the stored verdict again (the last step of `make repro`): a WARNING when
-the margin's CI does not lie above 0.
+the margin's CI does not lie above 0, or when the test split is too small (TEST_SIZE_RULE).
+
+What is scored is the exported graph (build/graph/model.onnx, stage export-graph): every valid
+and test clip goes through it in onnxruntime, and it must agree with the pinned torch network
+on featurize's windows within GRAPH_TOLERANCE, or evaluate fails. The numbers themselves are
+the torch network's, because onnxruntime picks its kernels by CPU and the reports must be the
+same bytes on every machine; the graph's version goes into evaluation.json, and export-lambda
+packages no other graph.
 
 The outputs are a function of the inputs only, on every x86-64 CPU: the network runs with
 train's pinned kernels (coughlab.determinism, before torch loads; one thread, oneDNN off) and
@@ -27,12 +34,13 @@ from coughlab.determinism import pin_cpu_kernels
 
 pin_cpu_kernels()  # before torch loads: its kernel choice is made at import
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import soundfile as sf  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
 from coughlab import LABELS  # noqa: E402
@@ -41,15 +49,20 @@ from coughlab.metrics import (  # noqa: E402
     METADATA_COLUMNS, OPERATING_POINT, binary_metrics, channel_auc, choose_threshold,
     grouped_metrics, margin_warning, metadata_baseline_scores, platt_calibration, roc_auc,
     within_channel_auc, within_channel_breakdown, within_channel_margin, with_ci)
-from coughlab.model import (  # noqa: E402
-    MODEL_FILE, load_model, load_split, predict_proba, reproducible_cpu_kernels)
+from coughlab.determinism import reproducible_cpu_kernels  # noqa: E402
+from coughlab.digest import model_version  # noqa: E402
+from coughlab.export import GRAPH_FILE, onnx_predict, onnx_session  # noqa: E402
+from coughlab.nets import MODEL_FILE, load_model, load_split, predict_proba  # noqa: E402
+from coughlab.stages.cli import path_option, stage_parser  # noqa: E402
 
-MODEL_DIR = Path("build/model")
-FEATURES = Path("build/features")
-MANIFEST = Path("build/combined/manifest.csv")
-METRICS = Path("reports/metrics.json")
-REPORT = Path("reports/evaluation.json")
-PLOTS = Path("reports/plots")
+GRAPH_TOLERANCE = 1e-5
+GRAPH_COMPARED = ("onnxruntime: the exported graph on combine's clips vs the pinned torch "
+                  "network on featurize's windows, every valid and test clip")
+# Below this many test subjects of either label, an AUC and its bootstrap CI say little: at
+# AUC 0.75 with 10 subjects per class the Hanley-McNeil standard error is about 0.11.
+MIN_TEST_SUBJECTS_PER_LABEL = 10
+TEST_SIZE_RULE = (f"at least {MIN_TEST_SUBJECTS_PER_LABEL} test subjects of each label, and "
+                  "at least one recording channel with both labels")
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0  # fixed: the CI moves only when the scores do
 
@@ -110,6 +123,42 @@ def scored_split(net, features: Path, manifest: pd.DataFrame, split: str) -> pd.
     frame = pd.DataFrame({"path": data["path"], "y": data["y"].astype(int), "p": p})
     return frame.merge(manifest.drop(columns=["label", "split"]), on="path", how="left",
                        validate="one_to_one")
+
+
+def graph_scores(graph: Path, clips: Path, paths: list[str]) -> np.ndarray:
+    """P(positive) of each clip (mono, the pipeline's rate) through the exported graph."""
+    session = onnx_session(graph)
+    return np.array([onnx_predict(session, sf.read(clips / p, dtype="float32")[0][None])[0]
+                     for p in paths], dtype=np.float64)
+
+
+def check_graph(graph: Path, clips: Path, scored: pd.DataFrame) -> dict:
+    """Score every clip of `scored` through the graph; it must agree with the torch network."""
+    got = graph_scores(graph, clips, scored["path"].tolist())
+    worst = float(np.max(np.abs(got - scored["p"].to_numpy()), initial=0.0))
+    # The residual depends on this CPU's onnxruntime kernels: logged, never stored.
+    print(f"evaluate: graph vs network {worst:.1e} (tolerance {GRAPH_TOLERANCE:g}) on "
+          f"{len(scored)} valid and test clips")
+    if not worst <= GRAPH_TOLERANCE:
+        raise RuntimeError(f"{graph} disagrees with the trained network by {worst:.2e} "
+                           f"(tolerance {GRAPH_TOLERANCE:g}): the export does not compute what "
+                           "was trained; not evaluating it")
+    return {"file": GRAPH_FILE, "version": model_version(graph), "clips": len(scored),
+            "tolerance": GRAPH_TOLERANCE, "compared": GRAPH_COMPARED}
+
+
+def test_size(test: pd.DataFrame, headline_channels: dict) -> dict:
+    """Whether the test split can support its numbers (TEST_SIZE_RULE), and a warning if not."""
+    subjects = {name: int(test.loc[test["y"] == k, "subject_id"].nunique())
+                for k, name in enumerate(LABELS)}
+    sufficient = (min(subjects.values()) >= MIN_TEST_SUBJECTS_PER_LABEL
+                  and bool(headline_channels))
+    warning = None if sufficient else (
+        f"WARNING: the test split is too small to support these numbers: "
+        f"{subjects['negative']} negative and {subjects['positive']} positive subjects "
+        f"(rule: {TEST_SIZE_RULE}); treat every figure and CI here as anecdotal.")
+    return {"rule": TEST_SIZE_RULE, "subjects": subjects, "sufficient": sufficient,
+            "warning": warning}
 
 
 def ci(frame: pd.DataFrame, statistic, key: str = "roc_auc") -> dict:
@@ -211,9 +260,7 @@ def verdict_lines(report: dict) -> list[str]:
     lines = [f"evaluate: within-channel ROC-AUC {fig(h, 'within_channel_roc_auc')}, margin over "
              f"the metadata-only baseline {fig(m, 'within_channel_roc_auc', '+')} (95% CIs, "
              f"subjects resampled)"]
-    if m["warning"]:
-        lines.append(m["warning"])
-    return lines
+    return lines + [w for w in (report["test_size"]["warning"], m["warning"]) if w]
 
 
 def headline_metrics(report: dict) -> dict[str, float | None]:
@@ -227,17 +274,19 @@ def headline_metrics(report: dict) -> dict[str, float | None]:
     return out
 
 
-def evaluate(model_dir: Path, features: Path, manifest_csv: Path, metrics_out: Path,
-             report_out: Path, plots_out: Path) -> dict:
+def evaluate(graph_dir: Path, model_dir: Path, features: Path, combined: Path,
+             metrics_out: Path, report_out: Path, plots_out: Path) -> dict:
     net, _ = load_model(model_dir / MODEL_FILE)
-    manifest = with_channel(pd.read_csv(manifest_csv, dtype={"subject_id": str}))
+    manifest = with_channel(pd.read_csv(combined / "manifest.csv", dtype={"subject_id": str}))
     manifest["baseline"] = metadata_baseline_scores(manifest)
     valid = scored_split(net, features, manifest, "valid")
     test = scored_split(net, features, manifest, "test")
+    graph = check_graph(graph_dir / GRAPH_FILE, combined / "clips", pd.concat([valid, test]))
     slope, intercept = platt_calibration(valid["y"].to_numpy(), valid["p"].to_numpy())
     threshold = choose_threshold(valid["y"].to_numpy(), valid["p"].to_numpy())
     report = {
         "metrics": METRICS_LEGEND,
+        "graph": graph,
         "threshold": threshold,
         "operating_point": {"definition": OPERATING_POINT, "fit_on": "valid",
                             "calibration_slope": slope, "calibration_intercept": intercept},
@@ -248,6 +297,7 @@ def evaluate(model_dir: Path, features: Path, manifest_csv: Path, metrics_out: P
         "test_by_channel": by_group_with_ci(test, "channel", threshold),
         **confound_report(test),
     }
+    report["test_size"] = test_size(test, report["headline"]["channels"])
     plots = {**curves(test, threshold), "auc_ci": auc_ci_rows(report)}
     atomic_write_text(report_out, json.dumps(report, indent=2) + "\n")
     atomic_write_text(metrics_out, json.dumps(headline_metrics(report), indent=2) + "\n")
@@ -267,39 +317,34 @@ def print_verdict(report_json: Path) -> None:
     if not report_json.is_file():
         sys.exit(f"{report_json} not found; run evaluate (dvc repro evaluate)")
     report = json.loads(report_json.read_text())
-    if "margin" not in report:
-        sys.exit(f"{report_json} has no margin over the metadata baseline; "
-                 "re-run evaluate (dvc repro evaluate)")
+    if "margin" not in report or "test_size" not in report:
+        sys.exit(f"{report_json} was written by an older evaluate: re-run evaluate (dvc repro evaluate)")
     print("\n".join(verdict_lines(report)))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m coughlab.stages.evaluate", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR,
-                        help="folder with the trained model.pt (default %(default)s)")
-    parser.add_argument("--features", type=Path, default=FEATURES,
-                        help="folder with {valid,test}.npz (default %(default)s)")
-    parser.add_argument("--manifest", type=Path, default=MANIFEST,
-                        help="combine's manifest: subjects, channels, formats, the train split "
-                        "for the metadata baseline (default %(default)s)")
-    parser.add_argument("--metrics", type=Path, default=METRICS,
-                        help="the DVC metric to write: the numbers `dvc exp show` compares "
-                        "(default %(default)s)")
-    parser.add_argument("--report", type=Path, default=REPORT,
-                        help="the full evaluation JSON to write (or read, with --verdict; "
-                        "default %(default)s)")
-    parser.add_argument("--plots", type=Path, default=PLOTS,
-                        help="folder for the plot JSON files (default %(default)s)")
+    parser, params = stage_parser("evaluate", "evaluate", __doc__)
+    paths = params.paths
+    path_option(parser, "--graph-dir", paths.graph, "export-graph's folder: the model.onnx scored")
+    path_option(parser, "--model-dir", paths.model, "train's folder with model.pt")
+    path_option(parser, "--features", paths.features, "featurize's {valid,test}.npz")
+    path_option(parser, "--combined", paths.combined,
+                "combine's folder: clips (for the graph), manifest.csv (subjects, channels, "
+                "formats, the train split for the metadata baseline)")
+    path_option(parser, "--metrics", paths.metrics,
+                "the DVC metric to write: the numbers `dvc exp show` compares")
+    path_option(parser, "--report", paths.evaluation,
+                "the full evaluation JSON to write (or read, with --verdict)")
+    path_option(parser, "--plots", paths.plots, "folder for the plot JSON files")
     parser.add_argument("--verdict", action="store_true",
                         help="only print the verdict stored in --report (headline, margin over "
-                        "the metadata baseline and its WARNING if any), then exit")
+                        "the metadata baseline, WARNINGs if any), then exit")
     args = parser.parse_args(argv)
     if args.verdict:
         print_verdict(args.report)
         return
-    evaluate(args.model_dir, args.features, args.manifest, args.metrics, args.report, args.plots)
+    evaluate(args.graph_dir, args.model_dir, args.features, args.combined, args.metrics,
+             args.report, args.plots)
 
 
 if __name__ == "__main__":

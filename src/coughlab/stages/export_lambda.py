@@ -1,5 +1,9 @@
 """Stage export-lambda: build/lambda/{model.onnx, model.json, model_card.md} for the Lambda.
 
+The graph is export-graph's build/graph/model.onnx, and only if it is the graph evaluate
+scored: evaluation.json names the version it scored, and any other graph is refused, so the
+threshold and metrics shipped beside it are always that graph's own.
+
 model.json carries what the handler needs (sample rate, tensor names, the decision threshold
 chosen on valid by evaluate, the span of audio the graph reads, combine's quality rules) and
 what deploy checks before publishing: the test metrics and the parity gate's verdict.
@@ -28,11 +32,11 @@ from coughlab.determinism import pin_cpu_kernels
 
 pin_cpu_kernels()  # before torch loads: its kernel choice is made at import
 
-import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -41,21 +45,15 @@ import pandas as pd  # noqa: E402
 from coughlab import LABELS  # noqa: E402
 from coughlab.atomic import atomic_dir  # noqa: E402
 from coughlab.digest import model_version  # noqa: E402
-from coughlab.config import QualityConfig, load_params  # noqa: E402
-from coughlab.export import INPUT_NAME, OUTPUT_NAME, export_onnx  # noqa: E402
-from coughlab.model import (  # noqa: E402
-    MODEL_FILE, load_model, load_split, predict_proba, reproducible_cpu_kernels)
+from coughlab.config import QualityConfig  # noqa: E402
+from coughlab.export import GRAPH_FILE, INPUT_NAME, OUTPUT_NAME  # noqa: E402
+from coughlab.determinism import reproducible_cpu_kernels  # noqa: E402
+from coughlab.nets import MODEL_FILE, load_model, load_split, predict_proba  # noqa: E402
 from coughlab.model_card import MODEL_CARD, model_card  # noqa: E402
-from coughlab.provenance import RECORD, provenance, write_record  # noqa: E402
+from coughlab.provenance import provenance, write_record  # noqa: E402
+from coughlab.stages.cli import path_option, stage_parser  # noqa: E402
 
-MODEL_DIR = Path("build/model")
-EVALUATION = Path("reports/evaluation.json")
-COMBINED = Path("build/combined")
-FEATURES = Path("build/features")
-FETCHED = Path("build/fetched")
 HANDLER = Path("lambda/handler.py")
-OUT = Path("build/lambda")
-DATA_DIR = Path("data")
 PARAMS_FILE = Path("params.yaml")
 PARITY_TOLERANCE = 1e-4
 PARITY_COMPARED = "original files: lambda/handler.py vs the pipeline"
@@ -97,23 +95,40 @@ def handler_parity(handler, originals: dict[str, Path], expected: dict[str, floa
     return worst
 
 
-def export_lambda(model_dir: Path, evaluation_json: Path, combined: Path, features: Path,
-                  fetched: Path, handler_py: Path, quality: QualityConfig, out: Path,
-                  data_dir: Path = DATA_DIR, params_file: Path = PARAMS_FILE,
-                  record: Path = RECORD) -> dict:
+class UnevaluatedGraph(RuntimeError):
+    """The graph to package is not the one evaluate scored."""
+
+
+def evaluated_graph(graph: Path, evaluation: dict) -> str:
+    """The graph's version, if it is the graph evaluate scored; else UnevaluatedGraph."""
+    version = model_version(graph)
+    scored = evaluation.get("graph", {}).get("version")
+    if version != scored:
+        raise UnevaluatedGraph(f"{graph} is version {version}, but evaluate scored "
+                               f"{scored or 'no graph'}: run `dvc repro` so evaluate scores "
+                               "the graph that ships; not packaging it")
+    return version
+
+
+def export_lambda(graph_dir: Path, model_dir: Path, evaluation_json: Path, combined: Path,
+                  features: Path, fetched: Path, handler_py: Path, quality: QualityConfig,
+                  out: Path, data_dir: Path, record: Path,
+                  params_file: Path = PARAMS_FILE) -> dict:
+    evaluation = json.loads(evaluation_json.read_text())
+    version = evaluated_graph(graph_dir / GRAPH_FILE, evaluation)
     derived_from = provenance(data_dir, params_file, features, model_dir)
     net, audio = load_model(model_dir / MODEL_FILE)
-    evaluation = json.loads(evaluation_json.read_text())
     manifest = pd.read_csv(combined / "manifest.csv", dtype={"subject_id": str})
     test = manifest.loc[manifest["split"] == "test"]
     originals = dict(zip(test["path"], (fetched / p for p in test["fetched_path"])))
     expected = pipeline_scores(net, features, list(originals))
     with atomic_dir(out) as tmp:
-        with reproducible_cpu_kernels():
-            onnx_path = export_onnx(net, audio, tmp / "model.onnx")
+        shutil.copyfile(graph_dir / GRAPH_FILE, tmp / GRAPH_FILE)
+        if model_version(tmp / GRAPH_FILE) != version:  # changed while being copied
+            raise UnevaluatedGraph(f"{graph_dir / GRAPH_FILE} changed while being packaged")
         meta = {
-            "onnx_file": "model.onnx",
-            "version": model_version(onnx_path),
+            "onnx_file": GRAPH_FILE,
+            "version": version,
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,
             "sample_rate": audio.sample_rate,
@@ -147,24 +162,26 @@ def export_lambda(model_dir: Path, evaluation_json: Path, combined: Path, featur
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR)
-    parser.add_argument("--evaluation", type=Path, default=EVALUATION,
-                        help="evaluate's report: the threshold, test metrics and CIs")
-    parser.add_argument("--combined", type=Path, default=COMBINED)
-    parser.add_argument("--fetched", type=Path, default=FETCHED)
-    parser.add_argument("--handler", type=Path, default=HANDLER)
-    parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--data", type=Path, default=DATA_DIR,
-                        help="the dvc-tracked data whose md5 (as in data.dvc) is recorded")
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
-    parser.add_argument("--features", type=Path, default=FEATURES,
-                        help="featurize's output whose md5 (as in dvc.lock) is recorded")
-    parser.add_argument("--record", type=Path, default=RECORD,
-                        help="git-tracked {version, provenance} that coughlab.trace searches")
+    parser, params = stage_parser("export-lambda", "export_lambda", __doc__)
+    paths = params.paths
+    path_option(parser, "--graph-dir", paths.graph, "export-graph's folder: the model.onnx")
+    path_option(parser, "--model-dir", paths.model,
+                "train's model.pt: the parity reference, and its md5 is recorded")
+    path_option(parser, "--evaluation", paths.evaluation,
+                "evaluate's report: the graph it scored, the threshold, test metrics and CIs")
+    path_option(parser, "--combined", paths.combined, "combine's manifest.csv: the test clips")
+    path_option(parser, "--fetched", paths.fetched, "the original test recordings, for parity")
+    path_option(parser, "--features", paths.features,
+                "featurize's output: the parity reference, and its md5 is recorded")
+    path_option(parser, "--handler", str(HANDLER), "the Lambda handler the parity gate runs")
+    path_option(parser, "--out", paths.bundle, "folder to write: what deploy ships")
+    path_option(parser, "--data", params.data.local_dir,
+                "the dvc-tracked data whose md5 (as in data.dvc) is recorded")
+    path_option(parser, "--record", paths.record,
+                "git-tracked {version, provenance} that coughlab.trace searches")
     args = parser.parse_args(argv)
-    export_lambda(args.model_dir, args.evaluation, args.combined, args.features, args.fetched,
-                  args.handler, load_params().data.quality, args.out, args.data, args.params,
+    export_lambda(args.graph_dir, args.model_dir, args.evaluation, args.combined, args.features,
+                  args.fetched, args.handler, params.data.quality, args.out, args.data,
                   args.record)
 
 

@@ -6,28 +6,33 @@ audio.max_seconds; float16 would move P(positive) by more than the Lambda parity
 allows), `y` (0 = negative,
 1 = positive), `path` (the manifest path, to join back source/channel) and `channel` (the
 recording channel, or the source where there is none: train can balance over it).
-The windows are those the exported Lambda model cuts (coughlab.audio.WindowedFeaturizer), so
+The windows are those the exported Lambda model cuts (coughlab.features.WindowedFeaturizer), so
 offline metrics are the metrics of the deployed graph.
+
+The features are the same bytes on every x86-64 CPU: the STFT and mel projection run with
+train's pinned kernels (coughlab.determinism, before torch loads).
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+from coughlab.determinism import pin_cpu_kernels
 
-import numpy as np
-import pandas as pd
-import soundfile as sf
-import torch
+pin_cpu_kernels()  # before torch loads: its kernel choice is made at import
 
-from coughlab import LABELS
-from coughlab.atomic import atomic_dir
-from coughlab.audio import WindowedFeaturizer
-from coughlab.config import AudioConfig, load_params
-from coughlab.progress import progress_bar
-from coughlab.stages.combine import SPLITS
+from pathlib import Path  # noqa: E402
 
-IN = Path("build/combined")
-OUT = Path("build/features")
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
+
+from coughlab import LABELS, SPLITS  # noqa: E402
+from coughlab.atomic import atomic_dir  # noqa: E402
+from coughlab.config import AudioConfig  # noqa: E402
+from coughlab.determinism import reproducible_cpu_kernels  # noqa: E402
+from coughlab.features import WindowedFeaturizer  # noqa: E402
+from coughlab.progress import progress_bar  # noqa: E402
+from coughlab.stages.cli import path_option, stage_parser  # noqa: E402
+
 
 
 @torch.inference_mode()
@@ -37,8 +42,9 @@ def featurize_waves(waves: list[np.ndarray], cfg: AudioConfig, desc: str = "feat
     One clip at a time: the windows' positions depend on each clip's own length.
     """
     featurizer = WindowedFeaturizer(cfg).eval()
-    out = [featurizer(torch.from_numpy(np.ascontiguousarray(w, np.float32))[None])[0].numpy()
-           for w in progress_bar(waves, desc=desc, unit="clip")]
+    with reproducible_cpu_kernels():
+        out = [featurizer(torch.from_numpy(np.ascontiguousarray(w, np.float32))[None])[0].numpy()
+               for w in progress_bar(waves, desc=desc, unit="clip")]
     if not out:
         frames = featurizer(torch.zeros(1, featurizer.length)).shape[-1]
         return np.zeros((0, cfg.windows, 1, cfg.n_mels, frames), np.float32)
@@ -80,11 +86,12 @@ def featurize(src: Path, out: Path, cfg: AudioConfig) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--in", dest="src", type=Path, default=IN)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser, params = stage_parser("featurize", "featurize", __doc__)
+    path_option(parser, "--in", params.paths.combined, "combine's folder (manifest.csv + clips)",
+                "src")
+    path_option(parser, "--out", params.paths.features, "folder to write")
     args = parser.parse_args(argv)
-    featurize(args.src, args.out, load_params().audio)
+    featurize(args.src, args.out, params.audio)
 
 
 if __name__ == "__main__":

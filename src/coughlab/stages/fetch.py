@@ -6,19 +6,15 @@ labels file leaves the previous output (or none), never a half-written one.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
 from coughlab.atomic import atomic_dir
-from coughlab.config import load_params
 from coughlab.sources import get_source, validate_labels
+from coughlab.stages.cli import path_option, stage_parser
 
-OUT = Path("build/fetched")
-
-
-def fetch(sources: list[str], data_cfg, out: Path = OUT) -> pd.DataFrame:
+def fetch(sources: list[str], data_cfg, out: Path) -> pd.DataFrame:
     if not sources:
         raise ValueError("data.sources is empty: name at least one source, e.g. [local]")
     with atomic_dir(out) as tmp:
@@ -34,10 +30,9 @@ def fetch(sources: list[str], data_cfg, out: Path = OUT) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser, params = stage_parser("fetch", "fetch", __doc__)
+    path_option(parser, "--out", params.paths.fetched, "folder to write: clips + labels.csv")
     args = parser.parse_args(argv)
-    params = load_params()
     fetch(params.data.sources, params.data, args.out)
 
 

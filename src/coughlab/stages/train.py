@@ -15,26 +15,19 @@ from coughlab.determinism import pin_cpu_kernels
 
 pin_cpu_kernels()  # before torch loads: its kernel choice is made at import
 
-import argparse  # noqa: E402
-from pathlib import Path  # noqa: E402
+from coughlab.stages.cli import path_option, stage_parser  # noqa: E402
+from coughlab.training import train_model  # noqa: E402
 
-from coughlab.config import load_params  # noqa: E402
-from coughlab.model import train_model  # noqa: E402
-
-FEATURES = Path("build/features")
-MODEL_DIR = Path("build/model")
-CHECKPOINT_DIR = Path("build/checkpoints")
-LIVE_DIR = Path("reports/train")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--features", type=Path, default=FEATURES)
-    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR)
-    parser.add_argument("--checkpoint-dir", type=Path, default=CHECKPOINT_DIR)
-    parser.add_argument("--live-dir", type=Path, default=LIVE_DIR)
+    parser, params = stage_parser("train", "train", __doc__)
+    path_option(parser, "--features", params.paths.features, "featurize's {train,valid}.npz")
+    path_option(parser, "--model-dir", params.paths.model, "folder to write model.pt to")
+    path_option(parser, "--checkpoint-dir", params.paths.checkpoints,
+                "epoch checkpoints, resumed when they match")
+    path_option(parser, "--live-dir", params.paths.train_reports, "dvclive's training curves")
     args = parser.parse_args(argv)
-    params = load_params()
     if params.train.backend == "local":
         path = train_model(params, args.features, args.model_dir, args.checkpoint_dir,
                            args.live_dir)
