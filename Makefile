@@ -8,7 +8,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # Stage commands in dvc.yaml call `python`; this makes it the project's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install repro data params test test-fast deploy-lambda rollback-lambda push pull report
+.PHONY: help install browser lint repro data params test test-fast deploy-lambda rollback-lambda push pull report
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
@@ -18,10 +18,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,aws]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-install: $(STAMP) $(CHROMIUM) tracked-sample  ## create .venv, install coughlab (dev, aws extras) and chromium; data/ if it is the sample
+install: $(STAMP) tracked-sample  ## create .venv, install coughlab (dev, aws extras); data/ if it is the sample
 
-# tests/test_browser.py drives Debian's chromium through Playwright (no Playwright browser
-# download needed); installed only when absent.
+# Only the tests need a browser: tests/test_browser.py drives Debian's chromium through
+# Playwright (no Playwright browser download needed). `make test` installs it when absent;
+# repro, serve, deploy and the rest never do.
+browser: $(CHROMIUM)  ## install Debian's chromium for tests/test_browser.py (make test does)
 $(CHROMIUM):
 	@if command -v apt-get >/dev/null; then \
 	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
@@ -55,11 +57,14 @@ repro: install data  ## run the whole pipeline (dvc repro) on the embedded defau
 params: install  ## recompose params.yaml from conf/ after editing conf/ by hand
 	$(PY) -m coughlab.config
 
-test: install  ## run the whole test suite, end-to-end runs included
+test: install browser lint  ## lint, then the whole test suite, end-to-end runs included
 	$(PY) -m pytest
 
-test-fast: install  ## unit tests only (skips the fresh-clone end-to-end runs)
+test-fast: install lint  ## lint, then unit tests only (skips the fresh-clone end-to-end runs)
 	$(PY) -m pytest -m "not slow"
+
+lint: install  ## ruff over the code, tests and benchmarks ([tool.ruff] in pyproject.toml)
+	$(PY) -m ruff check src lambda tests benchmarks
 
 .PHONY: serve
 PORT ?= 8000

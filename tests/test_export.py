@@ -330,3 +330,49 @@ def test_featurize_evaluate_and_export_are_byte_identical_whatever_the_cpu_dispa
         if changed:
             differing[tag] = changed
     assert differing == {}, differing
+
+
+# --- what ships is what evaluate scored --------------------------------------------------------
+
+def test_export_lambda_refuses_a_graph_evaluate_did_not_score(exported_model, tmp_path):
+    """A graph re-exported after evaluate ran (a changed window_proba, say) never ships under
+    the old threshold and metrics: export-lambda names both versions and writes nothing."""
+    from coughlab.stages.export_lambda import UnevaluatedGraph
+
+    evaluation = json.loads(exported_model["evaluation"].read_text())
+    stale = tmp_path / "evaluation.json"
+    stale.write_text(json.dumps({**evaluation, "graph": {"version": "0123456789ab"}}))
+    with pytest.raises(UnevaluatedGraph, match="but evaluate scored 0123456789ab"):
+        export_lambda(exported_model["graph"], exported_model["model_pt"].parent, stale,
+                      exported_model["combined"], exported_model["features"],
+                      exported_model["fetched"], ROOT / "lambda" / "handler.py", QUALITY,
+                      tmp_path / "lambda", exported_model["data_dir"],
+                      tmp_path / "model-record.json", exported_model["params_file"])
+    assert not (tmp_path / "lambda").exists() and not (tmp_path / "model-record.json").exists()
+    shipped = json.loads((exported_model["lambda_dir"] / "model.json").read_text())
+    assert shipped["version"] == evaluation["graph"]["version"]
+
+
+def test_evaluate_refuses_a_graph_that_does_not_compute_the_trained_network(exported_model,
+                                                                            tmp_path):
+    """The graph is scored on every valid and test clip against the pinned torch network: a
+    graph of other weights (an export that drifted from what was trained) stops evaluate."""
+    import pandas as pd
+
+    from coughlab.nets import build_net, predict_proba, save_model
+    from coughlab.stages.evaluate import check_graph
+    from coughlab.stages.export_graph import export_graph
+
+    torch.manual_seed(123)
+    params = conf("model.width=8")
+    save_model(build_net(params.model).eval(), params, tmp_path / "other")
+    export_graph(tmp_path / "other", tmp_path / "graph")
+    net, _ = load_model(exported_model["model_pt"])
+    test = np.load(exported_model["features"] / "test.npz")
+    scored = pd.DataFrame({"path": test["path"], "p": predict_proba(net, test["x"])})
+    agreed = check_graph(exported_model["graph"] / "model.onnx",
+                         exported_model["combined"] / "clips", scored)
+    assert agreed["clips"] == len(scored) and agreed["tolerance"] == 1e-5
+    with pytest.raises(RuntimeError, match="disagrees with the trained network"):
+        check_graph(tmp_path / "graph" / "model.onnx", exported_model["combined"] / "clips",
+                    scored)

@@ -86,10 +86,12 @@ def test_make_repro_then_an_lr_experiment(clone):
         assert stages_run(forced) == {stage}
         assert git(clone, "status", "--porcelain") == "", (stage, git(clone, "diff"))
 
+    assert_a_scoring_change_is_evaluated_before_it_ships(clone)
+
     # An lr sweep of two experiments, compared as a person would.
     for lr in ("1e-3", "1e-2"):
         exp = run(clone, "dvc", "exp", "run", "-S", f"lr={lr}")
-        assert stages_run(exp) == {"train", "evaluate", "export-lambda"}
+        assert stages_run(exp) == {"train", "export-graph", "evaluate", "export-lambda"}
     table = json.loads(run(clone, "dvc", "exp", "show", "--json"))
     lrs = [e["data"]["params"]["params.yaml"]["data"]["lr"]
            for baseline in table for e in (baseline.get("experiments") or [])
@@ -102,6 +104,34 @@ def test_make_repro_then_an_lr_experiment(clone):
     rows = [line for line in run(clone, "dvc", "metrics", "diff", "HEAD", "--all", "--md")
             .splitlines() if line.startswith("| reports/metrics.json ")]
     assert len(rows) == len(metrics), rows
+
+
+def assert_a_scoring_change_is_evaluated_before_it_ships(clone: Path) -> None:
+    """Issue 24's edit: window_proba takes the max over windows instead of the mean. train
+    writes the same model.pt, so before, evaluate was skipped and a new graph shipped under the
+    old metrics and threshold. Now the changed graph is evaluated before it ships, and reverting
+    the edit brings back the committed outputs byte for byte."""
+    nets = clone / "src" / "coughlab" / "nets.py"
+    original = nets.read_text()
+    mean = "reshape(n, count).mean(dim=1)"
+    assert original.count(mean) == 1
+    committed = {p: (clone / p).read_bytes()
+                 for p in ("reports/evaluation.json", "build/lambda/model.json")}
+    nets.write_text(original.replace(mean, "reshape(n, count).amax(dim=1)"))
+    edited = run(clone, "dvc", "repro")
+    assert {"export-graph", "evaluate", "export-lambda"} <= stages_run(edited), edited
+    assert "up to date" in run(clone, "dvc", "status")
+    evaluation = json.loads((clone / "reports/evaluation.json").read_text())
+    shipped = json.loads((clone / "build/lambda/model.json").read_text())
+    before = json.loads(committed["build/lambda/model.json"])
+    assert shipped["version"] != before["version"]  # another graph ...
+    assert evaluation["graph"]["version"] == shipped["version"]  # ... evaluated as itself
+    assert shipped["threshold"] == evaluation["threshold"] != before["threshold"]
+    nets.write_text(original)
+    run(clone, "dvc", "repro")
+    assert git(clone, "status", "--porcelain") == "", git(clone, "diff")
+    for path, content in committed.items():
+        assert (clone / path).read_bytes() == content, path
 
 
 def assert_exp_show_is_readable_at_120_columns(clone: Path, names: list[str]) -> None:

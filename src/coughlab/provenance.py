@@ -9,6 +9,7 @@ so DVC's cache and bit-identical reruns hold.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -16,12 +17,13 @@ from pathlib import Path
 import yaml
 
 from coughlab.atomic import atomic_write_text
+from coughlab.config import TrainingParams
 from coughlab.digest import file_hexdigest
 
 RECORD = Path("reports/model.json")
-# The params the train stage declares in dvc.yaml, plus audio, which featurize read and
-# which model.pt carries; dvc.lock records these values for train.
-TRAIN_PARAMS = ("seed", "lr", "model", "train", "audio")
+# What training read (train's params in dvc.lock, and audio, which featurize read and which
+# model.pt carries): the sections of TrainingParams, which a SageMaker job receives too.
+TRAIN_PARAMS = tuple(field.name for field in dataclasses.fields(TrainingParams))
 
 
 def dvc_md5(path: Path | str) -> str:
