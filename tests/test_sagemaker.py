@@ -22,9 +22,9 @@ from botocore.stub import Stubber
 
 from coughlab.config import (AudioConfig, ModelConfig, Params, SageMakerConfig,
                              SpecAugmentConfig, TrainConfig, compose, load_params)
-from coughlab.container import GPU_INSTANCE
+from coughlab.aws.container import GPU_INSTANCE
 from coughlab.model import build_net, fingerprint, save_model
-from coughlab.sagemaker import (IMAGE_CUDA, LOG_GROUP, AwsSettings, Clients, JobPaths,
+from coughlab.aws.sagemaker import (IMAGE_CUDA, LOG_GROUP, AwsSettings, Clients, JobPaths,
                                 SageMakerError, check_outcome, cost_line, driver_warning,
                                 follow_job, job_name, job_paths, make_clients, run_training_job,
                                 settings_from_env, training_job_request, validate_job_config,
@@ -459,7 +459,7 @@ def test_a_refused_job_is_one_line_and_the_rerun_reuses_the_upload(
     real = make_clients("us-east-1")
     real.s3.create_bucket(Bucket=BUCKET)
     sm, stub = stubbed("sagemaker")
-    monkeypatch.setattr("coughlab.sagemaker.make_clients",
+    monkeypatch.setattr("coughlab.aws.sagemaker.make_clients",
                         lambda region: Clients(real.s3, sm, real.logs))
     no_running_job(stub, fp)
     stub.add_client_error("create_training_job", code, message, http_status_code=400)
@@ -636,7 +636,7 @@ def test_a_queued_lr_sweep_runs_as_parallel_sagemaker_jobs(aws_env, tmp_path):
     """`dvc exp run --queue -S train.backend=sagemaker -S 'lr=...'`, `dvc queue start -j 3`.
 
     Against moto_server behind FakeSageMaker (tests/fake_sagemaker.py), which trains each
-    job with coughlab.container as SageMaker would. CPU instance and 2 epochs keep it short.
+    job with coughlab.aws.container as SageMaker would. CPU instance and 2 epochs keep it short.
     """
     from fake_sagemaker import FakeSageMaker
     from test_pipeline_e2e import ENV, clone_working_tree

@@ -1,4 +1,4 @@
-"""SageMaker training-container entrypoint: `python -m coughlab.container train`.
+"""SageMaker training-container entrypoint: `python -m coughlab.aws.container train`.
 
 SageMaker runs `docker run <image> train` and talks to the container through files under
 /opt/ml ($SM_BASE_DIR or --base-dir overrides it, so tests run it without Docker):
@@ -337,7 +337,7 @@ def selfcheck() -> int:
     job through the whole training path, so a broken image fails at build, not in a paid job."""
     import tempfile
 
-    from coughlab.cudalibs import check_installed
+    from coughlab.aws.cudalibs import check_installed
 
     try:
         print(f"container: selfcheck: {check_installed()}", flush=True)
