@@ -72,10 +72,10 @@ serve: install  ## try the model before deploying: the recording page + API on 1
 	$(PY) -m coughlab.serve --model-dir build/lambda --host 127.0.0.1 --port $(PORT)
 
 deploy-lambda: install  ## gate the model, build the zip, publish it, smoke-test it, move alias `live`
-	$(PY) -m coughlab.deploy
+	$(PY) -m coughlab.aws.deploy
 
 rollback-lambda: install  ## move alias `live` back to the version it served before the last deploy
-	$(PY) -m coughlab.deploy --rollback
+	$(PY) -m coughlab.aws.deploy --rollback
 
 # The DVC remote is the user's own: none is committed. $COUGHLAB_DVC_REMOTE (an S3 URL) sets it
 # for this clone (.dvc/config.local); without it and without a configured remote, say how.

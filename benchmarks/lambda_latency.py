@@ -12,7 +12,7 @@ resample (the handler: only the span the graph reads, when model.json gives inpu
 torch: the whole clip, as the pipeline does) and graph (onnxruntime session / torch model).
 
 Package size: lambda/requirements.txt installed for manylinux x86_64 / CPython 3.12 and zipped
-with handler.py and build/lambda by coughlab.deploy (the code `make deploy-lambda` uses), so
+with handler.py and build/lambda by coughlab.aws.deploy (the code `make deploy-lambda` uses), so
 the size measured is the size shipped.
 
 Targets (issues): onnx cold <= 0.5 s, onnx cold >= 8x and warm >= 2x faster than torch,
@@ -43,7 +43,7 @@ LAMBDA_MODEL = REPO / "build" / "lambda"
 TORCH_MODEL = REPO / "build" / "model" / "model.pt"
 HANDLER = REPO / "lambda" / "handler.py"
 REQUIREMENTS = REPO / "lambda" / "requirements.txt"
-DEPS_CACHE = REPO / "build" / "deploy"  # shared with `python -m coughlab.deploy`
+DEPS_CACHE = REPO / "build" / "deploy"  # shared with `python -m coughlab.aws.deploy`
 RESULT = REPO / "benchmarks" / "results" / "lambda_latency.json"
 TARGETS = {"onnx_cold_s": 0.5, "cold_speedup": 8.0, "warm_speedup": 2.0, "unzipped_mb": 250.0}
 MB = 1024 * 1024  # MiB, the unit of Lambda's size limits
@@ -173,7 +173,7 @@ def make_clip(dataset: Path, dest: Path, seconds: float, sample_rate: int) -> Pa
 
 def package_size() -> dict:
     """Build the real deployment zip in a temp dir; its size zipped, unzipped, and by part."""
-    from coughlab.deploy import build_zip, ensure_dependencies
+    from coughlab.aws.deploy.package import build_zip, ensure_dependencies
 
     deps = ensure_dependencies(REQUIREMENTS, DEPS_CACHE)
     with tempfile.TemporaryDirectory() as tmp:

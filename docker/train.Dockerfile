@@ -1,5 +1,5 @@
 # Training image for train.backend=sagemaker (docs/sagemaker.md).
-# SageMaker starts it as `docker run <image> train`; the entrypoint is coughlab.container,
+# SageMaker starts it as `docker run <image> train`; the entrypoint is coughlab.aws.container,
 # which follows the /opt/ml contract (hyperparameters, the "features" channel, checkpoints,
 # model/, output/failure). Build from the repository root, as a single-platform image with no
 # attestation manifests (what SageMaker and Lambda pull; docs/sagemaker.md shows the push):
@@ -35,7 +35,7 @@ WORKDIR /opt/coughlab
 #   sm_50-sm_90 (V100 ml.p3, T4 ml.g4dn, A10G ml.g5, L4 ml.g6 via sm_86, A100 ml.p4d, H100
 #   ml.p5); CUDA 13.x builds drop Volta (ml.p3) altogether.
 # On a host whose driver is too old the container logs the driver and fails with that reason in
-# output/failure instead of training on the CPU (coughlab.container.check_device).
+# output/failure instead of training on the CPU (coughlab.aws.container.check_device).
 ARG TORCH_VARIANT=cu126
 ARG TORCH_INDEX=https://download.pytorch.org/whl/${TORCH_VARIANT}
 RUN pip install --index-url "${TORCH_INDEX}" \
@@ -53,8 +53,8 @@ RUN mkdir -p src/coughlab && touch src/coughlab/__init__.py \
 
 # `selfcheck` fails the build unless every torch-family extension links torch's CUDA runtime
 # and a one-epoch training run on synthetic features goes through the whole training path
-# (coughlab.container -> coughlab.model -> torchaudio, torchvision, fastai, dvclive) on the CPU.
+# (coughlab.aws.container -> coughlab.training -> torchaudio, torchvision, fastai, dvclive) on the CPU.
 COPY src ./src
-RUN pip install --no-deps . && python -m coughlab.container selfcheck
+RUN pip install --no-deps . && python -m coughlab.aws.container selfcheck
 
-ENTRYPOINT ["python", "-m", "coughlab.container"]
+ENTRYPOINT ["python", "-m", "coughlab.aws.container"]

@@ -11,7 +11,7 @@ created the client. Calls the tests make themselves (creating buckets, reading r
 no such frame and are not recorded. Code in another coughlab module is recorded as
 `unmapped:<module>`, so the IAM test fails until someone says whose policy covers it.
 
-Each call maps to the IAM actions it needs (coughlab.aws_errors.iam_action, plus the actions a
+Each call maps to the IAM actions it needs (coughlab.aws.errors.iam_action, plus the actions a
 request implies, e.g. iam:PassRole for a role it names); a CreateTrainingJob request also
 records what SageMaker itself does with the execution role for it.
 
@@ -30,18 +30,18 @@ from pathlib import Path
 import botocore.session
 import pytest
 
-from coughlab.aws_errors import iam_action
+from coughlab.aws.errors import iam_action
 
 import coughlab
 
 PACKAGE = Path(coughlab.__file__).resolve().parent
 OUT_ENV = "COUGHLAB_AWS_CALLS_OUT"
-# Which policy (docs/iam.md) covers calls made by which module.
+# Which policy (docs/iam.md) covers calls made by which module (or package).
 ROLE_OF_MODULE = {
-    "coughlab.deploy": "deployer",
-    "coughlab.sagemaker": "caller",
+    "coughlab.aws.deploy": "deployer",
+    "coughlab.aws.sagemaker": "caller",
     "coughlab.stages.train": "caller",
-    "coughlab.container": "sagemaker-execution",
+    "coughlab.aws.container": "sagemaker-execution",
 }
 LAMBDA_HANDLER_ROLE = "lambda-execution"
 # Lambda pulls an image with the deployer's credentials and grants itself access to the repo.
@@ -95,6 +95,16 @@ def training_role_actions(params: dict) -> list[str]:
     return [action for part in parts for action in TRAINING_ROLE_ACTIONS[part]]
 
 
+def role_of_module(module: str) -> str:
+    """The policy covering a module's calls: its own entry, else its package's."""
+    parts = module.split(".")
+    for end in range(len(parts), 0, -1):
+        role = ROLE_OF_MODULE.get(".".join(parts[:end]))
+        if role:
+            return role
+    return f"unmapped:{module}"
+
+
 TESTS = Path(__file__).resolve().parent
 TEST_CODE = "tests"  # a call the test code makes itself (setup, checks, a stand-in for AWS)
 
@@ -111,8 +121,8 @@ def code_role(frame) -> str | None:
             return LAMBDA_HANDLER_ROLE
         if PACKAGE in filename.parents:
             module = frame.f_globals.get("__name__", "")
-            if module != "coughlab.aws_errors":
-                return ROLE_OF_MODULE.get(module, f"unmapped:{module}")
+            if module != "coughlab.aws.errors":
+                return role_of_module(module)
         if TESTS in filename.parents and filename != Path(__file__).resolve():
             return TEST_CODE
         frame = frame.f_back

@@ -4,7 +4,7 @@ moto completes a CreateTrainingJob at once and writes nothing. This loopback pro
 every request to moto_server, and on a CreateTrainingJob also runs the job the way SageMaker
 would, in a thread: it lays out /opt/ml from the request (hyperparameters, resourceconfig, the
 S3 input channel, the checkpoints already under CheckpointConfig.S3Uri), runs
-`python -m coughlab.container train` on it, then syncs the checkpoints back and uploads
+`python -m coughlab.aws.container train` on it, then syncs the checkpoints back and uploads
 model.tar.gz and output.tar.gz under OutputDataConfig. Until it has, DescribeTrainingJob and
 ListTrainingJobs answer InProgress/Training instead of moto's Completed (Failed if the
 container failed), so the launcher polls as it would against SageMaker.
@@ -168,7 +168,7 @@ class FakeSageMaker:
         env = {**os.environ, **request.get("Environment", {}), "OMP_NUM_THREADS": "1"}
         for key in [k for k in env if k.startswith("AWS_")]:
             del env[key]  # the container gets the execution role, not the caller's settings
-        done = subprocess.run([sys.executable, "-m", "coughlab.container", "train",
+        done = subprocess.run([sys.executable, "-m", "coughlab.aws.container", "train",
                                "--base-dir", str(base)], env=env, capture_output=True,
                               text=True, timeout=600)
         if done.returncode == 0:

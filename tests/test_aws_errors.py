@@ -1,9 +1,9 @@
-"""coughlab.aws_errors: every botocore error becomes one line that says what to do."""
+"""coughlab.aws.errors: every botocore error becomes one line that says what to do."""
 import pytest
 from botocore.exceptions import (ClientError, EndpointConnectionError, NoCredentialsError,
                                  WaiterError)
 
-from coughlab.aws_errors import explain, iam_action
+from coughlab.aws.errors import explain, iam_action
 
 SPOT_QUOTA = ("The account-level service limit 'ml.g4dn.xlarge for spot training job usage' is 0 "
               "Instances, with current utilization of 0 Instances and a request delta of 1 "

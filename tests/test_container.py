@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from coughlab import container
-from coughlab.container import (EXIT_TERMINATED, TRAINING_SECTIONS, Layout, hyperparameters, main,
+from coughlab.aws import container
+from coughlab.aws.container import (EXIT_TERMINATED, TRAINING_SECTIONS, Layout, hyperparameters,
+                                    main,
                                 params_from_hyperparameters, publish_curves)
 from coughlab.checkpoint import CHECKPOINT_FILE
 from coughlab.nets import MODEL_FILE, load_model
@@ -38,7 +39,7 @@ def opt_ml(base: Path, hyper: dict[str, str], features: bool = True) -> Layout:
 
 def start_container(layout: Layout, via_env: bool = False) -> subprocess.Popen:
     """`docker run <image> train`, minus Docker; the base dir by flag or by $SM_BASE_DIR."""
-    cmd = [sys.executable, "-m", "coughlab.container", "train"]
+    cmd = [sys.executable, "-m", "coughlab.aws.container", "train"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     if via_env:
         env["SM_BASE_DIR"] = str(layout.base)
@@ -163,7 +164,7 @@ def spy(signum, handler):
         heavy_at_install.append(sorted(m for m in ("torch", "fastai") if m in sys.modules))
     return real(signum, handler)
 signal.signal = spy
-from coughlab.container import main
+from coughlab.aws.container import main
 main(["train", "--base-dir", {str(tmp_path)!r}])  # fails fast: no hyperparameters
 print(heavy_at_install)
 """
@@ -341,13 +342,13 @@ def test_image_build_runs_the_selfcheck_on_the_installed_code():
     commands = dockerfile_commands((Path(__file__).resolve().parents[1] / "docker"
                                     / "train.Dockerfile").read_text())
     copy_src = commands.index("COPY src ./src")
-    assert any("python -m coughlab.container selfcheck" in c for c in commands[copy_src:-1])
+    assert any("python -m coughlab.aws.container selfcheck" in c for c in commands[copy_src:-1])
 
 
 def test_selfcheck_trains_one_epoch_outside_the_repository(tmp_path):
     """As the image build runs it: a subprocess in a directory that is not a git checkout."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "coughlab.container", "selfcheck"],
+    result = subprocess.run([sys.executable, "-m", "coughlab.aws.container", "selfcheck"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"container: selfcheck: torch built for .*; its extensions link ",

@@ -1,4 +1,4 @@
-"""coughlab.cudalibs: which CUDA runtime each torch-family extension links, from its ELF file.
+"""coughlab.aws.cudalibs: which CUDA runtime each torch-family extension links, from its ELF file.
 
 On synthetic trees (ELF files written here, so a mixed install can be built on any machine)
 and on this machine's environment, compared with readelf where it exists.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from coughlab.cudalibs import (NotElf, check_installed, compiled_extensions, cuda_mismatches,
+from coughlab.aws.cudalibs import (NotElf, check_installed, compiled_extensions, cuda_mismatches,
                                cudart_majors, needed_libraries)
 
 SITE_PACKAGES = Path(torch.__file__).resolve().parent.parent

@@ -115,3 +115,10 @@ def test_train_params_recorded_in_provenance_are_what_train_and_featurize_read()
     read = set(STAGES["train"]["params"]) | set(STAGES["featurize"]["params"])
     assert set(provenance.TRAIN_PARAMS) == read
     assert set(provenance.TRAIN_PARAMS) <= set(STAGES["export-lambda"]["params"])
+
+
+def test_the_torch_free_copies_of_file_names_match_their_homes():
+    """The SageMaker container reads a checkpoint's name without importing torch."""
+    from coughlab.aws import container
+
+    assert container.CHECKPOINT_FILE == checkpoint.CHECKPOINT_FILE

@@ -1,4 +1,4 @@
-"""coughlab.deploy: release gate, offline zip builder, and the AWS calls against moto_server.
+"""coughlab.aws.deploy: release gate, offline zip builder, and the AWS calls against moto_server.
 
 moto's Lambda invoke does not run handlers (it answers from a queue the test fills:
 queue_lambda_results), so the zip's contents are exercised in-process (extracted and imported,
@@ -29,7 +29,9 @@ from botocore.exceptions import WaiterError
 from botocore.stub import Stubber
 
 from conftest import queue_lambda_results
-from coughlab import deploy
+from coughlab.aws import deploy
+from coughlab.aws.deploy import __main__ as cli
+from coughlab.aws.deploy import access, gate, package, release
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDLER = ROOT / "lambda" / "handler.py"
@@ -146,7 +148,7 @@ def test_gate_refuses_bad_or_mismatched_models(tmp_path, break_model, message):
     model_dir = write_model(tmp_path / "lambda")
     break_model(model_dir)
     with pytest.raises(deploy.DeployRefused, match=message):
-        deploy.check_release(model_dir, deploy.read_model_meta(model_dir), min_roc_auc=0.7)
+        gate.check_release(model_dir, gate.read_model_meta(model_dir), min_roc_auc=0.7)
 
 
 def test_refused_model_never_reaches_aws(aws_env, tmp_path, capsys):
@@ -154,7 +156,7 @@ def test_refused_model_never_reaches_aws(aws_env, tmp_path, capsys):
     s3.create_bucket(Bucket="coughlab-deploy")
     model_dir = write_model(tmp_path / "lambda", parity={"passed": False, "clips": 2, "tolerance": 1e-4})
     with pytest.raises(SystemExit, match="deploy refused: the Lambda handler and the pipeline disagree"):
-        deploy.main(["--bucket", "coughlab-deploy", "--role", "arn:aws:iam::123456789012:role/x",
+        cli.main(["--bucket", "coughlab-deploy", "--role", "arn:aws:iam::123456789012:role/x",
                      "--model-dir", str(model_dir), "--deps-dir", str(write_deps(tmp_path / "deps")),
                      "--build-dir", str(tmp_path / "build")])
     assert s3.list_objects_v2(Bucket="coughlab-deploy")["KeyCount"] == 0
@@ -167,8 +169,8 @@ def test_refused_model_never_reaches_aws(aws_env, tmp_path, capsys):
 def test_zip_layout_is_lambda_ready_and_reproducible(tmp_path):
     deps = write_deps(tmp_path / "deps")
     model_dir = write_model(tmp_path / "lambda")
-    first = deploy.build_zip(deps, HANDLER, model_dir, tmp_path / "a.zip")
-    second = deploy.build_zip(deps, HANDLER, model_dir, tmp_path / "b.zip")
+    first = package.build_zip(deps, HANDLER, model_dir, tmp_path / "a.zip")
+    second = package.build_zip(deps, HANDLER, model_dir, tmp_path / "b.zip")
     assert first.sha256 == second.sha256
     assert first.code_sha256 == base64.b64encode(hashlib.sha256((tmp_path / "a.zip").read_bytes())
                                                  .digest()).decode()
@@ -187,7 +189,7 @@ def test_zip_layout_is_lambda_ready_and_reproducible(tmp_path):
 def test_zip_over_the_unzipped_limit_is_refused_and_not_written(tmp_path):
     model_dir = write_model(tmp_path / "lambda")
     with pytest.raises(deploy.DeployError, match="over Lambda's 0.0 MiB limit"):
-        deploy.build_zip(write_deps(tmp_path / "deps"), HANDLER, model_dir, tmp_path / "f.zip",
+        package.build_zip(write_deps(tmp_path / "deps"), HANDLER, model_dir, tmp_path / "f.zip",
                          max_unzipped_bytes=1000)
     assert list(tmp_path.glob("*.zip")) == [] and list(tmp_path.glob(".f.zip*")) == []
 
@@ -196,16 +198,16 @@ def test_dependency_named_like_the_handler_is_refused(tmp_path):
     deps = write_deps(tmp_path / "deps")
     (deps / "handler.py").write_text("print('shadow')\n")
     with pytest.raises(deploy.DeployError, match="shadow the handler"):
-        deploy.build_zip(deps, HANDLER, write_model(tmp_path / "lambda"), tmp_path / "f.zip")
+        package.build_zip(deps, HANDLER, write_model(tmp_path / "lambda"), tmp_path / "f.zip")
 
 
 def test_unzipped_package_serves_requests(exported_model, tmp_path, monkeypatch):
     """The zip's layout is what the handler expects: model/ next to handler.py, no MODEL_DIR."""
     (tmp_path / "deps").mkdir()
-    package = deploy.build_zip(tmp_path / "deps", HANDLER, exported_model["lambda_dir"],
-                               tmp_path / "function.zip")
+    built = package.build_zip(tmp_path / "deps", HANDLER, exported_model["lambda_dir"],
+                              tmp_path / "function.zip")
     task_root = tmp_path / "var-task"
-    with zipfile.ZipFile(package.path) as zf:
+    with zipfile.ZipFile(built.path) as zf:
         zf.extractall(task_root)
     monkeypatch.delenv("MODEL_DIR", raising=False)
     spec = importlib.util.spec_from_file_location("unzipped_handler", task_root / "handler.py")
@@ -233,11 +235,11 @@ def test_dependencies_are_cross_built_for_the_lambda_platform_and_cached(tmp_pat
     wheel = fake_wheel(wheels, "fakenative", "cp312-cp312-manylinux_2_17_x86_64")
     requirements = tmp_path / "requirements.txt"
     requirements.write_text(f"--no-index\n--find-links {wheels}\n{hashed_pin(wheel)}\n")
-    deps = deploy.ensure_dependencies(requirements, tmp_path / "cache")
+    deps = package.ensure_dependencies(requirements, tmp_path / "cache")
     assert (deps / "fakenative" / "__init__.py").read_text() == "VALUE = 1\n"
     for wheel in wheels.iterdir():  # a second pip run would now fail: the cache must be used
         wheel.unlink()
-    assert deploy.ensure_dependencies(requirements, tmp_path / "cache") == deps
+    assert package.ensure_dependencies(requirements, tmp_path / "cache") == deps
 
 
 def test_wheel_the_lambda_cannot_load_fails_the_build(tmp_path):
@@ -249,7 +251,7 @@ def test_wheel_the_lambda_cannot_load_fails_the_build(tmp_path):
         requirements = tmp_path / f"{name}.txt"
         requirements.write_text(f"--no-index\n--find-links {wheels}\n{hashed_pin(wheel)}\n")
         with pytest.raises(deploy.DeployError, match="pip could not install"):
-            deploy.ensure_dependencies(requirements, tmp_path / "cache")
+            package.ensure_dependencies(requirements, tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
 
 
@@ -266,7 +268,7 @@ def test_a_wheel_not_matching_its_pinned_hash_fails_the_build(tmp_path, pin):
     requirements = tmp_path / "requirements.txt"
     requirements.write_text(f"--no-index\n--find-links {wheels}\n{line}\n")
     with pytest.raises(deploy.DeployError, match="pip could not install"):
-        deploy.ensure_dependencies(requirements, tmp_path / "cache")
+        package.ensure_dependencies(requirements, tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
 
 
@@ -329,7 +331,7 @@ def healthy(target: dict, model_dir: Path) -> None:
 
 
 def deploy_cli(tmp_path, model_dir, *extra):
-    deploy.main(["--function", "coughlab-test", "--model-dir", str(model_dir),
+    cli.main(["--function", "coughlab-test", "--model-dir", str(model_dir),
                  "--deps-dir", str(tmp_path / "deps"), "--build-dir", str(tmp_path / "build"),
                  *extra])
 
@@ -398,7 +400,7 @@ def stubbed_lambda(monkeypatch):
         yield client, stubber, sleeps
 
 
-FN = deploy.FunctionSettings("coughlab", None, 1024, 30, "live")
+FN = release.FunctionSettings("coughlab", None, 1024, 30, "live")
 SHA = base64.b64encode(b"\1" * 32).decode()
 
 
@@ -411,16 +413,23 @@ def expect_publish_then_states(stubber, version, states):
 
 
 def expect_invocations(stubber, version, *answers):
-    for event, answer in zip(smoke_events(), answers):
+    for event, answer in zip(release.smoke_events(), answers):
         stubber.add_response("invoke", {"StatusCode": 200, "Payload": streamed(answer)},
                              {"FunctionName": "coughlab", "Qualifier": version,
                               "Payload": json.dumps(event).encode()})
 
 
-def smoke_events() -> list[dict]:
-    """The two requests deploy's smoke test sends: the page, then the bundled clip."""
-    return [deploy.function_url_event("GET"),
-            deploy.function_url_event("POST", deploy.smoke_clip(), "audio/wav")]
+def test_the_smoke_requests_are_function_url_events_from_the_builder_serve_uses():
+    """One builder: what `make serve` hands the handler is what the smoke test sends Lambda."""
+    from coughlab import function_url, serve
+
+    assert serve.function_url_event is function_url.function_url_event
+    assert release.function_url_event is function_url.function_url_event
+    page, clip = release.smoke_events()
+    assert release.smoke_events() == [page, clip]  # the same bytes every deploy
+    assert (page["requestContext"]["http"]["method"], "body" in page) == ("GET", False)
+    assert clip["isBase64Encoded"] and base64.b64decode(clip["body"]) == release.smoke_clip()
+
 
 MODEL_X = {"statusCode": 200, "body": json.dumps({"p_positive": 0.4, "model_version": "x"})}
 
@@ -441,7 +450,7 @@ def test_alias_moves_only_after_the_version_is_active_and_answers(stubbed_lambda
     stubber.add_response("update_alias", {"Name": "live", "FunctionVersion": "7"},
                          {"FunctionName": "coughlab", "Name": "live", "FunctionVersion": "7",
                           "Description": "coughlab history: 7 6"})
-    assert deploy.release(client, FN, SHA, "model x", "x") == "7"
+    assert release.release(client, FN, SHA, "model x", "x") == "7"
     stubber.assert_no_pending_responses()
     assert len(sleeps) == 2  # polled until Active before touching the alias
 
@@ -451,7 +460,7 @@ def test_alias_stays_when_the_version_fails(stubbed_lambda):
     expect_publish_then_states(stubber, "8", ["Pending", "Failed"])
     # No get_alias/update_alias is scripted: calling either would be an unexpected call.
     with pytest.raises(WaiterError, match="Failed"):
-        deploy.release(client, FN, SHA, "model x", "x")
+        release.release(client, FN, SHA, "model x", "x")
     stubber.assert_no_pending_responses()
 
 
@@ -462,7 +471,7 @@ def test_deploy_refuses_a_dirty_tree_and_names_what_is_dirty(tmp_path):
     (repo / ".dvcignore").write_text("# changed\n")
     (repo / "notes.txt").write_text("untracked\n")
     with pytest.raises(SystemExit, match=r"uncommitted changes(.|\n)* M \.dvcignore\n  \?\? notes\.txt"):
-        deploy.main(["--zip-only", "--repo", str(repo), "--model-dir", str(write_model(tmp_path / "lambda")),
+        cli.main(["--zip-only", "--repo", str(repo), "--model-dir", str(write_model(tmp_path / "lambda")),
                      "--deps-dir", str(write_deps(tmp_path / "deps")), "--build-dir", str(tmp_path / "build")])
     assert not (tmp_path / "build").exists()
 
@@ -482,23 +491,23 @@ def commit_changed_dependency(repo):
 ])
 def test_deploy_refuses_a_dvc_lock_that_does_not_match_the_workspace(tmp_path, make_stale, message):
     repo = committed_repo(tmp_path / "repo", pipeline=True)
-    assert deploy.require_reproducible(repo)  # clean right after dvc repro + commit
+    assert gate.require_reproducible(repo)  # clean right after dvc repro + commit
     make_stale(repo)
     with pytest.raises(SystemExit, match=f"dvc.lock does not match the workspace(.|\\n)*{message}"):
-        deploy.main(["--check-only", "--repo", str(repo),
+        cli.main(["--check-only", "--repo", str(repo),
                      "--model-dir", str(write_model(tmp_path / "lambda"))])
 
 
 def test_outside_a_git_checkout_deploy_refuses(tmp_path):
     with pytest.raises(SystemExit, match="is not a git checkout with a commit"):
-        deploy.main(["--check-only", "--repo", str(tmp_path),
+        cli.main(["--check-only", "--repo", str(tmp_path),
                      "--model-dir", str(write_model(tmp_path / "lambda"))])
 
 
 def test_shipped_model_json_names_the_deploying_commit(clean_repo, tmp_path):
     model_dir = write_model(tmp_path / "lambda")
     original = (model_dir / "model.json").read_text()
-    deploy.main(["--zip-only", "--repo", str(clean_repo), "--model-dir", str(model_dir),
+    cli.main(["--zip-only", "--repo", str(clean_repo), "--model-dir", str(model_dir),
                  "--deps-dir", str(write_deps(tmp_path / "deps")), "--build-dir", str(tmp_path / "build")])
     with zipfile.ZipFile(tmp_path / "build" / "function.zip") as zf:
         shipped = json.loads(zf.read("model/model.json"))
@@ -533,16 +542,16 @@ def test_tags_go_on_the_unqualified_function_arn(stubbed_lambda):
                          {"FunctionName": "coughlab"})
     tags = {"coughlab:git_commit": "c" * 40, "coughlab:model_version": "a" * 12}
     stubber.add_response("tag_resource", {}, {"Resource": arn, "Tags": tags})
-    deploy.tag_function(client, "coughlab", deploy.release_tags({"git_commit": "c" * 40,
+    release.tag_function(client, "coughlab", release.release_tags({"git_commit": "c" * 40,
                                                                  "version": "a" * 12}))
     stubber.assert_no_pending_responses()
 
 
 def test_version_description_fits_lambdas_limit():
     meta = {"version": "a" * 12, "git_commit": "c" * 40}
-    assert deploy.version_description(meta, "zip 0123456789ab") == (
+    assert release.version_description(meta, "zip 0123456789ab") == (
         f"model {'a' * 12}, git {'c' * 40}, zip 0123456789ab")
-    assert len(deploy.version_description(meta, "image " + "x" * 300)) == 256
+    assert len(release.version_description(meta, "image " + "x" * 300)) == 256
 
 
 # --- Function URL, public access and the concurrency cap ------------------------------------
@@ -599,13 +608,13 @@ def test_iam_auth_takes_the_public_permission_away(aws_target, tmp_path, capsys)
     assert (config["AuthType"], sids) == ("AWS_IAM", [])
     assert "auth AWS_IAM" in capsys.readouterr().out
     concurrency = lam.get_function_concurrency(FunctionName="coughlab-test")
-    assert concurrency["ReservedConcurrentExecutions"] == deploy.DEFAULT_RESERVED_CONCURRENCY
+    assert concurrency["ReservedConcurrentExecutions"] == access.DEFAULT_RESERVED_CONCURRENCY
 
 
 @pytest.mark.parametrize("value", ["0", "-2"])
 def test_a_concurrency_cap_below_one_is_refused(value, capsys):
     with pytest.raises(SystemExit):
-        deploy.parse_args(["--check-only", "--reserved-concurrency", value])
+        cli.parse_args(["--check-only", "--reserved-concurrency", value])
     assert "must be at least 1" in capsys.readouterr().err
 
 
@@ -651,7 +660,7 @@ def test_first_url_is_created_then_limited_to_its_origin_then_capped(stubbed_lam
     expect_account(stubber, total=1000, unreserved=1000)
     stubber.add_response("put_function_concurrency", {"ReservedConcurrentExecutions": 5},
                          {"FunctionName": "coughlab", "ReservedConcurrentExecutions": 5})
-    assert deploy.publish_url(FN, deploy.UrlSettings("NONE", 5)) == (
+    assert access.publish_url(FN, access.UrlSettings("NONE", 5)) == (
         URL, "at most 5 concurrent executions")
     stubber.assert_no_pending_responses()
 
@@ -747,12 +756,12 @@ def test_the_image_layout_answers_the_smoke_test_as_an_unprivileged_user(image_t
 
     The answers of the handler run so are fed to deploy's smoke test, which must pass them.
     """
-    page, scored = invoke_as_nobody(image_task_root, smoke_events())
+    page, scored = invoke_as_nobody(image_task_root, release.smoke_events())
     assert (page["statusCode"], scored["statusCode"]) == (200, 200), scored
     client, stubber, _ = stubbed_lambda
     expect_invocations(stubber, "3", page, scored)
     version = json.loads((exported_model["lambda_dir"] / "model.json").read_text())["version"]
-    assert f"from model {version}" in deploy.smoke_test(client, "coughlab", "3", version)
+    assert f"from model {version}" in release.smoke_test(client, "coughlab", "3", version)
     stubber.assert_no_pending_responses()
 
 
@@ -803,8 +812,8 @@ def test_a_version_that_cannot_import_fails_the_smoke_test(stubbed_lambda):
              "errorType": "Runtime.ImportModuleError"}
     stubber.add_response("invoke", {"StatusCode": 200, "FunctionError": "Unhandled",
                                     "Payload": streamed(error)})
-    with pytest.raises(deploy.SmokeTestFailed, match="the function raised.*No module named 'soxr'"):
-        deploy.smoke_test(client, "coughlab", "4", "x")
+    with pytest.raises(release.SmokeTestFailed, match="the function raised.*No module named 'soxr'"):
+        release.smoke_test(client, "coughlab", "4", "x")
 
 
 def make_rollback(target: dict) -> subprocess.CompletedProcess:
@@ -843,10 +852,10 @@ def test_make_rollback_lambda_moves_live_back_past_versions_that_never_went_live
 
 def test_alias_history_fits_lambdas_description_limit():
     versions = [str(n) for n in range(1000, 0, -1)]
-    description = deploy.history_description(versions)
+    description = release.history_description(versions)
     assert len(description) <= 256
-    assert deploy.alias_history(description) == versions[:len(deploy.alias_history(description))]
-    assert deploy.alias_history("set by hand") == []
+    assert release.alias_history(description) == versions[:len(release.alias_history(description))]
+    assert release.alias_history("set by hand") == []
 
 
 # --- reserved concurrency within the account's limits ---------------------------------------
@@ -858,7 +867,7 @@ def test_a_new_account_gets_its_url_and_no_cap_it_cannot_afford(stubbed_lambda, 
     expect_url_created(stubber)
     expect_account(stubber, total=10, unreserved=10)
     # No put_function_concurrency scripted: calling it would be an unexpected call.
-    function_url, cap = deploy.publish_url(FN, deploy.UrlSettings("NONE", 10))
+    function_url, cap = access.publish_url(FN, access.UrlSettings("NONE", 10))
     stubber.assert_no_pending_responses()
     assert function_url == URL
     assert "no reserved concurrency: reserving 10 would leave 0 of the account's 10" in cap
@@ -901,6 +910,12 @@ def test_cap_respects_what_other_functions_reserve_and_none_removes_it(aws_targe
         "ReservedConcurrentExecutions")
 
 
+def announce(argv: list[str]) -> None:
+    """The CLI's Function URL step (after a release) for the flags `argv`."""
+    args = cli.parse_args(argv)
+    cli.announce_url(args, cli.function_settings(args))
+
+
 def test_a_refused_cap_still_leaves_the_url_and_says_what_to_do(stubbed_lambda, monkeypatch, capsys):
     client, stubber, _ = stubbed_lambda
     monkeypatch.setattr(boto3, "client", lambda *a, **k: client)
@@ -911,7 +926,7 @@ def test_a_refused_cap_still_leaves_the_url_and_says_what_to_do(stubbed_lambda, 
                              "authorized to perform: lambda:PutFunctionConcurrency on resource: "
                              "arn:aws:lambda:us-east-1:123456789012:function:coughlab")
     with pytest.raises(SystemExit) as exit_info:
-        deploy.announce_url(deploy.parse_args(["--function", "coughlab", "--bucket", "b"]))
+        announce(["--function", "coughlab", "--bucket", "b"])
     message = str(exit_info.value)
     assert message.startswith("deploy failed after the release (alias live moved): Function URL "
                               f"{URL} is up, but the concurrency cap was not set: access denied: "
@@ -940,7 +955,7 @@ def test_access_denied_on_the_grant_names_the_action(stubbed_lambda, monkeypatch
                              "arn:aws:lambda:us-east-1:123456789012:function:coughlab:live because "
                              "no identity-based policy allows the lambda:GetPolicy action")
     with pytest.raises(SystemExit) as exit_info:
-        deploy.announce_url(deploy.parse_args(["--function", "coughlab", "--bucket", "b"]))
+        announce(["--function", "coughlab", "--bucket", "b"])
     assert str(exit_info.value) == (
         "deploy failed after the release (alias live moved): could not set up the Function URL: "
         "access denied: GetPolicy needs lambda:GetPolicy on arn:aws:lambda:us-east-1:123456789012:"
@@ -966,7 +981,7 @@ def test_a_quota_error_names_the_quota_and_where_to_ask(stubbed_lambda, monkeypa
     stubber.add_client_error("update_function_code", "CodeStorageExceededException",
                              http_status_code=400, service_message="Code storage limit exceeded.")
     with pytest.raises(SystemExit) as exit_info:
-        deploy.main(["--function", "coughlab", "--image-uri", "123456789012.dkr.ecr.us-east-1."
+        cli.main(["--function", "coughlab", "--image-uri", "123456789012.dkr.ecr.us-east-1."
                      "amazonaws.com/coughlab:1", "--repo", str(clean_repo),
                      "--model-dir", str(write_model(tmp_path / "lambda"))])
     assert str(exit_info.value) == (
@@ -982,6 +997,6 @@ def test_history_follows_the_alias_and_a_republished_version_changes_nothing(stu
     stubber.add_response("update_alias", {"Name": "live", "FunctionVersion": "7"},
                          {"FunctionName": "coughlab", "Name": "live", "FunctionVersion": "7",
                           "Description": "coughlab history: 7 4 6 5"})
-    deploy.point_alias(client, "coughlab", "live", "7", moved_by_hand)
-    deploy.point_alias(client, "coughlab", "live", "7", {"Name": "live", "FunctionVersion": "7"})
+    release.point_alias(client, "coughlab", "live", "7", moved_by_hand)
+    release.point_alias(client, "coughlab", "live", "7", {"Name": "live", "FunctionVersion": "7"})
     stubber.assert_no_pending_responses()  # the second call made no request

@@ -146,7 +146,7 @@ def test_the_recorder_attributes_calls_to_the_code_that_makes_them(request, monk
     import boto3
     from botocore.stub import Stubber
 
-    from coughlab import deploy
+    from coughlab.aws.deploy import release
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -158,6 +158,6 @@ def test_the_recorder_attributes_calls_to_the_code_that_makes_them(request, monk
         stubber.add_response("get_alias", alias, {"FunctionName": "f", "Name": "live"})
         stubber.add_response("get_alias", alias, {"FunctionName": "f", "Name": "live"})
         client.get_alias(FunctionName="f", Name="live")  # the test's own call: not recorded
-        deploy.current_alias(client, "f", "live")  # the deploy's: needs lambda:GetAlias
+        release.current_alias(client, "f", "live")  # the deploy's: needs lambda:GetAlias
     assert [(c.role, c.operation, c.actions) for c in rec.calls[before:]] == [
         ("deployer", "GetAlias", ("lambda:GetAlias",))]

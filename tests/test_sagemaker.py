@@ -21,11 +21,11 @@ import pytest
 import yaml
 from botocore.stub import Stubber
 
-from coughlab.config import SageMakerConfig, compose, load_params
-from coughlab.container import GPU_INSTANCE
+from coughlab.aws.container import GPU_INSTANCE
 from coughlab.checkpoint import fingerprint
+from coughlab.config import SageMakerConfig, compose, load_params
 from coughlab.nets import build_net, save_model
-from coughlab.sagemaker import (IMAGE_CUDA, LOG_GROUP, AwsSettings, Clients, JobPaths,
+from coughlab.aws.sagemaker import (IMAGE_CUDA, LOG_GROUP, AwsSettings, Clients, JobPaths,
                                 SageMakerError, check_outcome, cost_line, driver_warning,
                                 follow_job, job_name, job_paths, make_clients, run_training_job,
                                 settings_from_env, training_job_request, validate_job_config,
@@ -406,7 +406,7 @@ def test_train_stage_with_sagemaker_backend_needs_the_aws_settings(tmp_path, mon
     assert load_params().train.backend == "sagemaker"
     with pytest.raises(SystemExit, match="train: train.backend=sagemaker needs COUGHLAB_SM_ROLE"):
         train_stage.main([])
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"backend": "kubernetes"}}))
+    write_params(tmp_path, "train.backend=kubernetes")
     with pytest.raises(SystemExit, match="'kubernetes' is unknown; use local or sagemaker"):
         train_stage.main([])
 
@@ -465,7 +465,7 @@ def test_a_refused_job_is_one_line_and_the_rerun_reuses_the_upload(
     real = make_clients("us-east-1")
     real.s3.create_bucket(Bucket=BUCKET)
     sm, stub = stubbed("sagemaker")
-    monkeypatch.setattr("coughlab.sagemaker.make_clients",
+    monkeypatch.setattr("coughlab.aws.sagemaker.make_clients",
                         lambda region: Clients(real.s3, sm, real.logs))
     no_running_job(stub, fp)
     stub.add_client_error("create_training_job", code, message, http_status_code=400)
@@ -642,7 +642,7 @@ def test_a_queued_lr_sweep_runs_as_parallel_sagemaker_jobs(aws_env, tmp_path):
     """`dvc exp run --queue -S train.backend=sagemaker -S 'lr=...'`, `dvc queue start -j 3`.
 
     Against moto_server behind FakeSageMaker (tests/fake_sagemaker.py), which trains each
-    job with coughlab.container as SageMaker would. CPU instance and 2 epochs keep it short.
+    job with coughlab.aws.container as SageMaker would. CPU instance and 2 epochs keep it short.
     """
     from fake_sagemaker import FakeSageMaker
     from test_pipeline_e2e import ENV, clone_working_tree

@@ -21,23 +21,18 @@ import os
 import signal
 import sys
 import threading
-import time
-import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
-from urllib.parse import parse_qsl, urlsplit
+
+from coughlab.function_url import function_url_event
 
 MODEL_DIR = Path("build/lambda")
 HANDLER = Path("lambda/handler.py")
 HOST = "127.0.0.1"
 PORT = 8000
-
-# Content types a Function URL passes to the function as plain text (everything else: base64).
-TEXT_TYPES = ("text/", "application/json", "application/javascript", "application/xml",
-              "application/x-www-form-urlencoded", "application/yaml")
 
 
 @dataclass
@@ -47,33 +42,6 @@ class Request:
     headers: dict[str, str]
     body: bytes
     status: int | None = None
-
-
-def function_url_event(method: str, target: str, headers: dict[str, str], body: bytes,
-                       host: str, source_ip: str) -> dict:
-    """The event a Function URL hands to the function for this request (payload format 2.0)."""
-    url = urlsplit(target)
-    now = time.time()
-    event = {
-        "version": "2.0", "routeKey": "$default", "rawPath": url.path or "/",
-        "rawQueryString": url.query, "headers": headers,
-        "requestContext": {
-            "accountId": "anonymous", "apiId": "local", "domainName": host,
-            "domainPrefix": host.split(".")[0], "requestId": str(uuid.uuid4()),
-            "routeKey": "$default", "stage": "$default",
-            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
-            "timeEpoch": int(now * 1000),
-            "http": {"method": method, "path": url.path or "/", "protocol": "HTTP/1.1",
-                     "sourceIp": source_ip, "userAgent": headers.get("user-agent", "")}},
-        "isBase64Encoded": False,
-    }
-    if url.query:
-        event["queryStringParameters"] = dict(parse_qsl(url.query))
-    if body:
-        is_text = headers.get("content-type", "").startswith(TEXT_TYPES)
-        event["body"] = body.decode() if is_text else base64.b64encode(body).decode()
-        event["isBase64Encoded"] = not is_text
-    return event
 
 
 def http_response(result) -> tuple[int, dict[str, str], bytes]:

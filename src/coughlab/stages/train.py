@@ -6,7 +6,7 @@ build/checkpoints/ after every epoch (a DVC `persist` output), so a killed run r
 it stopped when re-run with the same params and features; per-epoch curves go to reports/train/.
 
 train.backend=sagemaker runs the same training as a SageMaker managed-spot job
-(coughlab.sagemaker; needs COUGHLAB_SM_ROLE, COUGHLAB_SM_BUCKET, COUGHLAB_SM_IMAGE) and
+(coughlab.aws.sagemaker; needs COUGHLAB_SM_ROLE, COUGHLAB_SM_BUCKET, COUGHLAB_SM_IMAGE) and
 writes the same build/model/ and reports/train/; its checkpoints stay in S3.
 """
 from __future__ import annotations
@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     elif params.train.backend == "sagemaker":
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from coughlab.aws_errors import explain
-        from coughlab.sagemaker import SageMakerError, train_on_sagemaker
+        from coughlab.aws.errors import explain
+        from coughlab.aws.sagemaker import SageMakerError, train_on_sagemaker
 
         try:
             path = train_on_sagemaker(params, args.features, args.model_dir, args.live_dir)

@@ -1,4 +1,4 @@
-"""SageMaker training-container entrypoint: `python -m coughlab.container train`.
+"""SageMaker training-container entrypoint: `python -m coughlab.aws.container train`.
 
 SageMaker runs `docker run <image> train` and talks to the container through files under
 /opt/ml ($SM_BASE_DIR or --base-dir overrides it, so tests run it without Docker):
@@ -52,7 +52,7 @@ TRAINING_SPLITS = ("train", "valid")
 # launching side.
 TRAINING_SECTIONS = tuple(f.name for f in dataclasses.fields(TrainingParams))
 EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
-CHECKPOINT_FILE = "checkpoint.json"  # coughlab.model's name for it, without importing torch
+CHECKPOINT_FILE = "checkpoint.json"  # coughlab.checkpoint's name for it, without importing torch
 # The NVIDIA kernel driver's view: its version, and one entry per GPU the container can see.
 NVIDIA_PROC = Path("/proc/driver/nvidia")
 # SageMaker's CUDA instance families: ml.g4dn, ml.g5, ml.g6, ml.g6e, ml.gr6, ml.p3, ml.p4d, ml.p5...
@@ -350,7 +350,7 @@ def selfcheck() -> int:
     job through the whole training path, so a broken image fails at build, not in a paid job."""
     import tempfile
 
-    from coughlab.cudalibs import check_installed
+    from coughlab.aws.cudalibs import check_installed
 
     try:
         print(f"container: selfcheck: {check_installed()}", flush=True)

@@ -1,7 +1,7 @@
 """train.backend=sagemaker: run the train stage as a SageMaker managed-spot training job.
 
 The stage uploads build/features/{train,valid}.npz, starts a job on our image
-(docker/train.Dockerfile, entrypoint coughlab.container) with the training params as
+(docker/train.Dockerfile, entrypoint coughlab.aws.container) with the training params as
 hyperparameters, follows it, and unpacks the job's model.tar.gz into build/model and its
 curves (output.tar.gz) into reports/train: the same files the local backend writes, so
 dvc.lock records the stage the same way whichever backend ran it.
@@ -21,7 +21,7 @@ s3://$COUGHLAB_SM_BUCKET/<train.sagemaker.s3_prefix>/:
 
 A re-run whose fingerprint has a job still InProgress (the launcher died: network drop, closed
 laptop) follows that job instead of starting a second one on the same checkpoints. Every AWS
-error ends as one SageMakerError line (coughlab.aws_errors: the quota to raise, the IAM
+error ends as one SageMakerError line (coughlab.aws.errors: the quota to raise, the IAM
 action denied) that also says what stays in S3 and what a re-run does.
 """
 from __future__ import annotations
@@ -35,9 +35,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from coughlab.atomic import atomic_dir
-from coughlab.aws_errors import explain
+from coughlab.aws.errors import explain
 from coughlab.config import Params, SageMakerConfig
-from coughlab.container import CHANNEL, TRAINING_SPLITS, check_features, hyperparameters
+from coughlab.aws.container import CHANNEL, TRAINING_SPLITS, check_features, hyperparameters
 from coughlab.digest import sha256_file
 from coughlab.checkpoint import fingerprint
 from coughlab.nets import MODEL_FILE

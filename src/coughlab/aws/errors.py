@@ -1,6 +1,6 @@
-"""One clear line for an AWS error, so a first run on a new account says what to do, not a traceback.
+"""One clear line for an AWS error: a first run on a new account says what to do, no traceback.
 
-    from coughlab.aws_errors import explain
+    from coughlab.aws.errors import explain
     try:
         ...boto3 calls...
     except (BotoCoreError, ClientError) as err:
@@ -145,5 +145,6 @@ def explain(error: ClientError | BotoCoreError, service: str | None = None) -> s
                 "that the region offers this service")
     if isinstance(error, WaiterError) and "Error" in (error.last_response or {}):
         reason = ClientError(error.last_response, error.kwargs.get("name"))
-        return f"while waiting ({error.kwargs.get('name')}): {_explain_client_error(reason, service)}"
+        return (f"while waiting ({error.kwargs.get('name')}): "
+                f"{_explain_client_error(reason, service)}")
     return _one_line(error)
