@@ -3,7 +3,10 @@
 #   python -m coughlab.deploy --check-only                 # the release gate, on build/lambda
 #   docker buildx build --platform linux/amd64 --provenance=false --load \
 #       -f docker/lambda.Dockerfile -t coughlab-lambda .
-#   docker tag/push to ECR, then
+# and to push it to ECR (Docker media types, one manifest; docs/sagemaker.md: Container images):
+#   docker buildx build --platform linux/amd64 --provenance=false \
+#       --output type=image,push=true,oci-mediatypes=false \
+#       -f docker/lambda.Dockerfile -t <account>.dkr.ecr.<region>.amazonaws.com/coughlab:<tag> .
 #   python -m coughlab.deploy --image-uri <account>.dkr.ecr.<region>.amazonaws.com/coughlab:<tag>
 # --platform linux/amd64: the function is x86_64 whatever machine builds it. --provenance=false:
 # current BuildKit otherwise pushes an OCI image index with an attestation manifest, which
