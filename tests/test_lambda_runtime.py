@@ -202,6 +202,7 @@ def lambda_runtime(exported_model):
 
 
 def test_the_runtime_is_cpython_of_deploys_runtime_run_by_a_non_root_uid(lambda_runtime):
+    lambda_runtime.client.answer(deploy.function_url_event("GET"))  # past setpriv's exec
     status = Path(f"/proc/{lambda_runtime.pid}/status").read_text()
     (uids,) = [line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")]
     assert set(uids) == {str(lambda_runtime.uid)}  # real, effective, saved, fs
