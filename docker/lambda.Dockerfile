@@ -3,7 +3,10 @@
 #   python -m coughlab.deploy --check-only                 # the release gate, on build/lambda
 #   docker buildx build --platform linux/amd64 --provenance=false --load \
 #       -f docker/lambda.Dockerfile -t coughlab-lambda .
-#   docker tag/push to ECR, then
+# and to push it to ECR (Docker media types, one manifest; docs/sagemaker.md: Container images):
+#   docker buildx build --platform linux/amd64 --provenance=false \
+#       --output type=image,push=true,oci-mediatypes=false \
+#       -f docker/lambda.Dockerfile -t <account>.dkr.ecr.<region>.amazonaws.com/coughlab:<tag> .
 #   python -m coughlab.deploy --image-uri <account>.dkr.ecr.<region>.amazonaws.com/coughlab:<tag>
 # --platform linux/amd64: the function is x86_64 whatever machine builds it. --provenance=false:
 # current BuildKit otherwise pushes an OCI image index with an attestation manifest, which
@@ -25,7 +28,13 @@ RUN pip install --no-cache-dir --no-compile --require-hashes --only-binary=:all:
 
 # Lambda runs the image as a non-root user: whatever modes the files have here (export-lambda's
 # outputs were once 0600), the image gets world-readable ones (BuildKit's COPY --chmod).
+# model/ is made first, 0755: since BuildKit 0.21 (Docker 28.1) COPY --chmod=0644 gives the
+# folders it creates 0644 too, which that user cannot enter (moby/buildkit#5943). A symbolic
+# --chmod=u=rwX,go=rX would keep them 0755, but builders older than Dockerfile syntax 1.14
+# refuse it. tests/test_image_layout.py replays these lines as BuildKit does.
+RUN mkdir -m 0755 "${LAMBDA_TASK_ROOT}/model"
 COPY --chmod=0644 lambda/handler.py lambda/page.html ${LAMBDA_TASK_ROOT}/
-COPY --chmod=0644 build/lambda/model.onnx build/lambda/model.json build/lambda/model_card.md ${LAMBDA_TASK_ROOT}/model/
+COPY --chmod=0644 build/lambda/model.onnx build/lambda/model.json build/lambda/model_card.md \
+    ${LAMBDA_TASK_ROOT}/model/
 
 CMD ["handler.handler"]

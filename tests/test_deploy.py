@@ -1,9 +1,10 @@
 """coughlab.aws.deploy: release gate, offline zip builder, and the AWS calls against moto_server.
 
 moto's Lambda invoke does not run handlers (it answers from a queue the test fills:
-queue_lambda_results), so the zip's contents are exercised in-process (extracted and imported,
-and as the container image lays them out, as an unprivileged user) and the AWS side checks
-create/update/publish/smoke test/alias, the URL and the concurrency cap.
+queue_lambda_results), so the zip's contents are exercised in-process (extracted and imported;
+tests/test_lambda_runtime.py runs the zip under the runtime interface client, and
+tests/test_image_layout.py the container image's layout, as non-root users) and the AWS side
+checks create/update/publish/smoke test/alias, the URL and the concurrency cap.
 """
 import base64
 import hashlib
@@ -12,10 +13,8 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -684,85 +683,6 @@ def test_atomic_outputs_get_explicit_modes_whatever_the_umask(tmp_path):
     assert file_mode(tmp_path / "lambda") == 0o755
     assert file_mode(tmp_path / "lambda" / "model.onnx") == 0o644
     assert file_mode(tmp_path / "record.json") == 0o644
-
-
-def image_copies(dockerfile: Path) -> list[tuple[int | None, list[str], str]]:
-    """The Dockerfile's COPY instructions into the task root: (--chmod, sources, destination)."""
-    copies = []
-    for line in dockerfile.read_text().splitlines():
-        if not line.startswith("COPY "):
-            continue
-        words = line.split()[1:]
-        flags = dict(word[2:].split("=", 1) for word in words if word.startswith("--"))
-        *sources, dest = [word for word in words if not word.startswith("--")]
-        if dest.startswith("${LAMBDA_TASK_ROOT}"):
-            chmod = int(flags["chmod"], 8) if "chmod" in flags else None
-            copies.append((chmod, sources, dest.removeprefix("${LAMBDA_TASK_ROOT}").strip("/")))
-    return copies
-
-
-def lay_out_like_the_image(task_root: Path, model_dir: Path) -> None:
-    """What docker/lambda.Dockerfile's COPY lines make of the build context in /var/task.
-
-    COPY keeps each file's mode unless --chmod says otherwise and creates missing folders
-    0755; build/lambda/ is export-lambda's output (here: the exported_model fixture's).
-    """
-    context = {f"build/lambda/{p.name}": p for p in model_dir.iterdir()}
-    for chmod, sources, dest in image_copies(ROOT / "docker" / "lambda.Dockerfile"):
-        folder = task_root / dest
-        folder.mkdir(mode=0o755, parents=True, exist_ok=True)
-        for source in sources:
-            copied = shutil.copy2(context.get(source, ROOT / source), folder)
-            if chmod is not None:
-                os.chmod(copied, chmod)
-
-
-RUN_AS_LAMBDA = """
-import json, sys
-import handler
-print(json.dumps([handler.handler(event) for event in json.load(sys.stdin)]))
-"""
-
-
-def invoke_as_nobody(task_root: Path, events: list[dict]) -> list[dict]:
-    """The handler in `task_root` run by an unprivileged user, as Lambda runs an image."""
-    result = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
-         "-c", RUN_AS_LAMBDA], cwd=task_root, input=json.dumps(events), capture_output=True,
-        text=True, env={"PATH": os.environ["PATH"], "PYTHONPATH": str(task_root),
-                        "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(task_root)})
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.splitlines()[-1])
-
-
-@pytest.fixture
-def image_task_root(exported_model):
-    """/var/task as the Lambda image lays it out, in a folder `nobody` can reach."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run the handler as the unprivileged user")
-    task_root = Path(tempfile.mkdtemp(prefix="var-task-"))
-    task_root.chmod(0o755)  # /var/task: owned by root, readable by the function's user
-    try:
-        lay_out_like_the_image(task_root, exported_model["lambda_dir"])
-        yield task_root
-    finally:
-        shutil.rmtree(task_root)
-
-
-def test_the_image_layout_answers_the_smoke_test_as_an_unprivileged_user(image_task_root,
-                                                                           exported_model,
-                                                                           stubbed_lambda):
-    """Lambda runs container images as a non-root user: the model must be readable to it.
-
-    The answers of the handler run so are fed to deploy's smoke test, which must pass them.
-    """
-    page, scored = invoke_as_nobody(image_task_root, release.smoke_events())
-    assert (page["statusCode"], scored["statusCode"]) == (200, 200), scored
-    client, stubber, _ = stubbed_lambda
-    expect_invocations(stubber, "3", page, scored)
-    version = json.loads((exported_model["lambda_dir"] / "model.json").read_text())["version"]
-    assert f"from model {version}" in release.smoke_test(client, "coughlab", "3", version)
-    stubber.assert_no_pending_responses()
 
 
 # --- smoke test before the alias moves, and rollback ----------------------------------------
