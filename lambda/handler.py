@@ -368,7 +368,7 @@ def graph_input(wave: np.ndarray, orig_sr: int, target_sr: int,
     n_out = resampled_length(wave.size, orig_sr, target_sr)
     if n_out <= length:
         return resample(wave, orig_sr, target_sr)
-    start = (n_out - length) // 2  # fit_length's centre crop
+    start = (n_out - length) // 2  # the graph's centre crop (coughlab.features)
     margin = math.ceil(RESAMPLER_MARGIN_SECONDS * target_sr)
     first_out = max(0, start - margin) // step_out * step_out
     first_in = first_out // step_out * step_in

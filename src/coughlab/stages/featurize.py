@@ -6,7 +6,7 @@ audio.max_seconds; float16 would move P(positive) by more than the Lambda parity
 allows), `y` (0 = negative,
 1 = positive), `path` (the manifest path, to join back source/channel) and `channel` (the
 recording channel, or the source where there is none: train can balance over it).
-The windows are those the exported Lambda model cuts (coughlab.features.WindowedFeaturizer), so
+The windows are those the exported graph cuts (coughlab.features.WindowedFeaturizer), so
 offline metrics are the metrics of the deployed graph.
 
 The features are the same bytes on every x86-64 CPU: the STFT and mel projection run with
