@@ -106,7 +106,8 @@ def dataloaders(features_dir: Path, batch_size: int, seed: int, balance: str = "
         class_weights = counts.sum() / (len(LABELS) * np.maximum(counts, 1))
         dls = block.dataloaders(items, num_workers=0, **sizes)
     elif balance == "channel_label":
-        wgts = np.concatenate([cell_weights([train["channel"], train["y"]]), np.ones(len(valid["y"]))])
+        wgts = np.concatenate([cell_weights([train["channel"], train["y"]]),
+                               np.ones(len(valid["y"]))])
         class_weights = np.ones(len(LABELS), np.float32)
         dls = block.weighted_dataloaders(items, wgts, num_workers=0, **sizes)
     else:

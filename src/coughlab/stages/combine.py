@@ -82,9 +82,10 @@ def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int,
     """Assign each row the split of its subject, seeded.
 
     Subject-disjoint, and possible duplicates of one person (equal person_fingerprint) and
-    `linked` subject pairs (near-duplicate recordings) stay together. Stratified by source x label: within each source, each label's groups are
-    shuffled and cut by the split fractions; then every source is made to appear in every
-    split with a non-zero fraction, or SplitError names the source with too few subjects.
+    `linked` subject pairs (near-duplicate recordings) stay together. Stratified by source x
+    label: within each source, each label's groups are shuffled and cut by the split
+    fractions; then every source is made to appear in every split with a non-zero fraction,
+    or SplitError names the source with too few subjects.
     A group's source and label are the majority of its clips. Every split in use must hold
     clips of both labels (`check_labels`).
     """
