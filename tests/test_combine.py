@@ -185,7 +185,8 @@ def labelled(labels: list[str], source: str = "own") -> pd.DataFrame:
 def test_a_split_without_both_labels_is_refused_with_its_counts(labels, counts):
     """They used to split silently: train learnt one class (20 NaN epochs when all positive)
     and evaluate failed on valid ("cannot calibrate the threshold") or scored nothing."""
-    with pytest.raises(SplitError, match="every split needs clips of both labels") as refused:
+    with pytest.raises(SplitError, match="every split in use needs clips of both labels") \
+            as refused:
         split_subjects(labelled(labels), SplitConfig(valid=0.15, test=0.15), seed=42)
     assert counts in str(refused.value)
 

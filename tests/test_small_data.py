@@ -107,7 +107,7 @@ def test_all_positive_recordings_stop_at_combine_in_one_line(tmp_path, monkeypat
     with pytest.raises(SystemExit) as stopped:
         combine_stage.main(["--in", "data", "--out", "combined"])
     message = str(stopped.value)
-    assert message.startswith("combine: every split needs clips of both labels")
+    assert message.startswith("combine: every split in use needs clips of both labels")
     assert message.endswith("train: 0 negative, 14 positive; valid: 0 negative, 3 positive; "
                             "test: 0 negative, 3 positive")
     assert not (tmp_path / "combined").exists()

@@ -136,9 +136,9 @@ def check_labels(labels: pd.Series, split_of_row: pd.Series, needed: list[str]) 
     found = "; ".join(f"{name}: " + ", ".join(f"{counts.get((name, label), 0)} {label}"
                                               for label in LABELS) for name in in_use)
     raise SplitError(
-        "every split needs clips of both labels, which takes at least 3 independent subjects "
-        "of each label, more when they come from several sources (docs/pipeline.md, How much "
-        f"data); add recordings of the missing label. Clips per split: {found}")
+        "every split in use needs clips of both labels, which takes at least 3 independent "
+        "subjects of each label, more when they come from several sources (docs/pipeline.md, "
+        f"How much data); add recordings of the missing label. Clips per split: {found}")
 
 
 def _cover_every_split(groups: list[str], needed: list[str], assignment: dict[str, str]) -> None:
