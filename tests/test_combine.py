@@ -98,7 +98,7 @@ def test_split_is_subject_disjoint_stratified_and_seeded():
 
 
 def test_subject_with_mixed_labels_stays_in_one_split():
-    df = subjects_frame(12, 2)
+    df = subjects_frame(12, 2, positive_every=2)  # enough positives for every split
     df.loc[0, "label"] = "negative"  # subject a0 now has one clip of each label
     split = split_subjects(df, SplitConfig(valid=0.25, test=0.25), seed=0)
     assert split[df.subject_id == "a0"].nunique() == 1
@@ -160,6 +160,42 @@ def test_sample_data_still_splits_sensibly(tmp_path):
     assert subjects["valid"] >= 6 and subjects["test"] >= 6 and subjects["train"] >= 30
     for split, part in df.groupby("split"):
         assert set(part["label"]) == {"positive", "negative"}
+    # The same split as before combine checked its labels (build/combined is unchanged).
+    assert df.groupby(["split", "label"]).size().to_dict() == {
+        ("test", "negative"): 19, ("test", "positive"): 18, ("train", "negative"): 84,
+        ("train", "positive"): 84, ("valid", "negative"): 16, ("valid", "positive"): 22}
+
+
+def labelled(labels: list[str], source: str = "own") -> pd.DataFrame:
+    """One clip per subject, with these labels."""
+    return pd.DataFrame({"subject_id": [f"s{i}" for i in range(len(labels))], "source": source,
+                         "path": [f"s{i}.wav" for i in range(len(labels))], "label": labels})
+
+
+@pytest.mark.parametrize("labels, counts", [
+    pytest.param(["negative", "positive", "negative"],
+                 "train: 1 negative, 0 positive; valid: 0 negative, 1 positive; "
+                 "test: 1 negative, 0 positive", id="3-clips-1-1-1"),
+    pytest.param(["positive"] * 20, "train: 0 negative, 14 positive; valid: 0 negative, "
+                 "3 positive; test: 0 negative, 3 positive", id="all-positive"),
+    pytest.param(["negative"] * 18 + ["positive"] * 2, "train: 12 negative, 2 positive; "
+                 "valid: 3 negative, 0 positive; test: 3 negative, 0 positive",
+                 id="2-positive-subjects"),
+])
+def test_a_split_without_both_labels_is_refused_with_its_counts(labels, counts):
+    """They used to split silently: train learnt one class (20 NaN epochs when all positive)
+    and evaluate failed on valid ("cannot calibrate the threshold") or scored nothing."""
+    with pytest.raises(SplitError, match="every split in use needs clips of both labels") \
+            as refused:
+        split_subjects(labelled(labels), SplitConfig(valid=0.15, test=0.15), seed=42)
+    assert counts in str(refused.value)
+
+
+def test_only_the_splits_in_use_need_both_labels():
+    split = split_subjects(labelled(["negative", "positive"]), SplitConfig(0.0, 0.0), seed=0)
+    assert split.tolist() == ["train", "train"]
+    with pytest.raises(SplitError, match="train: 1 negative, 0 positive$"):
+        split_subjects(labelled(["negative"]), SplitConfig(0.0, 0.0), seed=0)
 
 
 def test_compressed_sources_become_wav_clips_keeping_the_fetched_path(tmp_path):
@@ -183,7 +219,8 @@ def test_combined_clips_are_float_and_byte_identical_run_after_run(tmp_path):
     libsndfile's default PEAK chunk holds the clock, which changed dvc.lock on every rerun."""
     import time
 
-    src = fetched(tmp_path / "fetched", {"a/x.wav": wav_bytes(tone(44100), 44100)})
+    src = fetched(tmp_path / "fetched", {"a/x.wav": wav_bytes(tone(44100), 44100),
+                                         "a/y.wav": wav_bytes(tone(16000), 16000)})
     combine(src, tmp_path / "one", 16000, QUALITY, SplitConfig(0.0, 0.0), seed=1)
     time.sleep(1.1)  # the stamp has a resolution of one second
     combine(src, tmp_path / "two", 16000, QUALITY, SplitConfig(0.0, 0.0), seed=1)

@@ -18,7 +18,7 @@ from coughlab.checkpoint import read_checkpoint, write_checkpoint
 from coughlab.nets import load_model
 from coughlab.training import epoch_line, train_model
 
-from helpers import git_repo, make_features, write_params
+from helpers import conf, git_repo, make_features, write_params
 
 TINY = ("train.epochs=6", "train.batch_size=8", "model.width=8")
 # Settings that change which kernels torch, MKL and oneDNN pick (on an AVX-512 machine).
@@ -327,3 +327,61 @@ def test_channel_label_balance_draws_batches_evenly_from_each_cell(tmp_path):
 def test_unknown_balance_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="train.balance='source'.*label or channel_label"):
         training.dataloaders(make_features(tmp_path / "f", n_per_split=(4, 2, 2)), 2, 0, "source")
+
+
+def epoch_history(checkpoint_dir: Path) -> list[dict[str, float]]:
+    return json.loads((checkpoint_dir / CHECKPOINT_FILE).read_text())["history"]
+
+
+@pytest.mark.parametrize("balance", ["label", "channel_label"])
+def test_fewer_training_clips_than_a_batch_still_train(tmp_path, balance, capsys):
+    """12 training clips, batch_size 32: fastai dropped the only (partial) batch, so every
+    epoch logged train_loss nan, the run exited 0 and saved the random initial network."""
+    features = make_features(tmp_path / "features", n_per_split=(12, 4, 4))
+    params = conf("train.epochs=2", "train.batch_size=32", "model.width=8",
+                  f"train.balance={balance}")
+    train_model(params, features, tmp_path / "model", tmp_path / "ckpt")
+    history = epoch_history(tmp_path / "ckpt")
+    assert len(history) == 2
+    assert all(np.isfinite(value) for row in history for value in row.values()), history
+    assert "fewer than train.batch_size=32: batches of 12" in capsys.readouterr().out
+
+
+def poison(npz: Path) -> None:
+    """One clip's log-mels NaN, as a corrupt feature file or a diverging loss would give."""
+    with np.load(npz) as data:
+        arrays = dict(data)
+    arrays["x"][0] = np.nan
+    np.savez_compressed(npz, **arrays)
+
+
+@pytest.mark.parametrize("split, loss", [("train", "train_loss"), ("valid", "valid_loss")])
+def test_a_non_finite_loss_stops_training_naming_the_epoch(tmp_path, split, loss):
+    """It used to log nan for every epoch, exit 0 and save the NaN network."""
+    features = make_features(tmp_path / "features", n_per_split=(16, 8, 8))
+    poison(features / f"{split}.npz")
+    params = conf("train.epochs=3", "train.batch_size=8", "model.width=8", "train.balance=label")
+    with pytest.raises(training.TrainingError, match=rf"epoch 0 of 3: {loss} nan"):
+        train_model(params, features, tmp_path / "model", tmp_path / "ckpt")
+    assert checkpoint_epoch(tmp_path / "ckpt") is None, "the NaN epoch was checkpointed"
+    assert not (tmp_path / "model" / MODEL_FILE).exists()
+
+
+def test_weights_equal_to_their_initialisation_are_refused(tmp_path):
+    """lr=0: finite losses every epoch, and a model.pt that is the random initial network."""
+    features = make_features(tmp_path / "features", n_per_split=(16, 8, 8))
+    params = conf("train.epochs=2", "train.batch_size=8", "model.width=8", "lr=0.0")
+    with pytest.raises(training.TrainingError, match="equal to their random initialisation"):
+        train_model(params, features, tmp_path / "model", tmp_path / "ckpt")
+    assert not (tmp_path / "model" / MODEL_FILE).exists()
+
+
+def test_the_stage_reports_a_training_failure_in_one_line(tmp_path):
+    root = git_repo(tmp_path)
+    write_params(root, "train.epochs=2", "train.batch_size=8", "model.width=8", "lr=0.0")
+    features = make_features(root / "features", n_per_split=(16, 8, 8))
+    proc = run_train(root, features, "lr0")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in err.decode()
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith("train: ") and "initialisation" in last

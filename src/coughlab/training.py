@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import random
 import sys
 import warnings
@@ -23,7 +24,7 @@ import torch
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 import fastai.callback.data  # noqa: E402,F401  (patches DataBlock.weighted_dataloaders)
 import fastai.callback.schedule  # noqa: E402,F401  (patches Learner.fit_one_cycle)
-from fastai.callback.core import Callback  # noqa: E402
+from fastai.callback.core import Callback, CancelFitException  # noqa: E402
 from fastai.data.block import CategoryBlock, DataBlock, TransformBlock  # noqa: E402
 from fastai.data.transforms import IndexSplitter  # noqa: E402
 from fastai.learner import Learner, Recorder  # noqa: E402
@@ -42,11 +43,31 @@ from coughlab.determinism import reproducible_cpu_kernels  # noqa: E402
 from coughlab.nets import Ensemble, build_net, load_split, save_model  # noqa: E402
 
 
+class TrainingError(RuntimeError):
+    """Training that cannot produce a model worth saving; the stage prints it in one line."""
+
+
 def cell_weights(cells: list[np.ndarray]) -> np.ndarray:
     """Per-clip weights that give every combination of `cells` values the same total weight."""
     keys = np.array(["|".join(map(str, values)) for values in zip(*cells)])
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     return 1.0 / (len(counts) * counts[inverse])
+
+
+def training_batch_size(batch_size: int, n_train: int) -> int:
+    """`batch_size`, or all `n_train` clips in one batch when there are fewer.
+
+    fastai drops a training epoch's last partial batch, so fewer clips than a batch gave no
+    batch at all: every epoch logged train_loss nan and the random network was saved. The
+    batch adapts rather than failing, because batch_size is a ceiling (memory, gradient noise),
+    not a requirement: one full batch per epoch still fits the data, and combine already makes
+    sure the train split holds both labels. Data of a batch or more trains exactly as before.
+    """
+    if n_train >= batch_size:
+        return batch_size
+    print(f"train: {n_train} training clips, fewer than train.batch_size={batch_size}: "
+          f"batches of {n_train} (one per epoch)", flush=True)
+    return n_train
 
 
 def dataloaders(features_dir: Path, batch_size: int, seed: int, balance: str = "label"):
@@ -55,13 +76,14 @@ def dataloaders(features_dir: Path, batch_size: int, seed: int, balance: str = "
     balance="label" weights the loss by inverse class frequency. balance="channel_label" draws
     training batches evenly from every channel x label cell instead: in the data the model
     sees, the recording channel then says nothing about the label, so learning it cannot pay.
+    Training batches hold `training_batch_size` clips; validation batches `batch_size`.
     """
     train, valid = load_split(features_dir, "train"), load_split(features_dir, "valid")
     x = np.concatenate([train["x"], valid["x"]])
     y = np.concatenate([train["y"], valid["y"]])
     n_train = len(train["y"])
     if n_train == 0 or len(valid["y"]) == 0:
-        raise ValueError(f"{features_dir}: train and valid splits must both be non-empty")
+        raise TrainingError(f"{features_dir}: train and valid splits must both be non-empty")
     n_windows = x.shape[1]
 
     def get_x(i: int) -> torch.Tensor:
@@ -78,14 +100,16 @@ def dataloaders(features_dir: Path, batch_size: int, seed: int, balance: str = "
     )
     set_seed(seed)
     items = list(range(len(y)))
+    sizes = {"bs": training_batch_size(batch_size, n_train), "val_bs": batch_size}
     if balance == "label":
         counts = np.bincount(train["y"], minlength=len(LABELS)).astype(np.float32)
         class_weights = counts.sum() / (len(LABELS) * np.maximum(counts, 1))
-        dls = block.dataloaders(items, bs=batch_size, num_workers=0)
+        dls = block.dataloaders(items, num_workers=0, **sizes)
     elif balance == "channel_label":
-        wgts = np.concatenate([cell_weights([train["channel"], train["y"]]), np.ones(len(valid["y"]))])
+        wgts = np.concatenate([cell_weights([train["channel"], train["y"]]),
+                               np.ones(len(valid["y"]))])
         class_weights = np.ones(len(LABELS), np.float32)
-        dls = block.weighted_dataloaders(items, wgts, bs=batch_size, num_workers=0)
+        dls = block.weighted_dataloaders(items, wgts, num_workers=0, **sizes)
     else:
         raise ValueError(f"train.balance={balance!r} is unknown; use label or channel_label")
     return dls, torch.tensor(class_weights, dtype=torch.float32)
@@ -185,6 +209,46 @@ def resume(learn: Learner, checkpoint: Checkpoint) -> None:
     learn.create_opt()
     opt = checkpoint.tensors["opt"]
     learn.opt.load_state_dict({"state": opt["state"], "hypers": L(opt["hypers"])})
+
+
+class FiniteLosses(Callback):
+    """Stop the fit at the first epoch whose train or valid loss is not finite.
+
+    Checked before the Recorder computes the epoch's metrics (ROC-AUC raises on NaN scores)
+    and before EpochCheckpoint saves it, so a NaN network is neither checkpointed, resumed nor
+    exported. `failure` says which epoch and loss; `fit` raises it as a TrainingError.
+    """
+    order = Recorder.order - 1
+
+    def __init__(self):
+        self.failure: str | None = None
+
+    def check(self, name: str, value) -> None:
+        value = math.nan if value is None else float(value)
+        if not math.isfinite(value):
+            self.failure = (
+                f"epoch {self.epoch} of {self.n_epoch}: {name} {value}: the loss is not finite "
+                "(NaN or inf in the features, or training diverged: try a lower lr); stopped "
+                "before this epoch was checkpointed")
+            raise CancelFitException
+
+    def after_train(self):
+        self.check("train_loss", self.recorder.smooth_loss.value)
+
+    def after_validate(self):
+        self.check("valid_loss", self.recorder.loss.value)
+
+
+def check_weights_moved(net: nn.Module, initial: dict[str, torch.Tensor]) -> None:
+    """Refuse a network whose parameters all equal their random initialisation.
+
+    Parameters, not the whole state_dict: BatchNorm's running statistics move with every
+    forward pass even when no step is taken (lr=0), so they would hide a network that learnt
+    nothing.
+    """
+    if all(torch.equal(initial[name], value) for name, value in net.named_parameters()):
+        raise TrainingError("the trained weights are equal to their random initialisation: "
+                            "no optimizer step changed them (is lr 0?); not saving the model")
 
 
 class EpochCheckpoint(Callback):
@@ -288,6 +352,7 @@ def fit(params: Params, features_dir: Path, checkpoint_dir: Path, live_dir: Path
     learn = Learner(dls, build_net(params.model),
                     loss_func=CrossEntropyLossFlat(weight=class_weights.to(dls.device)),
                     opt_func=Adam, metrics=[RocAucBinary()], wd=params.train.weight_decay)
+    initial = {name: value.detach().clone() for name, value in learn.model.named_parameters()}
     fp = fingerprint(params, features_dir)
     resumed = read_checkpoint(Path(checkpoint_dir), fp, dls.device)
     start = 0
@@ -296,8 +361,9 @@ def fit(params: Params, features_dir: Path, checkpoint_dir: Path, live_dir: Path
         start = resumed.epoch + 1
         print(f"train: resuming after epoch {resumed.epoch} from {checkpoint_dir}")
     channel = ChannelAugment(params.train.channel_augment.gain, params.train.channel_augment.tilt)
+    finite = FiniteLosses()
     cbs = [EpochSeed(params.seed), SpecAugmentCallback(params.train.spec_augment, channel),
-           EpochCheckpoint(checkpoint_dir, fp, resumed)]
+           finite, EpochCheckpoint(checkpoint_dir, fp, resumed)]
     live = None
     if live_dir is not None:
         # Rewritten from the checkpoint's history: the curves on disk may be an epoch behind.
@@ -313,6 +379,9 @@ def fit(params: Params, features_dir: Path, checkpoint_dir: Path, live_dir: Path
             learn.logger = lambda row: print(epoch_line(learn.recorder.metric_names, row), flush=True)
         with learn.no_bar() if quiet else contextlib.nullcontext():
             learn.fit_one_cycle(params.train.epochs, params.lr, cbs=cbs, start_epoch=start)
+    if finite.failure is not None:
+        raise TrainingError(finite.failure)
+    check_weights_moved(learn.model, initial)
     if live is not None:
         live.end()
     return learn.model, device_name(dls.device)

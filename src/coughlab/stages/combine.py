@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from coughlab import SPLITS, duplicates
+from coughlab import LABELS, SPLITS, duplicates
 from coughlab.atomic import atomic_dir
 from coughlab.audio import (AudioDecodeError, load_audio, quality_problem, resample, to_mono,
                             write_float_wav)
@@ -38,7 +38,8 @@ class TooManyQuarantined(RuntimeError):
 
 
 class SplitError(ValueError):
-    """A source has too few independent subjects to appear in every split."""
+    """A source has too few independent subjects to appear in every split, or a split lacks
+    a label."""
 
 
 # Column a source may fill so that possible recordings of one person share a split
@@ -81,10 +82,12 @@ def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int,
     """Assign each row the split of its subject, seeded.
 
     Subject-disjoint, and possible duplicates of one person (equal person_fingerprint) and
-    `linked` subject pairs (near-duplicate recordings) stay together. Stratified by source x label: within each source, each label's groups are
-    shuffled and cut by the split fractions; then every source is made to appear in every
-    split with a non-zero fraction, or SplitError names the source with too few subjects.
-    A group's source and label are the majority of its clips.
+    `linked` subject pairs (near-duplicate recordings) stay together. Stratified by source x
+    label: within each source, each label's groups are shuffled and cut by the split
+    fractions; then every source is made to appear in every split with a non-zero fraction,
+    or SplitError names the source with too few subjects.
+    A group's source and label are the majority of its clips. Every split in use must hold
+    clips of both labels (`check_labels`).
     """
     groups = subject_groups(df, linked)
     row_group = df["subject_id"].map(groups)
@@ -113,7 +116,29 @@ def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int,
                 assignment[group] = ("test" if i < counts["test"] else
                                      "valid" if i < counts["test"] + counts["valid"] else "train")
         _cover_every_split(list(in_source.index), needed, assignment)
-    return row_group.map(assignment)
+    split_of_row = row_group.map(assignment)
+    check_labels(df["label"], split_of_row, needed)
+    return split_of_row
+
+
+def check_labels(labels: pd.Series, split_of_row: pd.Series, needed: list[str]) -> None:
+    """SplitError, with the clips per split and label, unless every split in `needed` holds
+    clips of both labels.
+
+    A one-class train split teaches nothing, a one-class valid split cannot place the
+    threshold and a one-class test split has no ROC-AUC: caught here, before featurize and
+    train spend their time, not at evaluate.
+    """
+    counts = labels.groupby(split_of_row).value_counts()
+    in_use = [name for name in SPLITS if name in needed]
+    if all(counts.get((name, label), 0) > 0 for name in in_use for label in LABELS):
+        return
+    found = "; ".join(f"{name}: " + ", ".join(f"{counts.get((name, label), 0)} {label}"
+                                              for label in LABELS) for name in in_use)
+    raise SplitError(
+        "every split in use needs clips of both labels, which takes at least 3 independent "
+        "subjects of each label, more when they come from several sources (docs/pipeline.md, "
+        f"How much data); add recordings of the missing label. Clips per split: {found}")
 
 
 def _cover_every_split(groups: list[str], needed: list[str], assignment: dict[str, str]) -> None:
@@ -252,7 +277,10 @@ def main(argv: list[str] | None = None) -> None:
     path_option(parser, "--in", p.paths.fetched, "fetch's folder (labels.csv + clips)", "src")
     path_option(parser, "--out", p.paths.combined, "folder to write")
     args = parser.parse_args(argv)
-    combine(args.src, args.out, p.audio.sample_rate, p.data.quality, p.data.split, p.seed)
+    try:
+        combine(args.src, args.out, p.audio.sample_rate, p.data.quality, p.data.split, p.seed)
+    except SplitError as exc:
+        raise SystemExit(f"combine: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from coughlab.determinism import pin_cpu_kernels
 pin_cpu_kernels()  # before torch loads: its kernel choice is made at import
 
 from coughlab.stages.cli import path_option, stage_parser  # noqa: E402
-from coughlab.training import train_model  # noqa: E402
+from coughlab.training import TrainingError, train_model  # noqa: E402
 
 
 
@@ -29,8 +29,11 @@ def main(argv: list[str] | None = None) -> None:
     path_option(parser, "--live-dir", params.paths.train_reports, "dvclive's training curves")
     args = parser.parse_args(argv)
     if params.train.backend == "local":
-        path = train_model(params, args.features, args.model_dir, args.checkpoint_dir,
-                           args.live_dir)
+        try:
+            path = train_model(params, args.features, args.model_dir, args.checkpoint_dir,
+                               args.live_dir)
+        except TrainingError as exc:
+            raise SystemExit(f"train: {exc}") from None
     elif params.train.backend == "sagemaker":
         from botocore.exceptions import BotoCoreError, ClientError
 
