@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         combine(args.src, args.out, p.audio.sample_rate, p.data.quality, p.data.split, p.seed)
-    except SplitError as exc:
+    except (SplitError, TooManyQuarantined) as exc:  # the data, not the code: one line
         raise SystemExit(f"combine: {exc}") from None
 
 
