@@ -439,9 +439,19 @@ def check_origin(event: dict) -> None:
     if not origin or origin.lower() in ALLOWED_ORIGINS:
         return  # not sent by a page (curl, SDKs), or by a page allowed by name
     host = own_host(event)
-    if not host or urllib.parse.urlsplit(origin).netloc.lower() != host:
+    if not host or origin_host(origin) != host:
         raise RequestError(403, "cross_origin", "only the recording page served by this URL "
                            "may call it from a browser")
+
+
+def origin_host(origin: str) -> str | None:
+    """host[:port] of an Origin header, lower-cased; None for one no URL parser reads (an
+    unclosed IPv6 bracket, a host that NFKC normalisation changes): such an origin names no
+    site, so it is not this one."""
+    try:
+        return urllib.parse.urlsplit(origin).netloc.lower()
+    except ValueError:
+        return None
 
 
 def check_content_type(kind: str) -> None:

@@ -208,7 +208,9 @@ def run(examples: int) -> dict:
                      st.dictionaries(st.sampled_from(["audio", "x"]), json_values).map(json.dumps))
     content_types = st.sampled_from(["application/json", "audio/webm", "audio/wav", "video/mp4",
                                      "application/octet-stream", "text/plain", ""])
-    origins = st.sampled_from(["https://fuzz.example", "https://elsewhere.example", "null"])
+    origins = st.sampled_from(["https://fuzz.example", "https://elsewhere.example", "null",
+                               "https://[::1", "https://evil]", "https://fuzz\u2100example"]
+                              ) | st.text(max_size=20)
     headers = st.one_of(json_values, st.fixed_dictionaries(
         {"content-type": content_types}, optional={"origin": origins, "host": st.just("fuzz.example")}),
         st.dictionaries(st.sampled_from(["content-type", "Content-Type", "Origin", "x-other"]),
