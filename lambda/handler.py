@@ -605,10 +605,12 @@ def recording_page() -> dict:
 
 
 def wants_model_card(event: dict) -> bool:
-    """GET ?model_card: a Function URL event has rawQueryString, API Gateway's the parameters."""
-    params = event.get("queryStringParameters")
-    return event.get("rawQueryString") == "model_card" or (isinstance(params, dict)
-                                                           and "model_card" in params)
+    """GET ?model_card, exactly: a Function URL event has rawQueryString, API Gateway's only the
+    parameters. Any other query (`?model_card&x=1`) gets the page, in either shape."""
+    raw = event.get("rawQueryString")
+    if isinstance(raw, str):
+        return raw == "model_card"
+    return event.get("queryStringParameters") == {"model_card": ""}
 
 
 def model_card() -> dict:

@@ -445,6 +445,21 @@ def test_get_model_card_as_plain_text_in_both_event_shapes(handler, exported_mod
     assert missing["statusCode"] == 404 and json.loads(missing["body"])["error"] == "no_model_card"
 
 
+@pytest.mark.parametrize("event", [
+    {"rawQueryString": "model_card&x=1", "queryStringParameters": {"model_card": "", "x": "1"}},
+    {"rawQueryString": "x=1&model_card", "queryStringParameters": {"model_card": "", "x": "1"}},
+    {"rawQueryString": "model_card=1", "queryStringParameters": {"model_card": "1"}},
+    {"rawQueryString": "", "queryStringParameters": {"model_card": ""}},
+    {"queryStringParameters": {"model_card": "", "x": "1"}},
+    {"queryStringParameters": {"model_card": "yes"}},
+])
+def test_only_the_exact_model_card_query_gets_the_card(handler, event):
+    """Both event shapes agree: `?model_card` is the card, any other query the page (a
+    Function URL gave the card for `?model_card&x=1`, the local stand-in the page)."""
+    response = handler.handler({"requestContext": {"http": {"method": "GET"}}, **event})
+    assert response["headers"]["Content-Type"] == "text/html; charset=utf-8"
+
+
 def test_model_loads_once_per_container(handler, monkeypatch):
     import onnxruntime
 
