@@ -41,6 +41,8 @@ from types import ModuleType
 from typing import Callable
 from urllib.parse import parse_qsl, urlsplit
 
+from coughlab.escape import printable
+
 MODEL_DIR = Path("build/lambda")
 HANDLER = Path("lambda/handler.py")
 HOST = "127.0.0.1"
@@ -143,12 +145,6 @@ def http_response(result) -> tuple[int, dict[str, str], bytes]:
                           "{statusCode, headers, body} as a Function URL needs it")
     raw = base64.b64decode(body or "") if result.get("isBase64Encoded") else (body or "").encode()
     return status, dict(headers), raw
-
-
-def printable(text: str) -> str:
-    """`text` for a console line: control and other unprintable characters as escapes (a
-    request path can carry escape sequences that rewrite the terminal)."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def content_length(values: list[str]) -> int:
