@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coughlab.config import DataConfig
+from coughlab.escape import read_csv_cells
 from coughlab.sample import wav_bytes
 from coughlab.sources import LabelsError
 from coughlab.stages.fetch import fetch
@@ -346,3 +347,65 @@ def row_starts(text: str) -> set[int]:
     except csv.Error:
         starts.add(start)
     return starts
+
+
+# --- spreadsheet formulas in labels.csv never reach an output as formulas ------------------
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_cells(csv_file: Path) -> list[str]:
+    """Cells a spreadsheet would run as formulas, by the csv module's reading."""
+    with open(csv_file, newline="") as fh:
+        return [cell for row in csv.reader(fh) for cell in row if cell.startswith(FORMULA_STARTS)]
+
+
+HOSTILE_TEXT = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(1,1)", "\t=1", "\r=1", "'=quoted",
+                "'", "plain"]
+
+
+def test_formula_text_in_labels_csv_is_neutralised_in_fetched_labels_and_reads_back(tmp_path):
+    rows = [[f"a/{i}.wav", "positive" if i % 2 else "negative", text, text, text, text]
+            for i, text in enumerate(HOSTILE_TEXT)]
+    zone = tmp_path / "zone"
+    for rel, *_ in rows:
+        (zone / rel).parent.mkdir(parents=True, exist_ok=True)
+        (zone / rel).write_bytes(wav_bytes(tone(), 16000))
+    with open(zone / "labels.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "label", "subject_id", "source", "channel", "note"],
+                                  *rows])
+    labels = fetch(["local"], DataConfig(local_dir=str(zone)), tmp_path / "out")
+    assert formula_cells(tmp_path / "out" / "labels.csv") == []
+    back = read_csv_cells(tmp_path / "out" / "labels.csv")
+    assert list(back["note"]) == HOSTILE_TEXT  # not stripped: only the required columns are
+    for column in ("subject_id", "source", "channel"):
+        assert list(back[column]) == list(labels[column]), column
+
+
+CELL = st.text(alphabet=st.sampled_from(list("=+-@'\"\t\r\n ,;|!a1é")), min_size=1, max_size=10)
+
+
+@settings(max_examples=100, deadline=None, database=None, derandomize=True)
+@given(cells=st.lists(st.tuples(CELL, CELL, CELL, CELL), min_size=1, max_size=4))
+def test_any_text_in_labels_csv_lands_inert_and_reads_back_exactly(tmp_path_factory, cells):
+    """Formula starts, quotes, commas, lone CRs and newlines in any column: fetched/labels.csv
+    holds no cell a spreadsheet runs, and reads back to exactly the rows fetch validated."""
+    tmp_path = tmp_path_factory.mktemp("cells")
+    zone = tmp_path / "zone"
+    zone.mkdir()
+    rows = [[f"{i}.wav", "positive", subject, source, channel, note]
+            for i, (subject, source, channel, note) in enumerate(cells)]
+    for row in rows:
+        (zone / row[0]).write_bytes(wav_bytes(tone(), 16000))
+    with open(zone / "labels.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "label", "subject_id", "source", "channel", "note"],
+                                  *rows])
+    try:
+        labels = fetch(["local"], DataConfig(local_dir=str(zone)), tmp_path / "out")
+    except LabelsError as err:
+        assert "empty value" in str(err)  # a required value that is only whitespace
+        return
+    assert formula_cells(tmp_path / "out" / "labels.csv") == []
+    back = read_csv_cells(tmp_path / "out" / "labels.csv")
+    for column in labels.columns:
+        assert list(back[column]) == list(labels[column]), column

@@ -7,8 +7,52 @@ it was.
 """
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
+import pandas as pd
+
 
 def printable(text: str) -> str:
     """`text` for a console line: control and other unprintable characters as Python escapes
     (`\\x1b`, `\\n`, `\\u2028`), so no escape sequence reaches the terminal."""
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP's list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+QUOTE = "'"
+
+
+def csv_cell(value):
+    """A CSV cell no spreadsheet runs: text starting like a formula gets a leading single
+    quote (what a spreadsheet itself shows as text), and so does text already starting with
+    one, so that `csv_text` gives back exactly what was written. Non-text is left alone."""
+    if isinstance(value, str) and value.startswith((*FORMULA_STARTS, QUOTE)):
+        return QUOTE + value
+    return value
+
+
+def csv_text(value):
+    """The value `csv_cell` was given."""
+    return value[1:] if isinstance(value, str) and value.startswith(QUOTE) else value
+
+
+def write_csv(table: pd.DataFrame, path: Path | str) -> None:
+    """`table` as CSV (no index) with every text cell a `csv_cell`. A lone CR inside a value
+    would end its row for every reader (the csv module quotes only fields that hold the line
+    terminator, \\n): a table holding one is written with every cell quoted."""
+    safe = table.apply(lambda column: column.map(csv_cell) if is_text(column) else column)
+    has_cr = any(safe[c].map(lambda v: isinstance(v, str) and "\r" in v).any()
+                 for c in safe.columns if is_text(safe[c]))
+    safe.to_csv(path, index=False, quoting=csv.QUOTE_ALL if has_cr else csv.QUOTE_MINIMAL)
+
+
+def read_csv_cells(path: Path | str) -> pd.DataFrame:
+    """A CSV `write_csv` wrote, as the strings it was given (every column read as text)."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return table.apply(lambda column: column.map(csv_text))
+
+
+def is_text(column: pd.Series) -> bool:
+    return pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)
