@@ -8,6 +8,7 @@ it was.
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -56,3 +57,26 @@ def read_csv_cells(path: Path | str) -> pd.DataFrame:
 
 def is_text(column: pd.Series) -> bool:
     return pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)
+
+
+# What makes inline Markdown (GitHub's, tables and strikethrough included) more than text:
+# escapes, code, emphasis, links and images, HTML and entities, table cells, strikethrough.
+MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]<>&|~])")
+
+
+def markdown_text(text: str) -> str:
+    """`text` as inline Markdown that renders as itself, on one line: never a heading, link,
+    image, HTML, emphasis or table cell of its own (newlines and control characters shown
+    as escapes)."""
+    return MARKDOWN_INLINE.sub(r"\\\1", printable(text))
+
+
+def markdown_code(text: str, in_table: bool = True) -> str:
+    """`text` as a Markdown code span, on one line: its fence longer than any run of
+    backticks in it; in a table, `|` escaped (GitHub's tables split on it even in code)."""
+    content = printable(text)
+    if in_table:
+        content = content.replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", content)), default=0) + 1)
+    pad = " " if content[:1] in ("`", " ") or content[-1:] in ("`", " ") else ""
+    return f"{fence}{pad}{content}{pad}{fence}"
