@@ -151,6 +151,24 @@ def test_a_body_that_ends_early_is_400_not_a_wait_forever(url):
     assert (answer.status, answer.json()["error"]) == (400, "incomplete_body")
 
 
+@settings(max_examples=80, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(length=st.text(alphabet=st.sampled_from(list("0123456789+-.eE xX,abc\u0663")),
+                      max_size=25))
+def test_any_content_length_gets_a_json_answer(url, length):
+    """Three bytes of body follow, then the client stops sending: whatever the header says,
+    the answer is JSON, and only a length the body matches reaches the function."""
+    with connect(url) as sock:
+        sock.sendall(f"POST / HTTP/1.1\r\nContent-Length: {length}\r\n\r\nabc".encode())
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_answer(sock)
+    expected = {"invalid_content_length", "incomplete_body", "request_too_large"}
+    if answer.status == 200:
+        assert int(length.strip()) <= 3, length
+    else:
+        assert answer.json()["error"] in expected, (length, answer.json())
+
+
 # --- chunked bodies ----------------------------------------------------------------------
 
 def chunked(body: bytes, sizes: list[int]) -> bytes:

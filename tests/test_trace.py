@@ -4,6 +4,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coughlab import trace
 from coughlab.provenance import write_record
@@ -189,3 +191,30 @@ def test_control_characters_in_the_record_and_commit_are_printed_escaped(tmp_pat
     assert not any(ch in out for ch in "\x1b\x07"), repr(out)
     assert "lr \\x1b[31mred" in out and "local\\x1b]0;pwned\\x07, a\\nb" in out
     assert "data/ md5 \\x1b[2J" in out
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner,
+                                                                max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(record=st.one_of(
+    JSON_VALUES,
+    st.fixed_dictionaries({"version": st.just("cccccccccccc") | JSON_VALUES,
+                           "provenance": JSON_VALUES}),
+    st.fixed_dictionaries({"version": st.just("cccccccccccc"), "provenance": st.fixed_dictionaries(
+        {k: st.just(v) | JSON_VALUES for k, v in provenance(0.002).items()})})))
+def test_any_record_is_reported_or_refused_in_one_line(record):
+    """A record trace accepts is one it can report and print as strict JSON; any other is a
+    ValueError of one line (NaN and Infinity included: json.dumps writes them)."""
+    raw = json.dumps(record).encode()
+    try:
+        parsed = trace.parse_record(raw)
+    except ValueError as err:
+        assert "\n" not in str(err) and str(err)
+        return
+    found = trace.Trace("0" * 40, "2026-01-01T00:00:00+00:00", "subject", parsed)
+    assert trace.report(found).startswith("model version  ")
+    strict(json.dumps(parsed, allow_nan=False))
