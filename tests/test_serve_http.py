@@ -244,7 +244,9 @@ def test_a_function_that_raises_or_answers_nonsense_is_a_502_in_json():
 
     for function in (broken, lambda event, context: {"statusCode": "abc"},
                      lambda event, context: {"statusCode": 200, "body": 5},
-                     lambda event, context: {"statusCode": 200, "headers": "x"}):
+                     lambda event, context: {"statusCode": 200, "headers": "x"},
+                     lambda event, context: {"statusCode": 200,
+                                             "headers": {"X": "a\r\nSet-Cookie: s=1"}}):
         with FunctionUrl(function) as running:
             answer = exchange(running, b"GET / HTTP/1.1\r\n\r\n")
         assert (answer.status, answer.json()["error"]) == (502, "function_error")

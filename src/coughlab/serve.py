@@ -59,7 +59,7 @@ SOCKET_TIMEOUT_SECONDS = 20.0
 # long, so it reads the refusal instead of a reset; nothing of it is kept.
 DRAIN_SECONDS = 10.0
 DRAIN_BLOCK_BYTES = 65536
-LISTEN_BACKLOG = 128  # a burst of connections waits while the server is busy, not refused
+LISTEN_BACKLOG = 128  # socketserver's default, 5, dropped some of a burst of 50
 MAX_LINE_BYTES = 65536  # a request line or chunk-size line, as http.server's own limit
 MAX_TRAILER_LINES = 100
 METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110 5.6.2)
@@ -139,7 +139,8 @@ def http_response(result) -> tuple[int, dict[str, str], bytes]:
         return 200, {"Content-Type": "application/json"}, json.dumps(result).encode()
     status, headers, body = result["statusCode"], result.get("headers") or {}, result.get("body")
     if not (isinstance(status, int) and 100 <= status <= 599 and isinstance(headers, dict)
-            and all(isinstance(v, str) for v in headers.values())
+            and all(isinstance(part, str) and not re.search(r"[\r\n]", part)
+                    for header in headers.items() for part in header)
             and isinstance(body, (str, type(None)))):
         raise HttpRefusal(502, "function_error", "the function's answer is not "
                           "{statusCode, headers, body} as a Function URL needs it")
@@ -160,6 +161,7 @@ def content_length(values: list[str]) -> int:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine only (127.0.0.0/8, ::1, localhost)."""
     if host == "localhost":
         return True
     try:
@@ -169,6 +171,7 @@ def is_loopback(host: str) -> bool:
 
 
 class LoopbackServer(ThreadingHTTPServer):
+    """A thread per connection; a burst of connections waits in the backlog, not refused."""
     request_queue_size = LISTEN_BACKLOG
 
 
@@ -257,6 +260,8 @@ class FunctionUrl:
                     self.refuse(refusal)
                     if body_unread:
                         self.drain()
+                except OSError:  # the client reset the connection: no one is left to answer
+                    self.close_connection = True
 
             def read_body(self) -> bytes:
                 """The request body, refused before a byte of it is read when it cannot fit."""
