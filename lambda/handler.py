@@ -184,7 +184,6 @@ def decode_soundfile(audio: bytes) -> tuple[np.ndarray, int] | None:
     try:
         with sf.SoundFile(io.BytesIO(audio)) as f:
             check_header(f.samplerate, f.channels, f.frames)
-            f.seek(0)  # as sf.read does: libsndfile's ogg/opus gives wrong samples until a seek
             return mono_blocks(decoded_blocks(f), f.samplerate), f.samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         log.info("soundfile cannot read the audio: %s", type(err).__name__)
@@ -296,19 +295,30 @@ def check_ogg_pages(audio: bytes) -> None:
         pos = end
 
 
+def is_ogg_opus(audio: bytes) -> bool:
+    """Whether an Ogg file (its first page checked whole) opens with an OpusHead packet."""
+    return audio[OGG_PAGE_HEADER + audio[26]:].startswith(b"OpusHead")
+
+
 def unreadable() -> RequestError:
     return RequestError(415, "unsupported_audio",
                         f"not a readable audio file; accepted formats: {FORMATS}")
 
 
 def decode(audio: bytes) -> tuple[np.ndarray, int]:
-    """Bytes of an audio file -> mono float32 at its own sample rate (soundfile, then PyAV)."""
+    """Bytes of an audio file -> mono float32 at its own sample rate (soundfile, then PyAV;
+    Ogg Opus by PyAV alone)."""
     if not audio:
         raise RequestError(400, "empty_audio", "the audio is empty (0 bytes)")
     if len(audio) > MAX_AUDIO_BYTES:
         raise too_large(f"{len(audio)} bytes")
     if audio.startswith(b"OggS"):
         check_ogg_pages(audio)
+        if is_ogg_opus(audio):
+            # Not libsndfile: its Opus reader sizes each page's output by the page's granule
+            # position, so a granule claiming more than the packets hold yields samples never
+            # decoded, which change with the read size. FFmpeg hands on what the packets decode.
+            return decode_pyav(audio, "ogg")
     decoded = decode_soundfile(audio)
     if decoded is not None:
         return decoded
@@ -429,9 +439,19 @@ def check_origin(event: dict) -> None:
     if not origin or origin.lower() in ALLOWED_ORIGINS:
         return  # not sent by a page (curl, SDKs), or by a page allowed by name
     host = own_host(event)
-    if not host or urllib.parse.urlsplit(origin).netloc.lower() != host:
+    if not host or origin_host(origin) != host:
         raise RequestError(403, "cross_origin", "only the recording page served by this URL "
                            "may call it from a browser")
+
+
+def origin_host(origin: str) -> str | None:
+    """host[:port] of an Origin header, lower-cased; None for one no URL parser reads (an
+    unclosed IPv6 bracket, a host that NFKC normalisation changes): such an origin names no
+    site, so it is not this one."""
+    try:
+        return urllib.parse.urlsplit(origin).netloc.lower()
+    except ValueError:
+        return None
 
 
 def check_content_type(kind: str) -> None:
@@ -585,10 +605,12 @@ def recording_page() -> dict:
 
 
 def wants_model_card(event: dict) -> bool:
-    """GET ?model_card: a Function URL event has rawQueryString, API Gateway's the parameters."""
-    params = event.get("queryStringParameters")
-    return event.get("rawQueryString") == "model_card" or (isinstance(params, dict)
-                                                           and "model_card" in params)
+    """GET ?model_card, exactly: a Function URL event has rawQueryString, API Gateway's only the
+    parameters. Any other query (`?model_card&x=1`) gets the page, in either shape."""
+    raw = event.get("rawQueryString")
+    if isinstance(raw, str):
+        return raw == "model_card"
+    return event.get("queryStringParameters") == {"model_card": ""}
 
 
 def model_card() -> dict:

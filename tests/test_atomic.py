@@ -89,3 +89,25 @@ def test_an_output_moved_aside_by_a_killed_run_is_put_back(tmp_path):
             raise RuntimeError("this run fails too")
     assert (tmp_path / "combined" / "manifest.csv").read_text() == "previous"
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("pid", ["0", str(2**31), str(2**64), "9" * 200])
+def test_a_leftover_whose_pid_no_process_can_have_is_removed_not_a_crash(tmp_path, pid):
+    """os.kill(2**64, 0) raises OverflowError, not ProcessLookupError: such a name (copied
+    from elsewhere, or made up) once crashed every later run of the stage."""
+    (tmp_path / f".combined.{pid}-x1.tmp").mkdir()
+    (tmp_path / f".features.npz.{pid}-x2.tmp").write_bytes(b"half")
+    with atomic_dir(tmp_path / "combined") as tmp:
+        (tmp / "manifest.csv").write_text("whole")
+    atomic_write_text(tmp_path / "features.npz", "whole")
+    assert leftovers(tmp_path) == []
+
+
+def test_an_output_moved_aside_under_a_huge_pid_is_put_back(tmp_path):
+    aside = tmp_path / f".combined.old-{2**64}"
+    aside.mkdir()
+    (aside / "manifest.csv").write_text("previous")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "combined"):
+            raise RuntimeError("this run fails too")
+    assert (tmp_path / "combined" / "manifest.csv").read_text() == "previous"

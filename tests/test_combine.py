@@ -1,3 +1,4 @@
+import csv
 import dataclasses
 import json
 
@@ -7,6 +8,7 @@ import pytest
 import soundfile as sf
 
 from coughlab.config import QualityConfig, SplitConfig
+from coughlab.escape import read_csv_cells, write_csv
 from coughlab.sample import wav_bytes
 from coughlab.stages.combine import SplitError, TooManyQuarantined, combine, split_subjects
 
@@ -227,3 +229,30 @@ def test_combined_clips_are_float_and_byte_identical_run_after_run(tmp_path):
     one, two = (tmp_path / run / "clips" / "a" / "x.wav" for run in ("one", "two"))
     assert one.read_bytes() == two.read_bytes()
     assert sf.info(one).subtype == "FLOAT"
+
+
+def test_formula_text_is_neutralised_in_the_manifest_and_quarantine(tmp_path):
+    """A subject or channel named like a spreadsheet formula is written with a leading quote
+    (coughlab.escape.csv_cell), in fetch's labels.csv as in combine's outputs, and read back
+    to the same name."""
+    root = tmp_path / "fetched"
+    names = ["=cmd|' /C calc'!A0", "@SUM(1,1)", "-2+3", "+1", "\t=1", "'=quoted"]
+    clips = {}
+    for i, name in enumerate(names):
+        clips[f"a/{i}.wav"] = wav_bytes(tone(16000), 16000)
+        clips[f"a/{i}-empty.wav"] = b""
+    src = fetched(root, clips)
+    labels = pd.read_csv(root / "labels.csv", dtype=str, keep_default_na=False)
+    labels["subject_id"] = [names[i // 2] for i in range(len(labels))]
+    labels["label"] = [("negative", "positive")[(i // 2) % 2] for i in range(len(labels))]
+    labels["channel"] = labels["subject_id"]
+    write_csv(labels, root / "labels.csv")  # as fetch writes it
+    combine(src, tmp_path / "out", 16000, dataclasses.replace(QUALITY, max_quarantine_fraction=0.6),
+            SplitConfig(0.0, 0.0), seed=1)
+    for output in ("manifest.csv", "quarantine.csv"):
+        with open(tmp_path / "out" / output, newline="") as fh:
+            cells = [cell for row in csv.reader(fh) for cell in row]
+        assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))], output
+    manifest = read_csv_cells(tmp_path / "out" / "manifest.csv")
+    assert sorted(manifest["subject_id"]) == sorted(names)
+    assert (manifest["channel"] == manifest["subject_id"]).all()

@@ -1,14 +1,19 @@
 import dataclasses
 import csv
+import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coughlab.config import DataConfig
+from coughlab.escape import read_csv_cells
 from coughlab.sample import wav_bytes
 from coughlab.sources import LabelsError
 from coughlab.stages.fetch import fetch
@@ -232,3 +237,177 @@ def test_fetch_and_combine_run_end_to_end_with_no_hand_step(tmp_path, sources):
     if "virufy" in sources:
         twins = manifest[manifest["subject_id"].str.contains("-n03-|-n05-")]
         assert twins["subject_id"].nunique() == 2 and twins["split"].nunique() == 1
+
+
+# --- labels.csv messages name the physical lines -------------------------------------------
+
+def labels_error(tmp_path, content: bytes, files=("a.wav", "b.wav", "c.wav")) -> str:
+    """The one-line-per-problem message fetch gives for a labels.csv of exactly `content`."""
+    zone = tmp_path / "zone"
+    zone.mkdir()
+    for name in files:
+        (zone / name).write_bytes(wav_bytes(tone(), 16000))
+    (zone / "labels.csv").write_bytes(content)
+    with pytest.raises(LabelsError) as caught:
+        fetch(["local"], dataclasses.replace(DATA, local_dir=str(zone)), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    return str(caught.value)
+
+
+HEADER = b"path,label,subject_id,source,channel\n"
+
+
+def test_duplicate_paths_name_every_line_they_are_on(tmp_path):
+    message = labels_error(tmp_path, HEADER + b"a.wav,positive,p1,mine,app\n"
+                           b"b.wav,positive,p2,mine,app\n./a.wav,negative,p3,mine,app\n"
+                           b"a.wav,negative,p4,mine,app\n")
+    assert "'a.wav' is listed more than once: lines 2, 4 and 5" in message, message
+
+
+def test_line_numbers_count_physical_lines_after_a_quoted_newline(tmp_path):
+    message = labels_error(tmp_path, HEADER + b'a.wav,positive,"p\n1",mine,app\n'
+                           b'b.wav,positive,p2,"my\nown\nsource",app\nc.wav,maybe,p3,mine,app\n')
+    assert message.splitlines()[-1].endswith("labels.csv line 7: label 'maybe' is not one of "
+                                             "['negative', 'positive']"), message
+
+
+def test_a_same_file_message_names_the_line_of_the_first(tmp_path):
+    zone = tmp_path / "zone"
+    zone.mkdir()
+    (zone / "a.wav").write_bytes(wav_bytes(tone(), 16000))
+    os.link(zone / "a.wav", zone / "b.wav")
+    (zone / "labels.csv").write_bytes(HEADER + b"a.wav,positive,p1,mine,app\n"
+                                      b"b.wav,positive,p2,mine,app\n")
+    with pytest.raises(LabelsError, match=r"line 3: 'b.wav' is the same file as 'a.wav' "
+                                          r"\(line 2\)"):
+        fetch(["local"], dataclasses.replace(DATA, local_dir=str(zone)), tmp_path / "out")
+
+
+@pytest.mark.parametrize("content,where,reason", [
+    (HEADER + b"a.wav,positive,p1,mine,app,\nb.wav,positive,p2,mine,app,\n"
+     b"c.wav,negative,p3,mine,app,\n", "line 2", "6 fields, the header has 5 (a trailing comma?)"),
+    (HEADER + b"a.wav,positive,p1,mine,app\nb.wav,positive,p2,mine,app,,\n", "line 3",
+     "7 fields, the header has 5 (trailing commas?)"),
+    (HEADER.replace(b"\n", b",\n") + b"a.wav,positive,p1,mine,app\n", "line 1",
+     "column 6 has no name (a trailing comma?)"),
+    (b"path,label,subject_id,source,label\na.wav,positive,p1,mine,negative\n", "line 1",
+     "column 'label' appears twice (columns 2 and 5)"),
+    (b"path,label,subject_id,source,channel, channel\na.wav,positive,p1,mine,app,x\n", "line 1",
+     "column 'channel' appears twice (columns 5 and 6)"),
+])
+def test_a_malformed_header_or_row_width_is_one_clear_error(tmp_path, content, where, reason):
+    message = labels_error(tmp_path, content)
+    assert len(message.splitlines()) == 1, message
+    assert message.endswith(f"labels.csv {where}: not a readable CSV row ({reason})") or \
+        message.endswith(f"labels.csv {where}: {reason}"), message
+
+
+FIELD = st.text(alphabet=st.sampled_from(list("ab,\"\n\r =+-@\t.wav/")), max_size=8)
+
+
+@settings(max_examples=150, deadline=None, database=None, derandomize=True)
+@given(header=st.lists(st.sampled_from(["path", "label", "subject_id", "source", "channel", "",
+                                        "x"]), min_size=3, max_size=7),
+       rows=st.lists(st.lists(FIELD, min_size=0, max_size=8), max_size=6),
+       trailing=st.booleans())
+def test_any_labels_csv_fails_in_lines_that_name_a_real_line(tmp_path_factory, header, rows,
+                                                            trailing):
+    """Whatever a hand-edited labels.csv holds (quoted newlines, commas, quotes, trailing
+    commas, repeated or nameless columns), fetch copies it or refuses it with one line per
+    problem, each naming the file and a line that exists in it."""
+    tmp_path = tmp_path_factory.mktemp("any")
+    zone = tmp_path / "zone"
+    zone.mkdir()
+    (zone / "a.wav").write_bytes(wav_bytes(tone(), 16000))
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+    text = buffer.getvalue().replace("\n", ",\n") if trailing else buffer.getvalue()
+    (zone / "labels.csv").write_text(text)
+    try:
+        fetch(["local"], dataclasses.replace(DATA, local_dir=str(zone)), tmp_path / "out")
+    except LabelsError as err:
+        message = str(err)
+    else:
+        return
+    problems = message.splitlines()[1:] or [message]
+    for problem in problems:
+        assert str(zone / "labels.csv") in problem or problem.startswith("  ... and"), message
+        for number in re.findall(r"\blines? ([0-9, and]+)", problem):
+            for line in map(int, re.findall(r"[0-9]+", number)):
+                assert line in row_starts(text), (line, message, text)
+
+
+def row_starts(text: str) -> set[int]:
+    """The physical lines on which the CSV's rows (the header's too) start, and the line where
+    reading it fails, if it does."""
+    reader, starts, start = csv.reader(io.StringIO(text), strict=True), set(), 1
+    try:
+        for row in reader:
+            if row:
+                starts.add(start)
+            start = reader.line_num + 1
+    except csv.Error:
+        starts.add(start)
+    return starts
+
+
+# --- spreadsheet formulas in labels.csv never reach an output as formulas ------------------
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_cells(csv_file: Path) -> list[str]:
+    """Cells a spreadsheet would run as formulas, by the csv module's reading."""
+    with open(csv_file, newline="") as fh:
+        return [cell for row in csv.reader(fh) for cell in row if cell.startswith(FORMULA_STARTS)]
+
+
+HOSTILE_TEXT = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(1,1)", "\t=1", "\r=1", "'=quoted",
+                "'", "plain"]
+
+
+def test_formula_text_in_labels_csv_is_neutralised_in_fetched_labels_and_reads_back(tmp_path):
+    rows = [[f"a/{i}.wav", "positive" if i % 2 else "negative", text, text, text, text]
+            for i, text in enumerate(HOSTILE_TEXT)]
+    zone = tmp_path / "zone"
+    for rel, *_ in rows:
+        (zone / rel).parent.mkdir(parents=True, exist_ok=True)
+        (zone / rel).write_bytes(wav_bytes(tone(), 16000))
+    with open(zone / "labels.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "label", "subject_id", "source", "channel", "note"],
+                                  *rows])
+    labels = fetch(["local"], dataclasses.replace(DATA, local_dir=str(zone)), tmp_path / "out")
+    assert formula_cells(tmp_path / "out" / "labels.csv") == []
+    back = read_csv_cells(tmp_path / "out" / "labels.csv")
+    assert list(back["note"]) == HOSTILE_TEXT  # not stripped: only the required columns are
+    for column in ("subject_id", "source", "channel"):
+        assert list(back[column]) == list(labels[column]), column
+
+
+CELL = st.text(alphabet=st.sampled_from(list("=+-@'\"\t\r\n ,;|!a1é")), min_size=1, max_size=10)
+
+
+@settings(max_examples=100, deadline=None, database=None, derandomize=True)
+@given(cells=st.lists(st.tuples(CELL, CELL, CELL, CELL), min_size=1, max_size=4))
+def test_any_text_in_labels_csv_lands_inert_and_reads_back_exactly(tmp_path_factory, cells):
+    """Formula starts, quotes, commas, lone CRs and newlines in any column: fetched/labels.csv
+    holds no cell a spreadsheet runs, and reads back to exactly the rows fetch validated."""
+    tmp_path = tmp_path_factory.mktemp("cells")
+    zone = tmp_path / "zone"
+    zone.mkdir()
+    rows = [[f"{i}.wav", "positive", subject, source, channel, note]
+            for i, (subject, source, channel, note) in enumerate(cells)]
+    for row in rows:
+        (zone / row[0]).write_bytes(wav_bytes(tone(), 16000))
+    with open(zone / "labels.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "label", "subject_id", "source", "channel", "note"],
+                                  *rows])
+    try:
+        labels = fetch(["local"], dataclasses.replace(DATA, local_dir=str(zone)), tmp_path / "out")
+    except LabelsError as err:
+        assert "empty value" in str(err)  # a required value that is only whitespace
+        return
+    assert formula_cells(tmp_path / "out" / "labels.csv") == []
+    back = read_csv_cells(tmp_path / "out" / "labels.csv")
+    for column in labels.columns:
+        assert list(back[column]) == list(labels[column]), column

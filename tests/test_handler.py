@@ -19,6 +19,8 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from coughlab.audio import load_audio, quality_problem, resample, to_mono
 from coughlab.config import QualityConfig
@@ -450,6 +452,21 @@ def test_get_model_card_as_plain_text_in_both_event_shapes(handler, exported_mod
     assert missing["statusCode"] == 404 and json.loads(missing["body"])["error"] == "no_model_card"
 
 
+@pytest.mark.parametrize("event", [
+    {"rawQueryString": "model_card&x=1", "queryStringParameters": {"model_card": "", "x": "1"}},
+    {"rawQueryString": "x=1&model_card", "queryStringParameters": {"model_card": "", "x": "1"}},
+    {"rawQueryString": "model_card=1", "queryStringParameters": {"model_card": "1"}},
+    {"rawQueryString": "", "queryStringParameters": {"model_card": ""}},
+    {"queryStringParameters": {"model_card": "", "x": "1"}},
+    {"queryStringParameters": {"model_card": "yes"}},
+])
+def test_only_the_exact_model_card_query_gets_the_card(handler, event):
+    """Both event shapes agree: `?model_card` is the card, any other query the page (a
+    Function URL gave the card for `?model_card&x=1`, the local stand-in the page)."""
+    response = handler.handler({"requestContext": {"http": {"method": "GET"}}, **event})
+    assert response["headers"]["Content-Type"] == "text/html; charset=utf-8"
+
+
 def test_model_loads_once_per_container(handler, monkeypatch):
     import onnxruntime
 
@@ -738,6 +755,37 @@ def test_allowed_origins_admit_a_front_end_by_name(exported_model, monkeypatch):
     fronted = import_handler(exported_model["lambda_dir"], monkeypatch)
     assert fronted.handler(url_post(wav(), origin="https://coughs.example.org"))["statusCode"] == 200
     assert fronted.handler(url_post(wav(), origin="https://evil.example"))["statusCode"] == 403
+
+
+@pytest.mark.parametrize("origin", [
+    "https://[::1", "https://evil]", "https://[", "http://]:80", "https://[::1]x",
+    "https://évil.example", "https://ex\u2100ample", "https://a\uff03b", "https://\x00",
+    "https://[fe80::1%25eth0", "//", "https://example:port", "\u212a://x"])
+def test_a_malformed_origin_is_403_not_a_500(handler, origin):
+    """urlsplit raises ValueError on an unclosed IPv6 bracket and on a host that NFKC
+    normalisation changes: none of it names this URL, so it is a page elsewhere."""
+    response = handler.handler(url_post(wav(), origin=origin))
+    assert (response["statusCode"], body(response)["error"]) == (403, "cross_origin")
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(origin=st.one_of(
+    st.text(max_size=40),
+    st.builds("{}://{}{}".format, st.sampled_from(["https", "http", "", "HTTPS", "null"]),
+              st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("[]:@%/?#"),
+                      max_size=30),
+              st.sampled_from(["", ":443", ":", "]", "[", "/path"]))))
+def test_any_origin_is_403_or_passes_on_never_a_500(handler, origin):
+    """What is not the URL's own origin is a 403 in JSON; the URL's own reaches the content
+    checks (here 415: the body is no audio)."""
+    event = url_post(b"not audio", origin=origin)
+    response = handler.handler(event)
+    assert response["statusCode"] in (403, 415), (origin, response["body"])
+    if response["statusCode"] == 403:
+        assert body(response)["error"] == "cross_origin"
+    else:  # only no origin at all, or one naming this URL's host, gets past
+        assert origin == "" or event["requestContext"]["domainName"] in origin.lower(), origin
 
 
 # --- the body limit a Function URL allows ------------------------------------------------------

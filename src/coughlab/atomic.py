@@ -26,9 +26,14 @@ def _prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}-"
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: str) -> bool:
+    """Whether the process a temporary name carries (as digits) may still be running. A number
+    no process can have (0, or more than a pid_t holds: os.kill would raise OverflowError) is a
+    writer long gone."""
+    if len(pid) > 10 or not 0 < int(pid) < 2**31:
+        return False
     try:
-        os.kill(pid, 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process: alive
@@ -46,7 +51,7 @@ def remove_leftovers(path: Path) -> list[Path]:
     removed = []
     for sibling in path.parent.glob(f".{path.name}.*"):
         match = pattern.fullmatch(sibling.name)
-        if match is None or _alive(int(match[1] or match[2])):
+        if match is None or _alive(match[1] or match[2]):
             continue
         if match[2] and not path.exists():
             sibling.rename(path)

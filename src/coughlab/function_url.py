@@ -41,9 +41,25 @@ def function_url_event(method: str, target: str = "/", headers: dict[str, str] |
         "isBase64Encoded": False,
     }
     if url.query:
-        event["queryStringParameters"] = dict(parse_qsl(url.query))
+        event["queryStringParameters"] = query_parameters(url.query)
     if body:
-        is_text = headers.get("content-type", "").startswith(TEXT_TYPES)
-        event["body"] = body.decode() if is_text else base64.b64encode(body).decode()
-        event["isBase64Encoded"] = not is_text
+        text = utf8_text(body) if headers.get("content-type", "").startswith(TEXT_TYPES) else None
+        event["body"] = text if text is not None else base64.b64encode(body).decode()
+        event["isBase64Encoded"] = text is None
     return event
+
+
+def query_parameters(query: str) -> dict[str, str]:
+    """A Function URL's queryStringParameters: blank values kept, repeated names comma-joined."""
+    parameters: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        parameters[name] = f"{parameters[name]},{value}" if name in parameters else value
+    return parameters
+
+
+def utf8_text(body: bytes) -> str | None:
+    """The body as text, or None where it is not UTF-8 (then it travels base64, like any)."""
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None

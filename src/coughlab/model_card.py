@@ -5,13 +5,15 @@ What a person needs before trusting a score: what the model is for and not for, 
 known not to do, and where it came from. Everything comes from model.json and evaluate's
 report, never from this machine (no dates, paths or measured timings), so the card is a
 function of the stage's inputs like every other DVC output; the Lambda serves it at
-GET ?model_card and the recording page links to it.
+GET ?model_card and the recording page links to it. Source and channel names come from data
+files: each is a code span that renders as itself (coughlab.escape), never Markdown.
 """
 from __future__ import annotations
 
 import json
 import sys
 
+from coughlab.escape import markdown_code
 from coughlab.sources import SOURCES
 
 MODEL_CARD = "model_card.md"
@@ -22,7 +24,7 @@ def source_rows(names: list[str]) -> list[str]:
     rows = []
     for name in names:
         module = sys.modules[SOURCES[name].__module__]
-        rows.append(f"| `{name}` | {module.WHAT} | {module.LICENCE} |")
+        rows.append(f"| {markdown_code(name)} | {module.WHAT} | {module.LICENCE} |")
     return rows
 
 
@@ -48,9 +50,9 @@ def metric_rows(evaluation: dict) -> list[str]:
             ("PR-AUC", figure(test, "pr_auc")),
             (f"sensitivity at threshold {evaluation['threshold']:.3f}", figure(test, "sensitivity")),
             (f"specificity at threshold {evaluation['threshold']:.3f}", figure(test, "specificity"))]
-    rows += [(f"ROC-AUC, source `{name}`", figure(m, "roc_auc"))
+    rows += [(f"ROC-AUC, source {markdown_code(name)}", figure(m, "roc_auc"))
              for name, m in evaluation.get("test_by_source", {}).items()]
-    rows += [(f"ROC-AUC, channel `{name}`", figure(m, "roc_auc"))
+    rows += [(f"ROC-AUC, channel {markdown_code(name)}", figure(m, "roc_auc"))
              for name, m in evaluation.get("test_by_channel", {}).items()]
     return [f"| {name} | {value} | {bounds} |" for name, (value, bounds) in rows]
 
@@ -116,7 +118,7 @@ def model_card(meta: dict, evaluation: dict) -> str:
         "",
         f"- model version (sha256 of model.onnx, first 12 hex digits): `{meta['version']}`",
         f"- data: `{derived['data_md5']}` (data.dvc's md5), sources "
-        f"{', '.join(f'`{s}`' for s in derived['data_sources'])}",
+        f"{', '.join(markdown_code(s, in_table=False) for s in derived['data_sources'])}",
         f"- features: `{derived['features_md5']}`; trained model: `{derived['model_md5']}` "
         "(dvc.lock's hashes)",
         f"- parity: the Lambda handler matched the pipeline within {meta['parity']['tolerance']:g} "

@@ -10,7 +10,8 @@ prints them. Each plot that changed is rendered to a PNG next to the report (pr-
 the Vega-Lite spec `dvc plots diff <base> --json` fills with both revisions' data, by
 vl-convert, no browser or Node needed) and shown in the report as an image; CML uploads those
 with the comment. The model card of the exported model (build/lambda/model_card.md), when
-there is one, closes the report.
+there is one, closes the report. Channel names come from data files and are escaped to render
+as text (coughlab.escape).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coughlab.atomic import atomic_dir, atomic_write_text
+from coughlab.escape import markdown_text
 from coughlab.model_card import figure
 
 OUT = Path("build/pr-report.md")
@@ -158,7 +160,7 @@ def confound_section(metrics: dict) -> str:
     lines = ["| Test figure | Value | 95% CI (subjects resampled) |", "|---|---|---|",
              figure_row("**within-channel ROC-AUC (headline)**", head, "within_channel_roc_auc"),
              figure_row("overall ROC-AUC", metrics["test"], "roc_auc")]
-    lines += [figure_row(f"ROC-AUC, channel {c}", m, "roc_auc")
+    lines += [figure_row(f"ROC-AUC, channel {markdown_text(c)}", m, "roc_auc")
               for c, m in metrics.get("test_by_channel", {}).items()]
     lines += [figure_row("metadata-only baseline, within-channel ROC-AUC", base,
                          "within_channel_roc_auc"),
@@ -167,8 +169,8 @@ def confound_section(metrics: dict) -> str:
     lines += [figure_row(f"channel leakage within {label} (0.5 = none)", leakage[label], "roc_auc")
               for label in leakage if isinstance(leakage[label], dict)]
     skipped = head.get("skipped_channels") or {}
-    notes = ["Channels left out of the headline: "
-             + "; ".join(f"{c} ({why})" for c, why in skipped.items())] if skipped else []
+    left_out = "; ".join(f"{markdown_text(c)} ({markdown_text(why)})" for c, why in skipped.items())
+    notes = [f"Channels left out of the headline: {left_out}"] if skipped else []
     notes.append(f"Threshold {metrics['threshold']:.3f}: "
                  + metrics.get("operating_point", {}).get("definition", "chosen on valid."))
     verdict = (f"> **{margin['warning']}**" if margin.get("warning") else

@@ -10,12 +10,15 @@ DVC hashes of the features and the model, and how to get that exact model back:
     git checkout <commit> && dvc pull build/lambda   # the exported files, from the DVC remote
     git checkout <commit> && dvc repro               # or rebuild them from the data
 
-Exit status 1 and a message when the version is unknown here.
+Exit status 1 and a message when the version is unknown here. A commit whose record is not
+one (not JSON, NaN in it, a field of the wrong type) is skipped with one line on stderr;
+`--json` prints strict JSON, and the text report escapes control characters.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import subprocess
 import sys
@@ -25,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from coughlab.digest import VERSION_CHARS
+from coughlab.escape import printable
 from coughlab.provenance import RECORD
 
 VERSION_PATTERN = re.compile(rf"[0-9a-f]{{{VERSION_CHARS}}}")
@@ -56,10 +60,50 @@ def candidate_commits(repo: Path, version: str) -> list[str]:
     return out.split()
 
 
-def record_at(repo: Path, commit: str) -> dict | None:
+def record_at(repo: Path, commit: str) -> bytes | None:
+    """reports/model.json as `commit` holds it, or None where it holds none."""
     result = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:{RECORD.as_posix()}"],
-                            capture_output=True, text=True)
-    return json.loads(result.stdout) if result.returncode == 0 else None
+                            capture_output=True)
+    return result.stdout if result.returncode == 0 else None
+
+
+def strict_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text}: not a finite number")
+    return value
+
+
+def refuse_constant(name: str):
+    raise ValueError(f"{name}: not strict JSON")
+
+
+def parse_record(raw: bytes) -> dict:
+    """A record as strict JSON (no NaN or Infinity, which --json would print) with the fields
+    `report` reads, of the types it reads; ValueError saying what is wrong otherwise."""
+    try:
+        record = json.loads(raw.decode("utf-8"), parse_constant=refuse_constant,
+                            parse_float=strict_float)
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not JSON ({err.msg} at line {err.lineno})") from None
+    except RecursionError:
+        raise ValueError("nested deeper than any record") from None
+    if not isinstance(record, dict) or not isinstance(record.get("version"), str):
+        raise ValueError("not an object with a string `version`")
+    prov = record.get("provenance")
+    if not isinstance(prov, dict):
+        raise ValueError("no `provenance` object")
+    for key in ("data_md5", "features_md5", "model_md5"):
+        if not isinstance(prov.get(key), str):
+            raise ValueError(f"no string `provenance.{key}`")
+    sources = prov.get("data_sources")
+    if not (isinstance(sources, list) and all(isinstance(s, str) for s in sources)):
+        raise ValueError("no list of strings `provenance.data_sources`")
+    if not isinstance(prov.get("params"), dict):
+        raise ValueError("no `provenance.params` object")
+    return record
 
 
 def not_found_hint(repo: Path) -> str:
@@ -69,26 +113,42 @@ def not_found_hint(repo: Path) -> str:
     return "run `git fetch --all --tags` if it may be on a branch this clone has not fetched"
 
 
-def trace(repo: Path, version: str) -> Trace:
-    """The first commit whose reports/model.json records `version`, with that record."""
+def trace(repo: Path, version: str, warn=lambda line: print(line, file=sys.stderr)) -> Trace:
+    """The first commit whose reports/model.json records `version`, with that record.
+
+    A record that is not one (not JSON, NaN in it, a field of the wrong type) is skipped with
+    one line to `warn`, and the search goes on: it never hides a later valid record.
+    """
     if not VERSION_PATTERN.fullmatch(version):
         raise TraceError(f"{version!r} is not a model version: expected {VERSION_CHARS} lowercase "
                          "hex digits, as in a Lambda response's model_version")
     git(repo, "rev-parse", "--git-dir")
+    skipped = 0
     for commit in candidate_commits(repo, version):
-        found = record_at(repo, commit)
-        if found and found.get("version") == version:
+        raw = record_at(repo, commit)
+        if raw is None:
+            continue
+        try:
+            found = parse_record(raw)
+        except ValueError as err:
+            skipped += 1
+            warn(printable(f"trace: skipped {commit[:12]}: {RECORD}: {err}"))
+            continue
+        if found["version"] == version:
             shown = git(repo, "show", "-s", "--format=%cI%x00%s", commit).rstrip("\n")
             date, subject = shown.split("\0", 1)
             return Trace(commit, date, subject, found)
+    also = f"; {skipped} malformed record{'s' * (skipped != 1)} skipped" if skipped else ""
     raise TraceError(f"unknown model version {version}: no commit in this clone records it in "
-                     f"{RECORD} ({not_found_hint(repo)})")
+                     f"{RECORD} ({not_found_hint(repo)}{also})")
 
 
 def report(found: Trace) -> str:
+    """The text report, every line printable: a commit subject or a record's strings may
+    carry escape sequences, which reach the console escaped."""
     prov = found.record["provenance"]
     params = yaml.safe_dump(prov["params"], sort_keys=False, default_flow_style=False).rstrip()
-    return "\n".join([
+    return "\n".join(printable(line) for line in [
         f"model version  {found.record['version']}",
         f"commit         {found.commit}  {found.date}  {found.subject}",
         f"data           data/ md5 {prov['data_md5']} (data.dvc), sources: "
@@ -120,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"trace: {err}")
     if args.json:
         print(json.dumps({"commit": found.commit, "date": found.date, "subject": found.subject,
-                          **found.record}, indent=2))
+                          **found.record}, indent=2, allow_nan=False))
     else:
         print(report(found))
 

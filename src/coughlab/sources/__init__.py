@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Callable, Sequence
 
 import pandas as pd
 
@@ -77,6 +77,11 @@ def quoted(path: str, limit: int = 80) -> str:
     return f"{path[:limit]!r}... ({len(path)} characters)"
 
 
+def listed(numbers: list[int]) -> str:
+    """[2, 4, 5] -> "2, 4 and 5"."""
+    return ", ".join(map(str, numbers[:-1])) + f" and {numbers[-1]}"
+
+
 def path_problem(root: Path, rel: str) -> tuple[str | None, tuple[int, int] | None]:
     """(why `rel` is not a file inside `root`, None) or (None, the file's device and inode).
 
@@ -102,15 +107,17 @@ def path_problem(root: Path, rel: str) -> tuple[str | None, tuple[int, int] | No
     return None, (st.st_dev, st.st_ino)
 
 
-def validate_labels(df: pd.DataFrame, root: Path, what: str = "labels.csv") -> pd.DataFrame:
+def validate_labels(df: pd.DataFrame, root: Path, what: str = "labels.csv",
+                    lines: Sequence[int] | None = None) -> pd.DataFrame:
     """Check schema, label values, and that each path is a file inside `root`.
 
     Paths are normalised first, so one file cannot be listed twice under two spellings, nor
     twice through a link of any kind: duplicates are found by device and inode, so symbolic
     and hard links to one file are one file. Paths that are absolute or climb out of `root`
     (`../`) are rejected, not resolved: a labels file must never make the pipeline read
-    outside its own data. Every problem is one line naming the file, line and reason. No rows
-    at all is an error too.
+    outside its own data. Every problem is one line naming the file, line and reason: `lines`
+    are the physical lines the rows start on (a quoted field may hold newlines), by default
+    one a row after the header. No rows at all is an error too.
     """
     require_columns(df, REQUIRED_COLUMNS, what)
     if df.empty:
@@ -121,8 +128,9 @@ def validate_labels(df: pd.DataFrame, root: Path, what: str = "labels.csv") -> p
     df["path"] = df["path"].map(normalise_path, na_action="ignore")
     problems = []
     root = root.resolve()
-    seen = {}  # (device, inode) -> the first path listing that file
-    for line, row in zip(range(2, len(df) + 2), df.itertuples(index=False)):
+    lines = list(range(2, len(df) + 2)) if lines is None else list(lines)
+    seen = {}  # (device, inode) -> the first path listing that file, and its line
+    for line, row in zip(lines, df.itertuples(index=False)):
         where = f"{what} line {line}"
         if any(pd.isna(getattr(row, c)) or getattr(row, c) == "" for c in REQUIRED_COLUMNS):
             problems.append(f"{where}: empty value in {REQUIRED_COLUMNS}")
@@ -132,13 +140,15 @@ def validate_labels(df: pd.DataFrame, root: Path, what: str = "labels.csv") -> p
         problem, file_id = path_problem(root, row.path)
         if problem is not None:
             problems.append(f"{where}: {problem}")
-        elif file_id in seen and seen[file_id] != row.path:
+        elif file_id in seen and seen[file_id][0] != row.path:
+            first, first_line = seen[file_id]
             problems.append(f"{where}: {quoted(row.path)} is the same file as "
-                            f"{quoted(seen[file_id])}")
+                            f"{quoted(first)} (line {first_line})")
         else:
-            seen.setdefault(file_id, row.path)
-    dupes = df["path"][df["path"].duplicated()].unique()
-    problems += [f"{what}: path {quoted(p)} is listed more than once" for p in dupes[:10]]
+            seen.setdefault(file_id, (row.path, line))
+    on_lines = pd.Series(lines, index=df.index).groupby(df["path"], sort=False).agg(list)
+    problems += [f"{what}: path {quoted(p)} is listed more than once: lines {listed(found)}"
+                 for p, found in on_lines.items() if len(found) > 1][:10]
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""

@@ -22,7 +22,8 @@ def fetch_local(dest: Path, cfg: DataConfig) -> pd.DataFrame:
     if not labels_csv.is_file():
         raise LabelsError(f"{labels_csv} not found: run `python -m coughlab.sample {root}` for the "
                           "embedded sample, or `dvc pull data.dvc`")
-    df = validate_labels(read_labels(labels_csv), root, str(labels_csv))
+    labels, lines = read_labels(labels_csv)
+    df = validate_labels(labels, root, str(labels_csv), lines)
     for rel in df["path"]:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -30,8 +31,10 @@ def fetch_local(dest: Path, cfg: DataConfig) -> pd.DataFrame:
     return df
 
 
-def read_labels(labels_csv: Path) -> pd.DataFrame:
-    """labels.csv as strings; a file that is not UTF-8 text CSV fails naming the line and why."""
+def read_labels(labels_csv: Path) -> tuple[pd.DataFrame, list[int]]:
+    """labels.csv as strings, with the physical line each row starts on (a quoted field may
+    hold newlines); a file that is not UTF-8 text CSV with one name per column, and as many
+    fields on every row, fails naming the line and why."""
     raw = labels_csv.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -40,26 +43,64 @@ def read_labels(labels_csv: Path) -> pd.DataFrame:
         raise LabelsError(f"{labels_csv} line {line}: not UTF-8 text (byte "
                           f"0x{raw[err.start]:02x} at offset {err.start}); save it as UTF-8") from None
     try:
-        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
+        header, rows, lines = csv_rows(text)
+    except CsvProblem as problem:
+        raise LabelsError(f"{labels_csv} line {problem.line}: {problem}") from None
+    if header is None:
         raise LabelsError(f"{labels_csv} is empty: it needs a header "
-                          "(path,label,subject_id,source,channel) and one row per clip") from None
-    except pd.errors.ParserError as err:
-        line, reason = csv_problem(text) or ("?", " ".join(str(err).split()))
-        raise LabelsError(f"{labels_csv} line {line}: not a readable CSV row ({reason})") from None
+                          "(path,label,subject_id,source,channel) and one row per clip")
+    return pd.DataFrame(rows, columns=header), lines
 
 
-def csv_problem(text: str) -> tuple[int, str] | None:
-    """(line where the first bad row starts, why) by the csv module's stricter reading."""
+class CsvProblem(ValueError):
+    """Why a CSV file cannot be read as one table, and the line where that shows."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line = line
+
+
+def csv_rows(text: str) -> tuple[list[str] | None, list[list[str]], list[int]]:
+    """(header, rows, the line each row starts on) by the csv module's strict reading; blank
+    lines are skipped. The first problem is a CsvProblem: one clear error, where a trailing
+    comma on every row would otherwise shift every column."""
     reader = csv.reader(io.StringIO(text), strict=True)
-    start, width = 1, None
+    header, rows, lines, start = None, [], [], 1
     try:
         for row in reader:
-            if width is None:
-                width = len(row)
-            elif len(row) != width:
-                return start, f"{len(row)} fields, the header has {width}"
+            if row:
+                if header is None:
+                    header = checked_header(row)
+                elif len(row) != len(header):
+                    raise CsvProblem(start, f"not a readable CSV row ({width(row, header)})")
+                else:
+                    rows.append(row)
+                    lines.append(start)
             start = reader.line_num + 1
     except csv.Error as err:
-        return start, str(err)
-    return None
+        raise CsvProblem(start, f"not a readable CSV row ({err})") from None
+    return header, rows, lines
+
+
+def checked_header(names: list[str]) -> list[str]:
+    """The header, refused when a column has no name or a name twice (which column would
+    `label` be?)."""
+    first: dict[str, int] = {}
+    for number, name in enumerate(names, start=1):
+        if not name.strip():
+            hint = " (a trailing comma?)" if number == len(names) else ""
+            raise CsvProblem(1, f"column {number} has no name{hint}")
+        if name.strip() in first:
+            raise CsvProblem(1, f"column {name.strip()!r} appears twice (columns "
+                             f"{first[name.strip()]} and {number})")
+        first[name.strip()] = number
+    return names
+
+
+def width(row: list[str], header: list[str]) -> str:
+    """A row's field count against the header's, with the likely cause when it is commas."""
+    extra = len(row) - len(header)
+    said = f"{len(row)} fields, the header has {len(header)}"
+    if extra > 0 and not any(field.strip() for field in row[len(header):]):
+        said += " (a trailing comma?)" if extra == 1 else " (trailing commas?)"
+    return said

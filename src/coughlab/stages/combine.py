@@ -9,6 +9,9 @@ Outputs (build/combined/):
 - summary.json      counts per split x label x source, quarantine counts per reason, and the
                     near-duplicate groups (re-sent recordings) that were made one subject
 
+Text starting like a spreadsheet formula (= + - @ tab CR) is written with a leading quote
+(coughlab.escape.csv_cell), so no spreadsheet opening these runs it.
+
 Quarantine is never fatal on its own; combine fails only if the quarantined fraction exceeds
 data.quality.max_quarantine_fraction, which signals a broken source rather than bad clips.
 Splits are subject-disjoint (no person in two splits; possible duplicates of one person, by
@@ -29,6 +32,7 @@ from coughlab.atomic import atomic_dir
 from coughlab.audio import (AudioDecodeError, load_audio, quality_problem, resample, to_mono,
                             write_float_wav)
 from coughlab.config import QualityConfig, SplitConfig
+from coughlab.escape import read_csv_cells, write_csv
 from coughlab.progress import progress_bar
 from coughlab.stages.cli import path_option, stage_parser
 
@@ -214,7 +218,7 @@ def duplicate_report(manifest: pd.DataFrame, pairs: list[duplicates.Pair]) -> di
 
 def combine(src_dir: Path, out: Path, sample_rate: int, quality: QualityConfig,
             split: SplitConfig, seed: int) -> dict:
-    labels = pd.read_csv(src_dir / "labels.csv", dtype=str, keep_default_na=False)
+    labels = read_csv_cells(src_dir / "labels.csv")
     with atomic_dir(out) as tmp:
         kept, quarantined, prints = [], [], []
         for row in progress_bar(labels.to_dict("records"), desc="combine", unit="clip"):
@@ -238,9 +242,9 @@ def combine(src_dir: Path, out: Path, sample_rate: int, quality: QualityConfig,
         pairs = near_duplicate_pairs(tmp / "clips", manifest, prints, sample_rate)
         linked = [(manifest["subject_id"].iloc[p.i], manifest["subject_id"].iloc[p.j]) for p in pairs]
         manifest["split"] = split_subjects(manifest, split, seed, linked)
-        manifest.to_csv(tmp / "manifest.csv", index=False)
+        write_csv(manifest, tmp / "manifest.csv")
         quarantine = pd.DataFrame(quarantined, columns=["path", "label", "source", "reason", "detail"])
-        quarantine.to_csv(tmp / "quarantine.csv", index=False)
+        write_csv(quarantine, tmp / "quarantine.csv")
         summary = {**summarize(manifest, quarantine, sample_rate),
                    "near_duplicates": duplicate_report(manifest, pairs)}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,8 +1,10 @@
 """Stage fetch: gather every configured source into build/fetched/ with one validated labels.csv.
 
 Each source writes under build/fetched/<source>/; paths in labels.csv are relative to
-build/fetched/. The whole folder is replaced atomically, so a failed download or a bad
-labels file leaves the previous output (or none), never a half-written one.
+build/fetched/, and text that starts like a spreadsheet formula is written with a leading
+quote (coughlab.escape), which combine reads back off. The whole folder is replaced
+atomically, so a failed download or a bad labels file leaves the previous output (or none),
+never a half-written one.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from coughlab.atomic import atomic_dir
+from coughlab.escape import write_csv
 from coughlab.sources import get_source, validate_labels
 from coughlab.stages.cli import path_option, stage_parser
 
@@ -25,7 +28,7 @@ def fetch(sources: list[str], data_cfg, out: Path) -> pd.DataFrame:
             frames.append(df)
             print(f"fetch: {name}: {len(df)} clips")
         labels = validate_labels(pd.concat(frames, ignore_index=True), tmp, f"{out}/labels.csv")
-        labels.to_csv(tmp / "labels.csv", index=False)
+        write_csv(labels, tmp / "labels.csv")
     return labels
 
 
