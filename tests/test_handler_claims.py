@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from hostile_audio import (every_claim, flac_total_claim, mp3_frames_claim, mp4_duration_claim,
                            opus_dtx, vorbis, wav_size_claim, webm_duration_claim)
-from test_handler import body, handler, post  # noqa: F401 - handler is a fixture
+from test_handler import body, import_handler, post
 
 # An encoder's priming and padding decode as frames too (AAC's 1024 samples, an mp3 frame's
 # padding): what a 1 s recording may report beyond its second. An inflated claim is >= 1.5 s.
@@ -22,6 +22,11 @@ READ_SIZES = (65536, 4096, 1000)
 # What may refuse a hostile file instead: a claim over the length limit (from the header, before
 # decoding), packets no decoder takes, or all-DTX packets that decode to silence.
 REFUSALS = ("audio_too_long", "unsupported_audio", "silent")
+
+
+@pytest.fixture
+def handler(exported_model, monkeypatch):
+    return import_handler(exported_model["lambda_dir"], monkeypatch)
 
 
 def check_scored_from_decoded_frames(handler, claim, posts: int = 4) -> dict:
@@ -48,14 +53,16 @@ def check_read_size_does_not_matter(handler, claim) -> None:
     """libsndfile's Opus reader sized each page's output by its granule position: past an
     inflated one it handed on samples that changed with the read size (and, per the issue,
     from call to call). Within float rounding (mpg123 converts per read) they must not."""
-    waves = []
-    for frames in READ_SIZES:
-        handler.DECODE_BLOCK_FRAMES = frames
-        try:
-            waves.append(handler.decode(claim.audio)[0])
-        except handler.RequestError as err:
-            waves.append(err.code)
-    handler.DECODE_BLOCK_FRAMES = READ_SIZES[0]
+    waves, deployed = [], handler.DECODE_BLOCK_FRAMES
+    try:
+        for frames in READ_SIZES:
+            handler.DECODE_BLOCK_FRAMES = frames
+            try:
+                waves.append(handler.decode(claim.audio)[0])
+            except handler.RequestError as err:
+                waves.append(err.code)
+    finally:
+        handler.DECODE_BLOCK_FRAMES = deployed
     for wave in waves[1:]:
         if isinstance(wave, str) or isinstance(waves[0], str):
             assert wave == waves[0], (claim.name, waves)

@@ -89,7 +89,7 @@ def curl_like(url: str, body: bytes, content_type: str, **extra: str) -> bytes:
     parts = urlsplit(url)
     headers = {"Host": parts.netloc, "User-Agent": "curl/7.88.1", "Accept": "*/*",
                "Content-Length": str(len(body)), "Content-Type": content_type, **extra}
-    return (f"POST / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return ("POST / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
             + "\r\n").encode() + body
 
 
@@ -158,7 +158,8 @@ def test_serves_log_lines_escape_control_characters(exported_model):
     try:
         found = re.search(r"serving (http://\S+/)", process.stdout.readline())
         assert found, process.stderr.read()
-        status, _, _ = raw_exchange(found.group(1), b"GET /\x1b[2J\x1b]0;pwned\x07 HTTP/1.1\r\n\r\n")
+        status, _, _ = raw_exchange(found.group(1),
+                                    b"GET /\x1b[2J\x1b]0;pwned\x07 HTTP/1.1\r\n\r\n")
     finally:
         process.terminate()
         out, _ = process.communicate(timeout=60)
