@@ -27,6 +27,7 @@ import pandas as pd
 from coughlab import duplicates
 from coughlab.atomic import atomic_write_text
 from coughlab.audio import load_audio, resample, to_mono
+
 from machine import machine_info, repo_relative
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,11 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     prints = [duplicates.fingerprint(w) for w in waves]
     fingerprint_s = time.perf_counter() - start
-    start = time.perf_counter()
     candidates = duplicates.candidate_pairs(prints)
-    join_s = time.perf_counter() - start
     start = time.perf_counter()
-    scores = {pair: duplicates.max_norm_xcorr(waves[pair[0]], waves[pair[1]]) for pair in candidates}
+    scores = {pair: duplicates.max_norm_xcorr(waves[pair[0]], waves[pair[1]])
+              for pair in candidates}
     xcorr_s = time.perf_counter() - start
 
     index = {p: k for k, p in enumerate(labels["path"])}
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                   known_list["path_b"])}
     found = {pair for pair, score in scores.items() if score >= duplicates.XCORR_THRESHOLD}
     rows = labels.to_dict("records")
-    extra = [{"path_a": rows[i]["path"], "path_b": rows[j]["path"], "xcorr": round(scores[(i, j)], 4),
+    extra = [{"path_a": rows[i]["path"], "path_b": rows[j]["path"],
+              "xcorr": round(scores[(i, j)], 4),
               "matches": candidates[(i, j)], "labels": [rows[i]["label"], rows[j]["label"]],
               "channels": [rows[i]["channel"], rows[j]["channel"]]}
              for i, j in sorted(found - known)]

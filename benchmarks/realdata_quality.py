@@ -47,16 +47,24 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from coughlab import LABELS
-from coughlab.audio import AudioDecodeError, load_audio, quality_problem, resample, to_mono
 from coughlab.atomic import atomic_write_text
+from coughlab.audio import AudioDecodeError, load_audio, quality_problem, resample, to_mono
 from coughlab.baselines import youden_threshold
-from coughlab.duplicates import clip_groups, find_near_duplicates, to_rate
 from coughlab.config import compose, params_from
-from coughlab.metrics import (channel_auc, choose_threshold, metadata_baseline_scores, roc_auc,
-                              with_ci, within_channel_auc, within_channel_margin)
+from coughlab.duplicates import clip_groups, find_near_duplicates, to_rate
+from coughlab.metrics import (
+    channel_auc,
+    choose_threshold,
+    metadata_baseline_scores,
+    roc_auc,
+    with_ci,
+    within_channel_auc,
+    within_channel_margin,
+)
 from coughlab.nets import load_model, predict_proba
-from coughlab.training import train_model
 from coughlab.stages.featurize import featurize_waves
+from coughlab.training import train_model
+
 from machine import machine_info, repo_relative
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +122,8 @@ def load_clips(data_dir: Path, quality) -> pd.DataFrame:
 
 def duplicate_groups(clips: pd.DataFrame) -> pd.Series:
     """Each clip's subject group: its subject, or the first subject of its re-sent copies."""
-    waves = [to_rate(resample(w, sr, 16000), 16000) for w, sr in zip(clips["wave"], clips["orig_sr"])]
+    waves = [to_rate(resample(w, sr, 16000), 16000)
+             for w, sr in zip(clips["wave"], clips["orig_sr"])]
     pairs = find_near_duplicates(len(waves), waves.__getitem__)
     group = clip_groups(len(waves), pairs)
     print(f"{len(pairs)} near-duplicate pairs grouped", file=sys.stderr)
@@ -272,8 +281,9 @@ def summarize(runs: list[dict]) -> dict:
                                     "sd": statistics.stdev(values) if len(values) > 1 else None}
         # ... and one per seed, from the valid clips of all its folds pooled.
         values = [r["pooled_threshold"][rule] for r in runs]
-        out[f"pooled_threshold_{rule}"] = {"mean": statistics.mean(values),
-                                           "sd": statistics.stdev(values) if len(values) > 1 else None}
+        out[f"pooled_threshold_{rule}"] = {
+            "mean": statistics.mean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else None}
     return out
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from coughlab.atomic import atomic_write_text
+
 from machine import load_average, machine_info
 
 REPO = Path(__file__).resolve().parents[1]

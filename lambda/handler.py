@@ -330,7 +330,8 @@ def decode(audio: bytes) -> tuple[np.ndarray, int]:
 
 
 def quality_problem(wave: np.ndarray, sample_rate: int, quality: dict | None) -> str | None:
-    """coughlab.audio.quality_problem, with model.json's `quality` values (the ones combine used)."""
+    """coughlab.audio.quality_problem, with model.json's `quality` values (the ones combine
+    used)."""
     if wave.size == 0:
         return "empty"
     if not np.isfinite(wave).all():
@@ -392,7 +393,8 @@ def predict(audio: bytes) -> dict:
     wave, sr = decode(audio)
     problem = quality_problem(wave, sr, meta.get("quality"))
     if problem is not None:
-        raise RequestError(422, problem, QUALITY_MESSAGES[problem].format(**meta.get("quality") or {}))
+        raise RequestError(422, problem,
+                           QUALITY_MESSAGES[problem].format(**meta.get("quality") or {}))
     x = graph_input(wave, sr, meta["sample_rate"], meta.get("input_seconds"))
     p = float(session.run([meta["output"]], {meta["input"]: x[None, :]})[0][0])
     if not math.isfinite(p):
@@ -547,7 +549,7 @@ def score_s3_record(record) -> dict:
         item.update(predict(read_s3_object(bucket, key)))
     except RequestError as err:
         item.update(error=err.code, message=str(err), status=err.status)
-    except Exception:  # noqa: BLE001 - the other records are still scored; CloudWatch gets the trace
+    except Exception:  # noqa: BLE001 - other records are still scored; CloudWatch gets the trace
         log.exception("unhandled error on an S3 record")
         item.update(error="internal_error", message="the model failed on this object", status=500)
     log.info(json.dumps(item))
@@ -592,8 +594,9 @@ def recording_page() -> dict:
 
     def sources(tag: str) -> str:
         blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)
-        return " ".join("'sha256-%s'" % base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()
-                        for b in blocks)
+        return " ".join(
+            "'sha256-%s'" % base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()
+            for b in blocks)
 
     csp = (f"default-src 'none'; script-src {sources('script')}; style-src {sources('style')}; "
            "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
@@ -635,4 +638,5 @@ def handler(event, context=None):
         return respond(err.status, {"error": err.code, "message": str(err)})
     except Exception:  # noqa: BLE001 - the client gets a clean 500, CloudWatch gets the trace
         log.exception("unhandled error")
-        return respond(500, {"error": "internal_error", "message": "the model failed on this input"})
+        return respond(500, {"error": "internal_error",
+                             "message": "the model failed on this input"})

@@ -32,7 +32,8 @@ def moto_server():
 
     Started as a subprocess and stopped by PID at the end of the session.
     """
-    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
+    exe = (shutil.which("moto_server", path=str(Path(sys.executable).parent))
+           or shutil.which("moto_server"))
     if exe is None:
         pytest.fail("moto_server not installed: `pip install -e '.[dev]'`")
     port = free_port()
@@ -109,11 +110,11 @@ def exported_model(tmp_path_factory):
     import soundfile as sf
     import torch
 
-    from helpers import conf, package_lambda, write_params
-
     from coughlab.nets import build_net, save_model
     from coughlab.stages.combine import process_clip, wav_path
     from coughlab.stages.featurize import featurize
+
+    from helpers import conf, package_lambda, write_params
 
     root = tmp_path_factory.mktemp("exported")
     torch.manual_seed(0)

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import os
-import subprocess
 import hashlib
 import http.server
 import io
 import json
+import os
 import re
+import subprocess
 import tarfile
 import threading
 import time

@@ -12,10 +12,9 @@ from coughlab.escape import read_csv_cells, write_csv
 from coughlab.sample import wav_bytes
 from coughlab.stages.combine import SplitError, TooManyQuarantined, combine, split_subjects
 
+from helpers import conf
 from source_fixtures import encode
 from test_audio import tone
-
-from helpers import conf
 
 QUALITY = QualityConfig(min_seconds=0.3, silence_dbfs=-60.0, max_quarantine_fraction=0.5)
 
@@ -56,7 +55,8 @@ def test_bad_clips_are_quarantined_with_reasons_not_fatal(tmp_path):
         "a/silent.wav": wav_bytes(np.zeros(16000, np.float32), 16000),
         "a/short.wav": wav_bytes(tone(16000, 0.1), 16000),
     })
-    summary = combine(src, tmp_path / "out", 16000, dataclasses.replace(QUALITY, max_quarantine_fraction=0.7),
+    summary = combine(src, tmp_path / "out", 16000,
+                      dataclasses.replace(QUALITY, max_quarantine_fraction=0.7),
                       SplitConfig(0.0, 0.0), seed=1)
     quarantine = pd.read_csv(tmp_path / "out" / "quarantine.csv")
     assert dict(zip(quarantine["path"], quarantine["reason"])) == {
@@ -81,7 +81,8 @@ def test_too_many_quarantined_fails_and_writes_nothing(tmp_path):
 
 
 def subjects_frame(n_subjects=40, clips=3, source="a", positive_every=4):
-    return pd.DataFrame([{"subject_id": f"{source}{s}", "source": source, "path": f"{source}{s}_{c}.wav",
+    return pd.DataFrame([{"subject_id": f"{source}{s}", "source": source,
+                          "path": f"{source}{s}_{c}.wav",
                           "label": "positive" if s % positive_every == 0 else "negative"}
                          for s in range(n_subjects) for c in range(clips)])
 

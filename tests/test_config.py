@@ -1,8 +1,8 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
-import dataclasses
 
 from coughlab import config
 from coughlab.config import ParamsError, compose, load_params

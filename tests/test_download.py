@@ -1,15 +1,14 @@
-import dataclasses
 """coughlab.download against a loopback HTTP server: pinning, resume, retries, atomicity."""
 import contextlib
+import dataclasses
 import hashlib
 
 import pytest
 
 from coughlab import download as dl
 
-from source_fixtures import ArchiveServer, sha256
-
 from helpers import conf
+from source_fixtures import ArchiveServer, sha256
 
 BODY = bytes(range(256)) * 800  # 200 KiB: several read chunks would be needed at real scale
 PATH = "/records/1/files/public_dataset.zip"

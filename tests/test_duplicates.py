@@ -10,7 +10,7 @@ import soundfile as sf
 
 from coughlab import duplicates
 from coughlab.audio import load_audio, resample, to_mono
-from coughlab.config import QualityConfig, SplitConfig
+from coughlab.config import SplitConfig
 from coughlab.stages.combine import combine
 
 from helpers import conf
@@ -109,7 +109,8 @@ def write_fetched(root: Path, clips: dict[str, tuple[np.ndarray, str, str]]) -> 
             sf.write(root / rel, wave, 16000, format="OGG", subtype="VORBIS")
         else:
             sf.write(root / rel, wave, 16000, subtype="FLOAT")
-        rows.append({"path": rel, "label": label, "subject_id": subject, "source": rel.split("/")[0]})
+        rows.append({"path": rel, "label": label, "subject_id": subject,
+                     "source": rel.split("/")[0]})
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     return root
 
@@ -122,7 +123,8 @@ def test_combine_puts_resent_recordings_in_one_split_and_reports_the_group(tmp_p
     clips["a/orig.wav"] = (original, "first", "negative")
     clips["b/resent.ogg"] = (0.3 * original[800:-400], "second", "negative")  # other source, too
     src = write_fetched(tmp_path / "fetched", clips)
-    summary = combine(src, tmp_path / "out", 16000, conf().data.quality, SplitConfig(0.3, 0.3), seed)
+    summary = combine(src, tmp_path / "out", 16000, conf().data.quality,
+                      SplitConfig(0.3, 0.3), seed)
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
     split = dict(zip(manifest["subject_id"], manifest["split"]))
     assert split["first"] == split["second"]

@@ -30,7 +30,8 @@ def test_youden_threshold_separates_separable_scores():
 
 
 def test_grouped_metrics_per_channel():
-    frame = pd.DataFrame({"y": [0, 1, 0, 1], "p": [0.1, 0.9, 0.8, 0.2], "channel": ["a", "a", "b", "b"]})
+    frame = pd.DataFrame({"y": [0, 1, 0, 1], "p": [0.1, 0.9, 0.8, 0.2],
+                          "channel": ["a", "a", "b", "b"]})
     out = grouped_metrics(frame, "channel", 0.5)
     assert out["a"]["roc_auc"] == 1.0 and out["b"]["roc_auc"] == 0.0
     json.dumps(out)  # serialisable for metrics.json
@@ -56,7 +57,8 @@ def write_stage_inputs(root, score, subjects=20):
                     xs.append(score(y, channel) + 0.01 * rng.normal())
                     rows.append({"path": path, "label": ("negative", "positive")[y],
                                  "subject_id": f"{split}-{channel}{s}", "source": "src",
-                                 "channel": channel, "orig_sr": 8000 if channel == "phone" else 48000,
+                                 "channel": channel,
+                                 "orig_sr": 8000 if channel == "phone" else 48000,
                                  "orig_channels": 2 if channel == "phone" else 1, "split": split})
         np.savez(features / f"{split}.npz", path=np.array(paths), y=np.array(ys, np.int8),
                  x=np.array(xs, np.float32).reshape(-1, 1, 1, 1))
@@ -83,7 +85,8 @@ def test_a_model_that_learnt_the_channel_gets_the_warning(tmp_path, monkeypatch,
     report, stage = run_evaluate(tmp_path, monkeypatch,
                                  lambda y, channel: 0.8 if channel == "phone" else 0.2)
     assert report["test"]["roc_auc"] > 0.75  # the overall figure looks good ...
-    assert report["headline"]["within_channel_roc_auc"] == pytest.approx(0.5, abs=0.1)  # ... it isn't
+    assert (report["headline"]["within_channel_roc_auc"]
+            == pytest.approx(0.5, abs=0.1))  # ... it isn't
     assert report["channel_leakage"]["negative"]["roc_auc"] == 1.0
     assert report["channel_leakage"]["positive"]["roc_auc"] == 1.0
     assert report["margin"]["ci_above_zero"] is False

@@ -1,5 +1,5 @@
-import dataclasses
 import csv
+import dataclasses
 import io
 import os
 import re
@@ -19,8 +19,14 @@ from coughlab.sources import LabelsError
 from coughlab.stages.fetch import fetch
 
 from helpers import conf, write_params
-from source_fixtures import (ArchiveServer, C19Record, Upstream, coughvid_zip, covid19_cough_files,
-                             virufy_files)
+from source_fixtures import (
+    ArchiveServer,
+    C19Record,
+    Upstream,
+    coughvid_zip,
+    covid19_cough_files,
+    virufy_files,
+)
 from test_audio import tone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +53,8 @@ def test_local_source_copies_clips_and_prefixes_paths(tmp_path):
     cfg = make_zone(tmp_path / "zone", GOOD)
     labels = fetch(["local"], cfg, tmp_path / "out")
     assert list(labels["path"]) == ["local/a/1.wav", "local/a/2.wav"]
-    assert (tmp_path / "out" / "local" / "a" / "1.wav").read_bytes() == (tmp_path / "zone/a/1.wav").read_bytes()
+    assert ((tmp_path / "out" / "local" / "a" / "1.wav").read_bytes()
+            == (tmp_path / "zone/a/1.wav").read_bytes())
     with open(tmp_path / "out" / "labels.csv") as fh:
         assert [r["label"] for r in csv.DictReader(fh)] == ["positive", "negative"]
 
@@ -136,7 +143,8 @@ def test_a_hard_link_to_a_listed_file_is_the_same_file(tmp_path):
 def write_labels(zone: Path, raw_rows: list[bytes]) -> DataConfig:
     """labels.csv written byte for byte: whatever a hand-edited or generated file may hold."""
     zone.mkdir(parents=True, exist_ok=True)
-    (zone / "labels.csv").write_bytes(b"path,label,subject_id,source,channel\n" + b"".join(raw_rows))
+    (zone / "labels.csv").write_bytes(b"path,label,subject_id,source,channel\n"
+                                      + b"".join(raw_rows))
     return dataclasses.replace(DATA, local_dir=str(zone))
 
 
@@ -170,7 +178,8 @@ def test_every_labels_problem_is_one_line_naming_the_file_row_and_reason(tmp_pat
 
 
 def test_paths_are_written_normalised(tmp_path):
-    cfg = make_zone(tmp_path / "zone", [["./a//1.wav", "positive", "p1", "mine", "app"]], ["a/1.wav"])
+    cfg = make_zone(tmp_path / "zone", [["./a//1.wav", "positive", "p1", "mine", "app"]],
+                    ["a/1.wav"])
     assert list(fetch(["local"], cfg, tmp_path / "out")["path"]) == ["local/a/1.wav"]
 
 
@@ -191,7 +200,8 @@ def test_empty_or_header_only_labels_fail_naming_the_file_and_keep_the_previous_
 
 def hydra_overrides(settings: dict) -> list[str]:
     """data.* settings as the `-S` overrides of `dvc exp run` (strings quoted: URLs have braces)."""
-    return [f"data.{k}='{v}'" if isinstance(v, str) else f"data.{k}={v}" for k, v in settings.items()]
+    return [f"data.{k}='{v}'" if isinstance(v, str) else f"data.{k}={v}"
+            for k, v in settings.items()]
 
 
 def fixture_upstream(root: Path) -> Upstream:

@@ -26,7 +26,9 @@ from coughlab.audio import load_audio, quality_problem, resample, to_mono
 from coughlab.config import QualityConfig
 from coughlab.export import ServingModel
 from coughlab.nets import load_model
-from audio_fixtures import CONTAINERS, encode as encode_recording
+
+from audio_fixtures import CONTAINERS
+from audio_fixtures import encode as encode_recording
 from function_url import function_url_event
 
 HANDLER = Path(__file__).resolve().parents[1] / "lambda" / "handler.py"
@@ -74,7 +76,8 @@ def raw_wav_header(sample_rate: int, channels: int, data: bytes) -> bytes:
     """A PCM-16 WAV whose header fields are whatever the caller says, valid or not."""
     fmt = struct.pack("<HHIIHH", 1, channels, sample_rate, (sample_rate * channels * 2) % 2**32,
                       channels * 2, 16)
-    chunks = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    chunks = (b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+              + b"data" + struct.pack("<I", len(data)) + data)
     return b"RIFF" + struct.pack("<I", len(chunks)) + chunks
 
 
@@ -112,7 +115,8 @@ def test_binary_body_matches_the_training_pipeline(handler, exported_model, tmp_
     assert response["statusCode"] == 200
     result = body(response)
     assert abs(result["p_positive"] - pipeline_p(exported_model, tmp_path / "clip.wav")) <= 1e-4
-    assert result["label"] == ("positive" if result["p_positive"] >= result["threshold"] else "negative")
+    assert result["label"] == ("positive" if result["p_positive"] >= result["threshold"]
+                               else "negative")
     assert result["seconds"] == 2.0
 
 
@@ -131,10 +135,13 @@ def test_json_body_and_function_url_shape(handler):
 @pytest.mark.parametrize("event,status,code", [
     ({"body": base64.b64encode(b"definitely not audio").decode(), "isBase64Encoded": True,
       "headers": {"content-type": "audio/wav"}}, 415, "unsupported_audio"),
-    ({"body": "", "isBase64Encoded": True, "headers": {"content-type": "audio/wav"}}, 400, "empty_audio"),
+    ({"body": "", "isBase64Encoded": True, "headers": {"content-type": "audio/wav"}},
+     400, "empty_audio"),
     ({"body": "{not json", "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
-    ({"body": json.dumps({"sound": "x"}), "headers": {"content-type": "application/json"}}, 400, "missing_audio"),
-    ({"body": json.dumps({"audio": "***"}), "headers": {"content-type": "application/json"}}, 400, "invalid_base64"),
+    ({"body": json.dumps({"sound": "x"}), "headers": {"content-type": "application/json"}},
+     400, "missing_audio"),
+    ({"body": json.dumps({"audio": "***"}), "headers": {"content-type": "application/json"}},
+     400, "invalid_base64"),
     ({"body": "plain text", "headers": {"content-type": "audio/wav"}}, 415, "unsupported_body"),
     ({}, 400, "missing_body"),
     ("a string event", 400, "invalid_event"),
@@ -145,7 +152,8 @@ def test_json_body_and_function_url_shape(handler):
     ({"body": "{}", "headers": ["Content-Type", "application/json"]}, 400, "invalid_headers"),
     ({"body": "{}", "headers": "application/json"}, 400, "invalid_headers"),
     ({"body": "{}", "headers": {1: "x", "content-type": 5}}, 415, "unsupported_content_type"),
-    ({"body": "é", "isBase64Encoded": True, "headers": {"content-type": "audio/wav"}}, 400, "invalid_base64"),
+    ({"body": "é", "isBase64Encoded": True, "headers": {"content-type": "audio/wav"}},
+     400, "invalid_base64"),
     ({"body": base64.b64encode(b"\xff\xfe{").decode(), "isBase64Encoded": True,
       "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
     ({"body": "[" * 100_000, "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
@@ -204,7 +212,8 @@ def flac(seconds, sr, channels):
 
 @pytest.fixture
 def sample_reads(monkeypatch):
-    """Counts the samples libsndfile decodes (sf.read and SoundFile.read/blocks all go through read)."""
+    """Counts the samples libsndfile decodes (sf.read and SoundFile.read/blocks all go through
+    read)."""
     counted = []
     real = sf.SoundFile.read
 
@@ -310,7 +319,8 @@ def encode(sink, container_format: str, codec: str, sr: int, wave: np.ndarray, l
         planes = np.tile(wave, (len(stream.layout.channels), 1))
         for start in range(0, wave.size, frame_size):
             frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(planes[:, start:start + frame_size]), format="fltp", layout=layout)
+                np.ascontiguousarray(planes[:, start:start + frame_size]), format="fltp",
+                layout=layout)
             frame.sample_rate = sr
             for converted in resampler.resample(frame):
                 out.mux(stream.encode(converted))
@@ -364,7 +374,8 @@ def test_the_lambda_refuses_what_combine_quarantines(handler, exported_model, ca
     """422 with exactly the reason coughlab.audio.quality_problem gives, at the file's own rate."""
     wave, sr = QUALITY_CASES[case]
     meta = json.loads((exported_model["lambda_dir"] / "model.json").read_text())
-    expected = quality_problem(wave.astype(np.float32), sr, QualityConfig(**meta["quality"], max_quarantine_fraction=0.0))
+    expected = quality_problem(wave.astype(np.float32), sr,
+                               QualityConfig(**meta["quality"], max_quarantine_fraction=0.0))
     response = handler.handler(post(float_wav(wave, sr)))
     if expected is None:
         assert response["statusCode"] == 200, response["body"]
@@ -421,7 +432,8 @@ def test_resampled_length_is_soxr_output_length(handler, rate):
 def test_resampled_only_the_centre_of_a_long_clip(handler, monkeypatch):
     sizes = []
     real = handler.soxr.resample
-    monkeypatch.setattr(handler.soxr, "resample", lambda x, *a, **k: sizes.append(x.size) or real(x, *a, **k))
+    monkeypatch.setattr(handler.soxr, "resample",
+                        lambda x, *a, **k: sizes.append(x.size) or real(x, *a, **k))
     response = handler.handler(post(wav(seconds=40, sr=48000)))  # 3.8 MB, under the body limit
     assert response["statusCode"] == 200
     # the graph's input_seconds (audio.max_seconds, 30 s) + filter margin + grid, not all 60 s
@@ -472,7 +484,8 @@ def test_model_loads_once_per_container(handler, monkeypatch):
 
     created = []
     real = onnxruntime.InferenceSession
-    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *a, **k: created.append(1) or real(*a, **k))
+    monkeypatch.setattr(onnxruntime, "InferenceSession",
+                        lambda *a, **k: created.append(1) or real(*a, **k))
     event = post(wav())
     assert [handler.handler(event)["statusCode"] for _ in range(3)] == [200] * 3
     assert len(created) == 1
@@ -515,7 +528,8 @@ def test_every_s3_record_fails_alone(handler, aws_env):
     assert not LEAKS.search(response["body"])
 
 
-def test_s3_objects_over_the_limit_are_refused_by_size_before_reading(handler, aws_env, monkeypatch):
+def test_s3_objects_over_the_limit_are_refused_by_size_before_reading(handler, aws_env,
+                                                                      monkeypatch):
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="coughs")
     s3.put_object(Bucket="coughs", Key="huge.wav", Body=wav(seconds=2))
@@ -703,7 +717,8 @@ def test_content_types_a_page_elsewhere_can_send_without_preflight_are_415(handl
         if content_type is not None:
             event["headers"] = {"Content-Type": content_type}
         response = handler.handler(event)
-        assert (response["statusCode"], body(response)["error"]) == (415, "unsupported_content_type")
+        assert ((response["statusCode"], body(response)["error"])
+                == (415, "unsupported_content_type"))
         assert "audio/webm" in body(response)["message"]
 
 
@@ -753,7 +768,8 @@ def test_origin_is_compared_with_the_host_header_without_a_domain_name(handler):
 def test_allowed_origins_admit_a_front_end_by_name(exported_model, monkeypatch):
     monkeypatch.setenv("ALLOWED_ORIGINS", "https://coughs.example.org, https://other.example")
     fronted = import_handler(exported_model["lambda_dir"], monkeypatch)
-    assert fronted.handler(url_post(wav(), origin="https://coughs.example.org"))["statusCode"] == 200
+    assert (fronted.handler(url_post(wav(), origin="https://coughs.example.org"))["statusCode"]
+            == 200)
     assert fronted.handler(url_post(wav(), origin="https://evil.example"))["statusCode"] == 403
 
 

@@ -8,11 +8,18 @@ whatever the decoder's read size.
 """
 import numpy as np
 import pytest
+from hostile_audio import (
+    every_claim,
+    flac_total_claim,
+    mp3_frames_claim,
+    mp4_duration_claim,
+    opus_dtx,
+    vorbis,
+    wav_size_claim,
+    webm_duration_claim,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from hostile_audio import (every_claim, flac_total_claim, mp3_frames_claim, mp4_duration_claim,
-                           opus_dtx, vorbis, wav_size_claim, webm_duration_claim)
 from test_handler import body, import_handler, post
 
 # An encoder's priming and padding decode as frames too (AAC's 1024 samples, an mp3 frame's

@@ -70,8 +70,9 @@ def seed_files() -> dict[str, bytes]:
     hold (an Ogg Opus granule read libsndfile into samples never decoded), to mutate, cut
     short and serve from 'S3'."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from audio_fixtures import every_recording
     from hostile_audio import every_claim
+
+    from audio_fixtures import every_recording
 
     return {**every_recording(seconds=0.5),
             **{f"claim/{claim.name}": claim.audio for claim in every_claim()}}
@@ -82,7 +83,8 @@ def wav_with_header(sample_rate: int, channels: int, claimed: int | None, data: 
     fmt = struct.pack("<HHIIHH", 1, channels, sample_rate, (sample_rate * channels * 2) % 2**32,
                       (channels * 2) % 2**16, 16)
     size = len(data) if claimed is None else claimed
-    chunks = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", size) + data
+    chunks = (b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+              + b"data" + struct.pack("<I", size) + data)
     return b"RIFF" + struct.pack("<I", len(chunks) % 2**32) + chunks
 
 
@@ -153,7 +155,8 @@ def check_decoded_seconds(event, response) -> None:
         data, _ = sf.read(io.BytesIO(audio), frames=int(seconds * rate) + 4096, dtype="float32")
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
         return  # not libsndfile's: PyAV decoded it
-    assert seconds == round(len(data) / rate, 3), f"{seconds} s reported, {len(data) / rate} s decode"
+    assert seconds == round(len(data) / rate, 3), (
+        f"{seconds} s reported, {len(data) / rate} s decode")
 
 
 def refuse_constant(constant: str):
@@ -212,7 +215,8 @@ def run(examples: int) -> dict:
                                "https://[::1", "https://evil]", "https://fuzz\u2100example"]
                               ) | st.text(max_size=20)
     headers = st.one_of(json_values, st.fixed_dictionaries(
-        {"content-type": content_types}, optional={"origin": origins, "host": st.just("fuzz.example")}),
+        {"content-type": content_types},
+        optional={"origin": origins, "host": st.just("fuzz.example")}),
         st.dictionaries(st.sampled_from(["content-type", "Content-Type", "Origin", "x-other"]),
                         content_types | json_values, max_size=2))
     keys = st.sampled_from([*fake.objects, "huge.wav", "missing.wav"]) | st.text(max_size=10)
@@ -227,7 +231,8 @@ def run(examples: int) -> dict:
         "body": (recordings | damaged).map(lambda data: base64.b64encode(data).decode()),
         "isBase64Encoded": st.just(True),
         "headers": st.fixed_dictionaries(
-            {"content-type": st.sampled_from(["audio/webm", "audio/wav", "application/octet-stream"])},
+            {"content-type": st.sampled_from(["audio/webm", "audio/wav",
+                                              "application/octet-stream"])},
             optional={"origin": origins}),
         "requestContext": st.just({"domainName": "fuzz.example", "http": {"method": "POST"}})})
     s3_event = st.fixed_dictionaries({"Records": st.lists(record, max_size=4) | json_values})

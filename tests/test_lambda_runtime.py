@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from runtime_api import RuntimeApi, RuntimeLambda
 from unprivileged import as_user, free_uid, require_root_and_setpriv
 
@@ -155,11 +154,11 @@ def lambda_runtime(exported_model):
         python, python_env = runnable_python(python, uid, machine / "var" / "lang")
         runtime_dir, task_root = machine / "var" / "runtime", machine / "var" / "task"
         shutil.copytree(ric, runtime_dir, copy_function=link_or_copy)
-        package = package.build_zip(deps, HANDLER, exported_model["lambda_dir"],
-                                   machine / "function.zip", git_commit=GIT_COMMIT)
+        built = package.build_zip(deps, HANDLER, exported_model["lambda_dir"],
+                                  machine / "function.zip", git_commit=GIT_COMMIT)
         task_root.mkdir(mode=0o755)
-        unzip_like_lambda(package.path, task_root)
-        package.path.unlink()
+        unzip_like_lambda(built.path, task_root)
+        built.path.unlink()
         scratch = machine / "tmp"
         scratch.mkdir(mode=0o777)
         scratch.chmod(0o1777)

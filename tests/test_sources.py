@@ -1,7 +1,7 @@
-import dataclasses
-"""The public sources, each fetched from a loopback server serving a toy upstream in its real layout:
-git repositories archived and served as GitHub does, a zip served as Zenodo does."""
+"""The public sources, each fetched from a loopback server serving a toy upstream in its real
+layout: git repositories archived and served as GitHub does, a zip served as Zenodo does."""
 import contextlib
+import dataclasses
 import io
 import zipfile
 from pathlib import Path
@@ -20,8 +20,17 @@ from coughlab.sources.pins import PinMismatch, load_manifest
 from coughlab.stages.fetch import fetch
 
 from helpers import conf, write_params
-from source_fixtures import (C19Record, ArchiveServer, Upstream, coswara_files, coughvid_zip,
-                             covid19_cough_files, git_blob, git_snapshot, virufy_files)
+from source_fixtures import (
+    ArchiveServer,
+    C19Record,
+    Upstream,
+    coswara_files,
+    coughvid_zip,
+    covid19_cough_files,
+    git_blob,
+    git_snapshot,
+    virufy_files,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = conf().data.extract
@@ -157,7 +166,8 @@ def test_coswara_downloads_only_the_parts_of_the_chosen_dates_file_by_file(serve
     assert {p.split("/")[0] for p in df["path"]} == {"20200415"}
     fetched = sorted(path.split("/", 5)[-1] for path, _ in serve.server.requests)
     commit = serve.upstream.snapshots["coswara"].commit
-    parts = sorted(n for n in coswara_files(COSWARA) if n.startswith("20200415/") and ".tar.gz." in n)
+    parts = sorted(n for n in coswara_files(COSWARA)
+                   if n.startswith("20200415/") and ".tar.gz." in n)
     assert fetched == sorted(["combined_data.csv", *parts])
     assert all(path.startswith(f"/raw/iiscleap/Coswara-Data/{commit}/")
                for path, _ in serve.server.requests)
@@ -217,7 +227,8 @@ def test_virufy_rejects_an_unknown_clip_kind(serve, tmp_path):
 
 ALTERED = {
     "covid19_cough": (lambda: covid19_cough_files(C19_RECORDS), "raw/c.mp3"),
-    "virufy": (lambda: virufy_files(VIRUFY), "clinical/segmented/pos/pos-0421-001-cough-m-50-1.mp3"),
+    "virufy": (lambda: virufy_files(VIRUFY),
+               "clinical/segmented/pos/pos-0421-001-cough-m-50-1.mp3"),
     "coswara": (lambda: coswara_files(COSWARA), "20200415/20200415.tar.gz.ab"),
 }
 
@@ -267,7 +278,8 @@ def test_shared_real_dev_clips_match_the_covid19_cough_manifest():
     labels = pd.read_csv(REALDATA / "labels.csv", dtype=str, keep_default_na=False)
     assert len(labels) > 0
     wrong = [row.path for row in labels.itertuples()
-             if git_blob((REALDATA / row.path).read_bytes()) != manifest.blobs[f"raw/{row.orig_name}"]]
+             if git_blob((REALDATA / row.path).read_bytes())
+             != manifest.blobs[f"raw/{row.orig_name}"]]
     assert wrong == []
 
 
@@ -309,7 +321,8 @@ def zip_of(members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes
 
 @pytest.mark.parametrize("members,limits,message", [
     ({"top/bomb.wav": bytes(20 << 20)}, LIMITS, "max_ratio=100"),
-    ({f"top/{i}.wav": b"x" for i in range(11)}, dataclasses.replace(LIMITS, max_members=10), "max_members=10"),
+    ({f"top/{i}.wav": b"x" for i in range(11)}, dataclasses.replace(LIMITS, max_members=10),
+     "max_members=10"),
     ({"top/a.wav": bytes(range(256)) * 4000, "top/b.wav": bytes(range(256)) * 4000},
      dataclasses.replace(LIMITS, max_total_bytes=1_500_000), "max_total_bytes=1500000"),
 ])
@@ -364,7 +377,8 @@ def test_unknown_source_names_every_real_source(tmp_path):
 
 
 def test_fetch_two_sources_into_one_valid_labels_csv(serve, tmp_path):
-    cfg = serve(covid19_cough=covid19_cough_files(C19_RECORDS), coughvid=coughvid_zip(COUGHVID_ROWS))
+    cfg = serve(covid19_cough=covid19_cough_files(C19_RECORDS),
+                coughvid=coughvid_zip(COUGHVID_ROWS))
     out = tmp_path / "build" / "fetched"
     fetch(["covid19-cough", "coughvid"], cfg, out)
     labels = pd.read_csv(out / "labels.csv", dtype=str, keep_default_na=False)
@@ -381,7 +395,8 @@ def test_fetch_two_sources_into_one_valid_labels_csv(serve, tmp_path):
 
 
 def test_failed_source_leaves_no_fetched_output(serve, tmp_path):
-    cfg = serve(covid19_cough=covid19_cough_files(C19_RECORDS), coughvid=coughvid_zip(COUGHVID_ROWS))
+    cfg = serve(covid19_cough=covid19_cough_files(C19_RECORDS),
+                coughvid=coughvid_zip(COUGHVID_ROWS))
     cfg.coughvid.md5 = "f" * 32
     with pytest.raises(ChecksumError, match="md5 mismatch"):
         fetch(["covid19-cough", "coughvid"], cfg, tmp_path / "build" / "fetched")
@@ -419,7 +434,8 @@ def test_sources_cli_lists_each_source_with_licence_version_size_and_cache(serve
     snap = serve.upstream.snapshots["virufy"]
     params = write_params(tmp_path, f"data.cache_dir='{tmp_path / 'cache'}'",
                           f"data.manifest_dir='{serve.upstream.manifests}'",
-                          f"data.virufy.commit={snap.commit}", f"data.virufy.url='{cfg.virufy.url}'")
+                          f"data.virufy.commit={snap.commit}",
+                          f"data.virufy.url='{cfg.virufy.url}'")
     capsys.readouterr()
     main(["--params", str(params)])
     blocks = {b.split("\n")[0].split()[0]: b for b in capsys.readouterr().out.strip().split("\n\n")}

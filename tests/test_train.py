@@ -11,11 +11,9 @@ import pytest
 import torch
 
 from coughlab import checkpoint, training
+from coughlab.checkpoint import CHECKPOINT_FILE, fingerprint, read_checkpoint, write_checkpoint
 from coughlab.config import ModelConfig, load_params
-from coughlab.checkpoint import CHECKPOINT_FILE, fingerprint
-from coughlab.nets import MODEL_FILE, build_net
-from coughlab.checkpoint import read_checkpoint, write_checkpoint
-from coughlab.nets import load_model
+from coughlab.nets import MODEL_FILE, build_net, load_model
 from coughlab.training import epoch_line, train_model
 
 from helpers import conf, git_repo, make_features, write_params
@@ -29,9 +27,11 @@ OTHER_CPU = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
 def run_train(workdir: Path, features: Path, tag: str, threads: int = 1,
               env: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "coughlab.stages.train", "--features", str(features),
-           "--model-dir", f"model-{tag}", "--checkpoint-dir", f"ckpt-{tag}", "--live-dir", f"live-{tag}"]
+           "--model-dir", f"model-{tag}", "--checkpoint-dir", f"ckpt-{tag}",
+           "--live-dir", f"live-{tag}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), **(env or {})}
-    return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
 
 
 def finish(proc: subprocess.Popen) -> None:
@@ -77,7 +77,8 @@ def test_training_is_bit_identical_whatever_the_cpu_kernels_and_threads(workspac
     finish(run_train(root, features, "other-cpu", threads=2, env=OTHER_CPU))
     finish(run_train(root, features, "three-threads", threads=3))
     for tag in ("other-cpu", "three-threads"):
-        assert_same_weights(root / "model-straight" / MODEL_FILE, root / f"model-{tag}" / MODEL_FILE)
+        assert_same_weights(root / "model-straight" / MODEL_FILE,
+                            root / f"model-{tag}" / MODEL_FILE)
         assert outputs(root, tag) == outputs(root, "straight"), tag
 
 
@@ -318,7 +319,8 @@ def test_channel_label_balance_draws_batches_evenly_from_each_cell(tmp_path):
     shares = np.unique(cells, return_counts=True)[1] / len(cells)
     assert len(shares) == 4 and np.abs(shares - 0.25).max() < 0.01
     assert torch.equal(class_weights, torch.ones(2))
-    plain = np.concatenate([training.dataloaders(features, 8, 0)[0].train.get_idxs() for _ in range(20)])
+    plain = np.concatenate([training.dataloaders(features, 8, 0)[0].train.get_idxs()
+                            for _ in range(20)])
     plain_cells = [f"{c}|{label}" for c, label in zip(channel[plain], y[plain])]
     plain_shares = np.unique(plain_cells, return_counts=True)[1] / len(plain_cells)
     assert sorted(np.round(plain_shares, 2)) == [0.17, 0.17, 0.33, 0.33]  # as in the data

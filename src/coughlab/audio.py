@@ -92,7 +92,8 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 
 
 def quality_problem(wave: np.ndarray, sr: int, quality: QualityConfig) -> str | None:
-    """Return why a mono clip is unusable (`empty`, `non_finite`, `too_short`, `silent`), or None."""
+    """Return why a mono clip is unusable (`empty`, `non_finite`, `too_short`, `silent`),
+    or None."""
     if wave.size == 0:
         return "empty"
     if not np.isfinite(wave).all():

@@ -125,7 +125,8 @@ def read_checkpoint(checkpoint_dir: Path, expected: str, device: torch.device) -
 def code_digest() -> str:
     """sha256 of the coughlab sources training executes (the import closure of
     coughlab.training) and of the torch and fastai versions."""
-    digest = hashlib.sha256(f"torch {torch.__version__} fastai {importlib.metadata.version('fastai')}".encode())
+    digest = hashlib.sha256(
+        f"torch {torch.__version__} fastai {importlib.metadata.version('fastai')}".encode())
     for path in module_closure("coughlab.training"):
         digest.update(path.as_posix().encode() + bytes.fromhex(sha256_file(SRC / path)))
     return digest.hexdigest()

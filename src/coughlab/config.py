@@ -239,7 +239,8 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
 
 def compose(conf_dir: Path | str = CONF_DIR, overrides: list[str] | None = None) -> dict:
     """Compose conf/ exactly as `dvc exp run` does (Hydra compose API, config.yaml)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
         cfg = hydra_compose(config_name="config", overrides=overrides or [])

@@ -31,7 +31,8 @@ def cough(rng: np.random.Generator, sr: int, voice: dict, wheeze: float) -> np.n
     n = int(sr * rng.uniform(0.25, 0.45))
     t = np.arange(n) / sr
     decay = voice["decay"] * rng.uniform(0.8, 1.2)
-    envelope = (t / 0.01) * np.exp(1 - t / 0.01) * (t < 0.01) + np.exp(-(t - 0.01) / decay) * (t >= 0.01)
+    envelope = ((t / 0.01) * np.exp(1 - t / 0.01) * (t < 0.01)
+                + np.exp(-(t - 0.01) / decay) * (t >= 0.01))
     spectrum = np.fft.rfft(rng.standard_normal(n))
     freqs = np.fft.rfftfreq(n, 1 / sr)
     centre = min(voice["centre_hz"] * rng.uniform(0.9, 1.1), 0.4 * sr)

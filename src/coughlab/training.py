@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 # fastai.layers calls torch.jit.script at import time; torch 2.14 warns about it on every run.
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated",
+                        category=FutureWarning)
 import fastai.callback.data  # noqa: E402,F401  (patches DataBlock.weighted_dataloaders)
 import fastai.callback.schedule  # noqa: E402,F401  (patches Learner.fit_one_cycle)
 from fastai.callback.core import Callback, CancelFitException  # noqa: E402
@@ -37,7 +38,12 @@ from torch import nn  # noqa: E402
 
 from coughlab import LABELS  # noqa: E402
 from coughlab.checkpoint import (  # noqa: E402
-    Checkpoint, fingerprint, plain, read_checkpoint, write_checkpoint)
+    Checkpoint,
+    fingerprint,
+    plain,
+    read_checkpoint,
+    write_checkpoint,
+)
 from coughlab.config import Params, SpecAugmentConfig  # noqa: E402
 from coughlab.determinism import reproducible_cpu_kernels  # noqa: E402
 from coughlab.nets import Ensemble, build_net, load_split, save_model  # noqa: E402
@@ -170,7 +176,8 @@ class SpecAugment(nn.Module):
         batch, _, n_mels, n_frames = spec.shape
         fill = spec.mean(dim=(1, 2, 3), keepdim=True)
         for _ in range(self.n_masks):
-            for axis, max_width, size in ((2, self.freq_mask, n_mels), (3, self.time_mask, n_frames)):
+            for axis, max_width, size in ((2, self.freq_mask, n_mels),
+                                          (3, self.time_mask, n_frames)):
                 if max_width <= 0:
                     continue
                 width = torch.randint(0, max_width + 1, (batch, 1, 1, 1), device=spec.device)
@@ -376,7 +383,8 @@ def fit(params: Params, features_dir: Path, checkpoint_dir: Path, live_dir: Path
         # fastai's per-batch bars garble logs when not on a terminal: print a line per epoch.
         quiet = not sys.stdout.isatty()
         if quiet:
-            learn.logger = lambda row: print(epoch_line(learn.recorder.metric_names, row), flush=True)
+            learn.logger = lambda row: print(epoch_line(learn.recorder.metric_names, row),
+                                             flush=True)
         with learn.no_bar() if quiet else contextlib.nullcontext():
             learn.fit_one_cycle(params.train.epochs, params.lr, cbs=cbs, start_epoch=start)
     if finite.failure is not None:

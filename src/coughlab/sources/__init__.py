@@ -157,5 +157,4 @@ def validate_labels(df: pd.DataFrame, root: Path, what: str = "labels.csv",
 
 
 # Importing the modules registers their sources.
-from coughlab.sources import local  # noqa: E402,F401
-from coughlab.sources import coswara, coughvid, covid19_cough, virufy  # noqa: E402,F401
+from coughlab.sources import coswara, coughvid, covid19_cough, local, virufy  # noqa: E402,F401

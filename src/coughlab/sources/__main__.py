@@ -11,7 +11,8 @@ from pathlib import Path
 from coughlab.config import PARAMS_FILE, DataConfig, load_params
 from coughlab.download import cache_dir, cache_path
 from coughlab.sources import SOURCES
-from coughlab.sources.coswara import METADATA as COSWARA_METADATA, select_dates, tar_parts
+from coughlab.sources.coswara import METADATA as COSWARA_METADATA
+from coughlab.sources.coswara import select_dates, tar_parts
 from coughlab.sources.pins import PinMismatch, load_manifest
 
 
@@ -31,7 +32,8 @@ def describe(name: str, cfg: DataConfig) -> dict[str, str]:
         c = cfg.coughvid
         path = cache_path(cache_dir(cfg), c.url)
         done = path.is_file() and path.stat().st_size == c.size
-        row.update(version=f"{c.url} md5 {c.md5}", size=f"{c.size:,} bytes ({mib(c.size)}), one zip",
+        row.update(version=f"{c.url} md5 {c.md5}",
+                   size=f"{c.size:,} bytes ({mib(c.size)}), one zip",
                    cached=f"yes: {path}" if done else "no")
     else:
         row.update(github_row(name, cfg))
@@ -52,7 +54,8 @@ def github_row(name: str, cfg: DataConfig) -> dict[str, str]:
         have = [folder / p for p in paths if (folder / p).is_file()]
         return {"version": version,
                 "size": f"{len(paths)} files ({len(parts)} dates), sizes not published",
-                "cached": f"{len(have)}/{len(paths)} files, {mib(sum(p.stat().st_size for p in have))}"}
+                "cached": f"{len(have)}/{len(paths)} files, "
+                          f"{mib(sum(p.stat().st_size for p in have))}"}
     url = pin.url.format(repo=pin.repo, commit=pin.commit)
     path = cache_path(cache_dir(cfg), url)
     return {"version": version,

@@ -33,12 +33,19 @@ from coughlab.config import DataConfig
 from coughlab.download import cache_dir, fetch_file
 from coughlab.progress import progress_bar
 from coughlab.sources import FINGERPRINT, LabelsError, person_fingerprint, register, require_columns
-from coughlab.sources.archive import (CountingReader, ExtractBudget, UnsafeArchive, clip_table,
-                                      safe_name, unsafe_member)
+from coughlab.sources.archive import (
+    CountingReader,
+    ExtractBudget,
+    UnsafeArchive,
+    clip_table,
+    safe_name,
+    unsafe_member,
+)
 from coughlab.sources.pins import Manifest, load_manifest
 
 NAME = "coswara"
-WHAT = "44.1/48 kHz wav per participant (data.coswara.recordings), covid_status from combined_data.csv"
+WHAT = ("44.1/48 kHz wav per participant (data.coswara.recordings), covid_status from "
+        "combined_data.csv")
 LICENCE = "CC BY 4.0 (from commit 4ebe2c76 on)"
 CHANNEL = "coswara-web"
 METADATA = "combined_data.csv"

@@ -1,4 +1,5 @@
-"""`coughvid`: COUGHVID v3 crowdsourced coughs (Zenodo record 7024894, `public_dataset_v3.zip`, CC BY 4.0).
+"""`coughvid`: COUGHVID v3 crowdsourced coughs (Zenodo record 7024894, `public_dataset_v3.zip`,
+CC BY 4.0).
 
 The zip (2,297,542,075 bytes, pinned by the md5 Zenodo publishes) holds `coughvid_20211012/`
 with `<uuid>.webm` (Opus), `<uuid>.ogg` (Vorbis) or `<uuid>.wav` recordings, a `<uuid>.json`

@@ -41,7 +41,8 @@ def read_labels(labels_csv: Path) -> tuple[pd.DataFrame, list[int]]:
     except UnicodeDecodeError as err:
         line = raw[:err.start].count(b"\n") + 1
         raise LabelsError(f"{labels_csv} line {line}: not UTF-8 text (byte "
-                          f"0x{raw[err.start]:02x} at offset {err.start}); save it as UTF-8") from None
+                          f"0x{raw[err.start]:02x} at offset {err.start}); "
+                          "save it as UTF-8") from None
     try:
         header, rows, lines = csv_rows(text)
     except CsvProblem as problem:

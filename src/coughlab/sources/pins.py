@@ -19,8 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coughlab.config import DataConfig, GitHubPin
-from coughlab.download import (ChecksumError, Pin, cache_dir, cache_path, drop_cached,
-                               fetch_file, mark_whole, stream_digest)
+from coughlab.download import (
+    ChecksumError,
+    Pin,
+    cache_dir,
+    cache_path,
+    drop_cached,
+    fetch_file,
+    mark_whole,
+    stream_digest,
+)
 from coughlab.progress import progress_bar
 from coughlab.sources import LabelsError
 from coughlab.sources.archive import Archive, CorruptArchive, ExtractBudget

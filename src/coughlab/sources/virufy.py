@@ -29,7 +29,8 @@ from coughlab.sources.archive import ExtractBudget, clip_table
 from coughlab.sources.pins import github_archive, load_manifest, verify_members
 
 NAME = "virufy"
-WHAT = "16 hospital patients with PCR results, clinical mp3 (data.virufy.clips: segmented or original)"
+WHAT = ("16 hospital patients with PCR results, clinical mp3 (data.virufy.clips: segmented or "
+        "original)")
 LICENCE = "CC BY-NC-SA 4.0 + addendum: no redistribution without Virufy's approval"
 # labels.csv columns that name the recording or its result rather than describe the person
 NOT_PERSON = {"cough_filename", "corona_test"}

@@ -29,8 +29,14 @@ import pandas as pd
 
 from coughlab import LABELS, SPLITS, duplicates
 from coughlab.atomic import atomic_dir
-from coughlab.audio import (AudioDecodeError, load_audio, quality_problem, resample, to_mono,
-                            write_float_wav)
+from coughlab.audio import (
+    AudioDecodeError,
+    load_audio,
+    quality_problem,
+    resample,
+    to_mono,
+    write_float_wav,
+)
 from coughlab.config import QualityConfig, SplitConfig
 from coughlab.escape import read_csv_cells, write_csv
 from coughlab.progress import progress_bar
@@ -155,7 +161,8 @@ def _cover_every_split(groups: list[str], needed: list[str], assignment: dict[st
 
 
 def wav_path(fetched_path: str) -> str:
-    """Where a fetched clip's decoded copy goes: x.wav stays, x.mp3 becomes x.mp3.wav (no clashes)."""
+    """Where a fetched clip's decoded copy goes: x.wav stays, x.mp3 becomes x.mp3.wav
+    (no clashes)."""
     return fetched_path if fetched_path.lower().endswith(".wav") else fetched_path + ".wav"
 
 
@@ -182,14 +189,16 @@ def clip_fingerprint(path: Path) -> duplicates.Fingerprint:
 
 
 def near_duplicate_pairs(clips_dir: Path, manifest: pd.DataFrame,
-                         prints: list[duplicates.Fingerprint], sample_rate: int) -> list[duplicates.Pair]:
+                         prints: list[duplicates.Fingerprint],
+                         sample_rate: int) -> list[duplicates.Pair]:
     """Confirmed near-duplicate clip pairs (row numbers of `manifest`), reading only candidates."""
     def wave8k(k: int) -> np.ndarray:
         wave, sr = load_audio(clips_dir / manifest["path"].iloc[k])
         return duplicates.to_rate(wave[0], sr)
 
-    return duplicates.find_near_duplicates(len(manifest), wave8k, prints,
-                                           progress=lambda it, desc: progress_bar(it, desc=desc, unit="pair"))
+    return duplicates.find_near_duplicates(
+        len(manifest), wave8k, prints,
+        progress=lambda it, desc: progress_bar(it, desc=desc, unit="pair"))
 
 
 def duplicate_report(manifest: pd.DataFrame, pairs: list[duplicates.Pair]) -> dict:
@@ -240,16 +249,19 @@ def combine(src_dir: Path, out: Path, sample_rate: int, quality: QualityConfig,
         if manifest.empty:
             raise TooManyQuarantined("no clip passed the quality checks")
         pairs = near_duplicate_pairs(tmp / "clips", manifest, prints, sample_rate)
-        linked = [(manifest["subject_id"].iloc[p.i], manifest["subject_id"].iloc[p.j]) for p in pairs]
+        linked = [(manifest["subject_id"].iloc[p.i], manifest["subject_id"].iloc[p.j])
+                  for p in pairs]
         manifest["split"] = split_subjects(manifest, split, seed, linked)
         write_csv(manifest, tmp / "manifest.csv")
-        quarantine = pd.DataFrame(quarantined, columns=["path", "label", "source", "reason", "detail"])
+        quarantine = pd.DataFrame(quarantined,
+                                  columns=["path", "label", "source", "reason", "detail"])
         write_csv(quarantine, tmp / "quarantine.csv")
         summary = {**summarize(manifest, quarantine, sample_rate),
                    "near_duplicates": duplicate_report(manifest, pairs)}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"combine: kept {len(manifest)} clips, quarantined {len(quarantine)} "
-          f"{summary['quarantined_by_reason']}; {len(pairs)} near-duplicate pair(s) share a subject")
+          f"{summary['quarantined_by_reason']}; {len(pairs)} near-duplicate pair(s) "
+          "share a subject")
     return summary
 
 
@@ -272,7 +284,8 @@ def summarize(manifest: pd.DataFrame, quarantine: pd.DataFrame, sample_rate: int
         "subjects_by_split": {s: int(manifest.loc[manifest.split == s, "subject_id"].nunique())
                               for s in SPLITS},
         "quarantined": int(len(quarantine)),
-        "quarantined_by_reason": {k: int(v) for k, v in quarantine["reason"].value_counts().items()},
+        "quarantined_by_reason": {k: int(v)
+                                  for k, v in quarantine["reason"].value_counts().items()},
     }
 
 

@@ -45,13 +45,25 @@ from sklearn import metrics as skm  # noqa: E402
 
 from coughlab import LABELS  # noqa: E402
 from coughlab.atomic import atomic_write_text  # noqa: E402
-from coughlab.metrics import (  # noqa: E402
-    METADATA_COLUMNS, OPERATING_POINT, binary_metrics, channel_auc, choose_threshold,
-    grouped_metrics, margin_warning, metadata_baseline_scores, platt_calibration, roc_auc,
-    within_channel_auc, within_channel_breakdown, within_channel_margin, with_ci)
 from coughlab.determinism import reproducible_cpu_kernels  # noqa: E402
 from coughlab.digest import model_version  # noqa: E402
 from coughlab.export import GRAPH_FILE, onnx_predict, onnx_session  # noqa: E402
+from coughlab.metrics import (  # noqa: E402
+    METADATA_COLUMNS,
+    OPERATING_POINT,
+    binary_metrics,
+    channel_auc,
+    choose_threshold,
+    grouped_metrics,
+    margin_warning,
+    metadata_baseline_scores,
+    platt_calibration,
+    roc_auc,
+    with_ci,
+    within_channel_auc,
+    within_channel_breakdown,
+    within_channel_margin,
+)
 from coughlab.nets import MODEL_FILE, load_model, load_split, predict_proba  # noqa: E402
 from coughlab.stages.cli import path_option, stage_parser  # noqa: E402
 
@@ -318,7 +330,8 @@ def print_verdict(report_json: Path) -> None:
         sys.exit(f"{report_json} not found; run evaluate (dvc repro evaluate)")
     report = json.loads(report_json.read_text())
     if "margin" not in report or "test_size" not in report:
-        sys.exit(f"{report_json} was written by an older evaluate: re-run evaluate (dvc repro evaluate)")
+        sys.exit(f"{report_json} was written by an older evaluate: "
+                 "re-run evaluate (dvc repro evaluate)")
     print("\n".join(verdict_lines(report)))
 
 

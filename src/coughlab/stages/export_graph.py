@@ -1,4 +1,5 @@
-"""Stage export-graph: the trained network and its featurizer as one ONNX graph, build/graph/model.onnx.
+"""Stage export-graph: the trained network and its featurizer as one ONNX graph,
+build/graph/model.onnx.
 
 The graph takes the raw mono waveform at audio.sample_rate (any length) and returns
 P(positive): featurize's windows and log-mel, every ensemble member, the mean over windows

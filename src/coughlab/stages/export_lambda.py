@@ -44,12 +44,12 @@ import pandas as pd  # noqa: E402
 
 from coughlab import LABELS  # noqa: E402
 from coughlab.atomic import atomic_dir  # noqa: E402
-from coughlab.digest import model_version  # noqa: E402
 from coughlab.config import QualityConfig  # noqa: E402
-from coughlab.export import GRAPH_FILE, INPUT_NAME, OUTPUT_NAME  # noqa: E402
 from coughlab.determinism import reproducible_cpu_kernels  # noqa: E402
-from coughlab.nets import MODEL_FILE, load_model, load_split, predict_proba  # noqa: E402
+from coughlab.digest import model_version  # noqa: E402
+from coughlab.export import GRAPH_FILE, INPUT_NAME, OUTPUT_NAME  # noqa: E402
 from coughlab.model_card import MODEL_CARD, model_card  # noqa: E402
+from coughlab.nets import MODEL_FILE, load_model, load_split, predict_proba  # noqa: E402
 from coughlab.provenance import provenance, write_record  # noqa: E402
 from coughlab.stages.cli import path_option, stage_parser  # noqa: E402
 
@@ -78,7 +78,8 @@ def lambda_handler(handler_py: Path, model_dir: Path):
 
 
 def pipeline_scores(net, features: Path, paths: list[str]) -> dict[str, float]:
-    """P(positive) of test clips as evaluate computes it: featurize's window, the trained network."""
+    """P(positive) of test clips as evaluate computes it: featurize's window, the trained
+    network."""
     test = load_split(features, "test")
     wanted = np.isin(test["path"], paths)
     with reproducible_cpu_kernels():
@@ -151,7 +152,8 @@ def export_lambda(graph_dir: Path, model_dir: Path, evaluation_json: Path, combi
               f"{PARITY_TOLERANCE:g}) on {len(originals)} original test files")
         if worst > PARITY_TOLERANCE:
             raise RuntimeError(f"lambda/handler.py and the pipeline disagree by {worst:.2e} on "
-                               f"original test files (tolerance {PARITY_TOLERANCE:g}); not exporting")
+                               f"original test files (tolerance {PARITY_TOLERANCE:g}); "
+                               "not exporting")
         meta["parity"] = {"passed": True, "clips": len(originals), "tolerance": PARITY_TOLERANCE,
                           "compared": PARITY_COMPARED}
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")

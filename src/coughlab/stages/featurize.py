@@ -34,9 +34,9 @@ from coughlab.progress import progress_bar  # noqa: E402
 from coughlab.stages.cli import path_option, stage_parser  # noqa: E402
 
 
-
 @torch.inference_mode()
-def featurize_waves(waves: list[np.ndarray], cfg: AudioConfig, desc: str = "featurize") -> np.ndarray:
+def featurize_waves(waves: list[np.ndarray], cfg: AudioConfig,
+                    desc: str = "featurize") -> np.ndarray:
     """Log-mel windows `[n, windows, 1, n_mels, frames]` of mono clips at `cfg.sample_rate`.
 
     One clip at a time: the windows' positions depend on each clip's own length.
@@ -76,7 +76,8 @@ def featurize(src: Path, out: Path, cfg: AudioConfig) -> dict[str, int]:
     with atomic_dir(out) as tmp:
         for split in SPLITS:
             rows = manifest[manifest["split"] == split]
-            x = featurize_clips([src / "clips" / p for p in rows["path"]], cfg, f"featurize {split}")
+            x = featurize_clips([src / "clips" / p for p in rows["path"]], cfg,
+                                f"featurize {split}")
             y = rows["label"].map(LABELS.index).to_numpy(np.int8)
             np.savez_compressed(tmp / f"{split}.npz", x=x, y=y, path=rows["path"].to_numpy(str),
                                 channel=rows["channel"].to_numpy(str))

@@ -17,6 +17,7 @@ from coughlab.escape import write_csv
 from coughlab.sources import get_source, validate_labels
 from coughlab.stages.cli import path_option, stage_parser
 
+
 def fetch(sources: list[str], data_cfg, out: Path) -> pd.DataFrame:
     if not sources:
         raise ValueError("data.sources is empty: name at least one source, e.g. [local]")

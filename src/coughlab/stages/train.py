@@ -19,7 +19,6 @@ from coughlab.stages.cli import path_option, stage_parser  # noqa: E402
 from coughlab.training import TrainingError, train_model  # noqa: E402
 
 
-
 def main(argv: list[str] | None = None) -> None:
     parser, params = stage_parser("train", "train", __doc__)
     path_option(parser, "--features", params.paths.features, "featurize's {train,valid}.npz")
