@@ -209,20 +209,9 @@ def outcome(run) -> str | None:
 
 # --- scenarios ------------------------------------------------------------------------------
 
-def clean_repo(path: Path) -> Path:
-    path.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
-    for args in (["init", "-q"], ["config", "core.analytics", "false"]):
-        subprocess.run([sys.executable, "-m", "dvc", *args], cwd=path, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q",
-                    "-m", "init"], cwd=path, check=True)
-    return path
-
-
 def deploy_scenario(aws: Engine, monkeypatch, tmp_path: Path, without: str | None) -> str | None:
     """First deploy (create, public URL, cap), a redeploy (update, IAM auth, no cap), rollback."""
-    from test_deploy import PAGE_ANSWER, scored_answer, write_deps, write_model
+    from test_deploy import PAGE_ANSWER, committed_repo, model_in, scored_answer, write_deps
 
     iam = boto3.client("iam")
     lambda_role = iam.create_role(RoleName="coughlab-lambda", AssumeRolePolicyDocument=json.dumps(
@@ -230,8 +219,8 @@ def deploy_scenario(aws: Engine, monkeypatch, tmp_path: Path, without: str | Non
     boto3.client("s3").create_bucket(Bucket=PLACEHOLDERS["ARTIFACTS"],
                                      CreateBucketConfiguration={"LocationConstraint": REGION})
     keys = user_with("deployer", "deployer", without)
-    repo, deps = clean_repo(tmp_path / "repo"), write_deps(tmp_path / "deps")
-    model_dir = write_model(tmp_path / "lambda", onnx=b"graph one")
+    repo, deps = committed_repo(tmp_path / "repo"), write_deps(tmp_path / "deps")
+    model_dir = model_in(repo, onnx=b"graph one")
     session = boto3.session.Session()
     session.events.register("before-call.lambda.GetAccountSettings", lambda **_: (
         AWSResponse("https://lambda", 200, {}, None),
@@ -246,7 +235,7 @@ def deploy_scenario(aws: Engine, monkeypatch, tmp_path: Path, without: str | Non
     def deploy_twice_and_roll_back():
         queue_lambda_results(aws.url, PAGE_ANSWER, scored_answer(model_dir), region=REGION)
         cli.main(common)
-        write_model(model_dir, onnx=b"graph two")
+        model_in(repo, onnx=b"graph two")
         queue_lambda_results(aws.url, PAGE_ANSWER, scored_answer(model_dir), region=REGION)
         cli.main([*common, "--url-auth", "AWS_IAM", "--reserved-concurrency", "none"])
         cli.main([*common, "--rollback"])
