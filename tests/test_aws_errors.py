@@ -61,3 +61,26 @@ def test_iam_actions_that_differ_from_the_operation_name():
     assert iam_action("lambda", "Invoke") == "lambda:InvokeFunction"
     assert iam_action("lambda", "GetPolicy") == "lambda:GetPolicy"
     assert iam_action("service-quotas", "GetServiceQuota") == "servicequotas:GetServiceQuota"
+
+
+def forbidden_head(operation: str) -> ClientError:
+    """What botocore raises for a refused HEAD request: S3 sends no body, so the code is "403"."""
+    return ClientError({"Error": {"Code": "403", "Message": "Forbidden"},
+                        "ResponseMetadata": {"HTTPStatusCode": 403}}, operation)
+
+
+@pytest.mark.parametrize("operation,service,action", [
+    ("HeadObject", "s3", "s3:GetObject"),
+    ("HeadObject", None, "s3:GetObject"),
+    ("HeadBucket", "s3", "s3:ListBucket"),
+])
+def test_a_bare_403_names_the_action_it_needs(operation, service, action):
+    line = explain(forbidden_head(operation), service)
+    assert line.startswith(f"access denied: {operation} needs {action}"), line
+    assert "docs/iam.md" in line and "\n" not in line
+
+
+def test_a_403_on_head_object_also_names_the_list_permission_a_missing_object_needs():
+    """Without s3:ListBucket, S3 answers a HEAD of a missing key 403 instead of 404."""
+    line = explain(forbidden_head("HeadObject"), "s3")
+    assert "missing" in line and "s3:ListBucket" in line

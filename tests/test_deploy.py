@@ -103,9 +103,31 @@ def committed_repo(repo: Path, pipeline: bool = False) -> Path:
     return repo
 
 
+def record_model(repo: Path) -> None:
+    """Commit repo/build/lambda as the export-lambda stage's output, as `dvc repro` records it
+    (dvc.lock, and the DVC cache that `dvc status` checks)."""
+    (repo / "dvc.yaml").write_text("stages:\n  export-lambda:\n    cmd: python -c pass\n"
+                                   "    outs: [build/lambda]\n")
+    subprocess.run([sys.executable, "-m", "dvc", "commit", "-q", "-f", "export-lambda"],
+                   cwd=repo, check=True)
+    commit_all(repo)
+
+
+def model_in(repo: Path, onnx: bytes = b"onnx graph", **meta_changes) -> Path:
+    """A model built into the repo's build/lambda and recorded as the pipeline's (dvc.lock,
+    committed): the only kind the gate ships. Returns the model folder."""
+    model_dir = write_model(repo / "build" / "lambda", onnx, **meta_changes)
+    record_model(repo)
+    return model_dir
+
+
 @pytest.fixture(scope="module")
 def clean_repo(tmp_path_factory) -> Path:
-    return committed_repo(tmp_path_factory.mktemp("clean-repo"))
+    """A clean checkout whose pipeline built write_model's default model (so a copy of that
+    model elsewhere, byte for byte the same, passes the gate too)."""
+    repo = committed_repo(tmp_path_factory.mktemp("clean-repo"))
+    model_in(repo)
+    return repo
 
 
 def wav_base64(seconds=1.5, sr=16000) -> str:
@@ -296,15 +318,17 @@ def moto_account_settings(**_):
 
 
 @pytest.fixture
-def aws_target(aws_env, clean_repo, monkeypatch):
-    """An IAM role Lambda can assume and a bucket for the zips, in an empty moto; a clean repo."""
+def aws_target(aws_env, clean_repo, monkeypatch, tmp_path):
+    """An IAM role Lambda can assume and a bucket for the zips, in an empty moto; a clean repo
+    of this test's own (model_in changes its model)."""
     session = boto3.session.Session()
     session.events.register("before-call.lambda.GetAccountSettings", moto_account_settings)
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", session)
     role = boto3.client("iam").create_role(
         RoleName="coughlab-lambda", AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST))["Role"]["Arn"]
     boto3.client("s3").create_bucket(Bucket="coughlab-deploy")
-    return {"role": role, "bucket": "coughlab-deploy", "repo": str(clean_repo), "moto": aws_env}
+    repo = Path(shutil.copytree(clean_repo, tmp_path / "repo", symlinks=True))
+    return {"role": role, "bucket": "coughlab-deploy", "repo": repo, "moto": aws_env}
 
 
 PAGE_ANSWER = {"statusCode": 200, "headers": {"Content-Type": "text/html; charset=utf-8"},
@@ -321,7 +345,7 @@ def scored_answer(model_dir: Path, p_positive: float = 0.25) -> dict:
 
 def target_args(target: dict) -> list[str]:
     """deploy's command-line flags that point it at the moto target's bucket, role and repo."""
-    return ["--bucket", target["bucket"], "--role", target["role"], "--repo", target["repo"]]
+    return ["--bucket", target["bucket"], "--role", target["role"], "--repo", str(target["repo"])]
 
 
 def healthy(target: dict, model_dir: Path) -> None:
@@ -337,9 +361,9 @@ def deploy_cli(tmp_path, model_dir, *extra):
 
 def test_first_deploy_creates_later_ones_update_and_alias_follows(aws_target, tmp_path, capsys):
     write_deps(tmp_path / "deps")
-    model_dir = write_model(tmp_path / "lambda", onnx=b"graph one")
+    model_dir = model_in(aws_target["repo"], onnx=b"graph one")
     args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"], "--memory", "2048",
-            "--repo", aws_target["repo"]]
+            "--repo", str(aws_target["repo"])]
     lam = boto3.client("lambda")
 
     healthy(aws_target, model_dir)
@@ -354,7 +378,7 @@ def test_first_deploy_creates_later_ones_update_and_alias_follows(aws_target, tm
     key = f"lambda/coughlab-test/{package_sha[:16]}.zip"
     assert boto3.client("s3").head_object(Bucket=aws_target["bucket"], Key=key)["ContentLength"] > 0
 
-    write_model(model_dir, onnx=b"graph two")
+    model_in(aws_target["repo"], onnx=b"graph two")
     healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
     assert "version 2 is Active and passed its smoke test; alias live -> 2" in capsys.readouterr().out
@@ -368,7 +392,7 @@ def test_creating_a_function_needs_a_role_and_uploads_nothing_without_one(aws_ta
     write_deps(tmp_path / "deps")
     with pytest.raises(SystemExit, match="does not exist; pass --role"):
         deploy_cli(tmp_path, write_model(tmp_path / "lambda"), "--bucket", aws_target["bucket"],
-                   "--repo", aws_target["repo"])
+                   "--repo", str(aws_target["repo"]))
     assert boto3.client("s3").list_objects_v2(Bucket=aws_target["bucket"])["KeyCount"] == 0
 
 
@@ -377,7 +401,7 @@ def test_container_image_deploy(aws_target, tmp_path, capsys):
     model_dir = write_model(tmp_path / "lambda")
     healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, "--image-uri", image,
-               "--role", aws_target["role"], "--repo", aws_target["repo"])
+               "--role", aws_target["role"], "--repo", str(aws_target["repo"]))
     assert "version 1 is Active and passed its smoke test; alias live -> 1" in capsys.readouterr().out
     function = boto3.client("lambda").get_function(FunctionName="coughlab-test")
     assert function["Code"]["ImageUri"] == image
@@ -521,7 +545,7 @@ def test_function_is_tagged_and_version_described_with_commit_and_model(aws_targ
     model_dir = write_model(tmp_path / "lambda")
     healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, "--image-uri", image, "--role", aws_target["role"],
-               "--repo", aws_target["repo"])
+               "--repo", str(aws_target["repo"]))
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=aws_target["repo"], capture_output=True,
                           text=True, check=True).stdout.strip()
     version = json.loads((model_dir / "model.json").read_text())["version"]
@@ -569,9 +593,9 @@ def function_url_state(lam, name="coughlab-test", alias="live"):
 
 def test_deploy_publishes_a_capped_url_whose_cors_allows_only_itself(aws_target, tmp_path, capsys):
     write_deps(tmp_path / "deps")
-    model_dir = write_model(tmp_path / "lambda", onnx=b"graph one")
+    model_dir = model_in(aws_target["repo"], onnx=b"graph one")
     args = ["--bucket", aws_target["bucket"], "--role", aws_target["role"],
-            "--reserved-concurrency", "3", "--repo", aws_target["repo"]]
+            "--reserved-concurrency", "3", "--repo", str(aws_target["repo"])]
     lam = boto3.client("lambda")
 
     healthy(aws_target, model_dir)
@@ -586,7 +610,7 @@ def test_deploy_publishes_a_capped_url_whose_cors_allows_only_itself(aws_target,
     concurrency = lam.get_function_concurrency(FunctionName="coughlab-test")
     assert concurrency["ReservedConcurrentExecutions"] == 3
 
-    write_model(model_dir, onnx=b"graph two")  # a redeploy keeps the URL, grants nothing twice
+    model_in(aws_target["repo"], onnx=b"graph two")  # a redeploy keeps the URL, grants nothing twice
     healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
     assert function_url_state(lam) == (config, sids)
@@ -689,12 +713,12 @@ def test_atomic_outputs_get_explicit_modes_whatever_the_umask(tmp_path):
 
 def test_a_version_failing_its_smoke_test_leaves_live_where_it_was(aws_target, tmp_path):
     write_deps(tmp_path / "deps")
-    model_dir = write_model(tmp_path / "lambda", onnx=b"graph one")
+    model_dir = model_in(aws_target["repo"], onnx=b"graph one")
     args = target_args(aws_target)
     healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
 
-    write_model(model_dir, onnx=b"graph two")
+    model_in(aws_target["repo"], onnx=b"graph two")
     broken = {"statusCode": 500, "headers": {"Content-Type": "application/json"},
               "body": json.dumps({"error": "internal_error", "message": "the model failed"})}
     queue_lambda_results(aws_target["moto"], PAGE_ANSWER, broken)
@@ -721,7 +745,7 @@ def test_a_first_deploy_failing_its_smoke_test_creates_no_alias(aws_target, tmp_
     with pytest.raises(SystemExit, match=f"version 1 failed its smoke test: {problem}"
                        ".*; alias live not created"):
         deploy_cli(tmp_path, model_dir, "--image-uri", "123456789012.dkr.ecr.us-east-1."
-                   "amazonaws.com/coughlab:1", "--role", aws_target["role"], "--repo", aws_target["repo"])
+                   "amazonaws.com/coughlab:1", "--role", aws_target["role"], "--repo", str(aws_target["repo"]))
     with pytest.raises(boto3.client("lambda").exceptions.ResourceNotFoundException):
         boto3.client("lambda").get_alias(FunctionName="coughlab-test", Name="live")
 
@@ -748,13 +772,13 @@ def make_rollback(target: dict) -> subprocess.CompletedProcess:
 
 def test_make_rollback_lambda_moves_live_back_past_versions_that_never_went_live(aws_target, tmp_path):
     write_deps(tmp_path / "deps")
-    model_dir = write_model(tmp_path / "lambda", onnx=b"graph one")
+    model_dir = model_in(aws_target["repo"], onnx=b"graph one")
     args = target_args(aws_target)
     for graph in (b"graph one", b"graph two"):
-        write_model(model_dir, onnx=graph)
+        model_in(aws_target["repo"], onnx=graph)
         healthy(aws_target, model_dir)
         deploy_cli(tmp_path, model_dir, *args)
-    write_model(model_dir, onnx=b"graph three")
+    model_in(aws_target["repo"], onnx=b"graph three")
     queue_lambda_results(aws_target["moto"], {"statusCode": 500, "body": ""})
     with pytest.raises(SystemExit, match="version 3 failed its smoke test"):
         deploy_cli(tmp_path, model_dir, *args)
@@ -887,7 +911,7 @@ def test_a_missing_bucket_is_one_line_not_a_traceback(aws_target, tmp_path):
     write_deps(tmp_path / "deps")
     with pytest.raises(SystemExit) as exit_info:
         deploy_cli(tmp_path, write_model(tmp_path / "lambda"), "--bucket", "no-such-bucket",
-                   "--role", aws_target["role"], "--repo", aws_target["repo"])
+                   "--role", aws_target["role"], "--repo", str(aws_target["repo"]))
     message = str(exit_info.value)
     assert message.startswith("deploy failed: AWS PutObject failed: NoSuchBucket")
     assert message.endswith("; alias live not moved") and "\n" not in message

@@ -6,10 +6,8 @@ each mapped to the IAM actions it needs. When this session ran all of those test
 `make test`), their recording is used (these tests run last); otherwise (e.g. this file alone)
 they are run once in a child pytest that writes its recording to a file.
 """
-import fnmatch
 import json
 import os
-import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -18,17 +16,14 @@ from pathlib import Path
 import pytest
 
 import aws_calls
+from iam_docs import POLICIES, allowed_actions, allows, iam_md_policies, policy_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("tests/test_deploy.py", "tests/test_sagemaker.py", "tests/test_container.py",
            "tests/test_handler.py")
-# Recorded role -> the bold heading its policy sits under in docs/iam.md (its start).
-POLICIES = {
-    "caller": "You (or CI), to run",
-    "sagemaker-execution": "The SageMaker execution role",
-    "deployer": "The Lambda deployer",
-    "lambda-execution": "The Lambda execution role",
-}
+# The policies whose roles the recorder attributes calls to (the others, the setup identity's,
+# the DVC remote's and CI's, are checked by tests/test_iam_enforced.py alone).
+RECORDED_ROLES = ("caller", "sagemaker-execution", "deployer", "lambda-execution")
 # Actions a policy needs for what runs outside Python: policy -> {action: what uses it}.
 NOT_CALLED_FROM_PYTHON = {
     "caller": {action: "`docker push` of the training image (docs/sagemaker.md)" for action in (
@@ -37,40 +32,6 @@ NOT_CALLED_FROM_PYTHON = {
 }
 
 pytestmark = pytest.mark.after_aws_tests
-
-
-def iam_md_policies(text: str) -> dict[str, list[dict]]:
-    """docs/iam.md's permission policies (```json blocks), under the bold heading above them.
-
-    Trust policies (statements with a Principal) say who may assume a role, not what it may
-    do, and are left out.
-    """
-    policies = {}
-    for chunk in text.split("\n**")[1:]:
-        statements = [statement for block in re.findall(r"```json\n(.*?)```", chunk, re.S)
-                      for statement in json.loads(block)["Statement"]
-                      if "Principal" not in statement]
-        policies[chunk.split("**", 1)[0]] = statements
-    return policies
-
-
-def allowed_actions(statements: list[dict]) -> set[str]:
-    return {action for statement in statements if statement["Effect"] == "Allow"
-            for action in ([statement["Action"]] if isinstance(statement["Action"], str)
-                           else statement["Action"])}
-
-
-def allows(patterns: set[str], action: str) -> bool:
-    """IAM action matching: case-insensitive, with * and ? wildcards."""
-    return any(fnmatch.fnmatchcase(action.lower(), pattern.lower()) for pattern in patterns)
-
-
-def policy_for(role: str) -> set[str]:
-    policies = iam_md_policies((ROOT / "docs" / "iam.md").read_text())
-    matches = [statements for heading, statements in policies.items()
-               if heading.startswith(POLICIES[role])]
-    assert len(matches) == 1, f"docs/iam.md has no single heading **{POLICIES[role]}...**"
-    return allowed_actions(matches[0])
 
 
 def in_session(config: pytest.Config) -> list[dict] | None:
@@ -109,13 +70,13 @@ def recorded(request, tmp_path_factory) -> dict[str, dict[str, list[str]]]:
 
 
 def test_every_call_the_code_makes_belongs_to_a_documented_policy(recorded):
-    assert set(recorded) <= set(POLICIES), (
-        "calls from code no policy covers (add the module to tests/aws_calls.py "
-        f"ROLE_OF_MODULE and its actions to docs/iam.md): {sorted(set(recorded) - set(POLICIES))}")
-    assert {"caller", "sagemaker-execution", "deployer", "lambda-execution"} <= set(recorded)
+    unmapped = sorted(set(recorded) - set(RECORDED_ROLES))
+    assert not unmapped, ("calls from code no policy covers (add the module to tests/aws_calls.py "
+                          f"ROLE_OF_MODULE and its actions to docs/iam.md): {unmapped}")
+    assert set(RECORDED_ROLES) <= set(recorded)
 
 
-@pytest.mark.parametrize("role", POLICIES)
+@pytest.mark.parametrize("role", RECORDED_ROLES)
 def test_policy_allows_every_action_the_code_needs(recorded, role):
     allowed = policy_for(role)
     missing = {action: where[0] for action, where in recorded[role].items()
@@ -124,7 +85,7 @@ def test_policy_allows_every_action_the_code_needs(recorded, role):
         f"  {action} (needed by {where})" for action, where in sorted(missing.items())))
 
 
-@pytest.mark.parametrize("role", POLICIES)
+@pytest.mark.parametrize("role", RECORDED_ROLES)
 def test_policy_allows_nothing_the_code_does_not_need(recorded, role):
     needed = set(recorded[role]) | set(NOT_CALLED_FROM_PYTHON.get(role, {}))
     unused = sorted(pattern for pattern in policy_for(role)
@@ -134,8 +95,7 @@ def test_policy_allows_nothing_the_code_does_not_need(recorded, role):
 
 
 def test_iam_md_parsing_sees_each_policy_and_no_trust_policy():
-    text = (ROOT / "docs" / "iam.md").read_text()
-    policies = iam_md_policies(text)
+    policies = iam_md_policies((ROOT / "docs" / "iam.md").read_text())
     for role in POLICIES:
         assert policy_for(role), role
     assert not any(allows(allowed_actions(statements), "sts:AssumeRole")

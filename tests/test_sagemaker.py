@@ -19,6 +19,7 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from coughlab.aws.container import GPU_INSTANCE
@@ -26,13 +27,14 @@ from coughlab.checkpoint import fingerprint
 from coughlab.config import SageMakerConfig, compose, load_params
 from coughlab.nets import build_net, save_model
 from coughlab.aws.sagemaker import (IMAGE_CUDA, LOG_GROUP, AwsSettings, Clients, JobPaths,
-                                SageMakerError, check_outcome, cost_line, driver_warning,
-                                follow_job, job_name, job_paths, make_clients, run_training_job,
-                                settings_from_env, training_job_request, validate_job_config,
-                                wait_for_job)
+                                    SageMakerError, check_outcome, cost_line, driver_warning,
+                                    follow_job, job_name, job_paths, make_clients,
+                                    run_training_job, settings_from_env, training_job_request,
+                                    upload_features, validate_job_config, wait_for_job)
 from coughlab.stages import train as train_stage
 
 from helpers import conf, make_features, write_params
+from iam_docs import policy_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLE = "arn:aws:iam::123456789012:role/coughlab-training"
@@ -747,3 +749,55 @@ def test_no_answer_to_create_says_the_job_may_exist_and_the_rerun_finds_it(aws_e
         "and features follows it if it did, else starts one, reusing the features in "
         f"s3://{BUCKET}/exp/coughlab/input/{fp}/features/")
     assert "No job was started" not in message
+
+
+class PolicyBoundS3:
+    """S3 as AWS answers a principal allowed `actions`, for the calls upload_features makes.
+
+    AWS's HeadObject reference: without s3:ListBucket on the bucket, a HEAD of a missing key is
+    403 Forbidden, not 404 (and a HEAD has no body, so botocore's code is the bare "403").
+    moto does not apply this rule, so it gets this stand-in.
+    """
+
+    def __init__(self, actions: set[str]):
+        self.actions, self.objects = actions, {}
+
+    def _require(self, action: str, operation: str) -> None:
+        if action not in self.actions:
+            raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"},
+                               "ResponseMetadata": {"HTTPStatusCode": 403}}, operation)
+
+    def head_object(self, Bucket: str, Key: str) -> dict:
+        self._require("s3:GetObject", "HeadObject")
+        if Key not in self.objects:
+            self._require("s3:ListBucket", "HeadObject")
+            raise ClientError({"Error": {"Code": "404", "Message": "Not Found"},
+                               "ResponseMetadata": {"HTTPStatusCode": 404}}, "HeadObject")
+        return {"Metadata": self.objects[Key], "ContentLength": 1}
+
+    def list_objects_v2(self, Bucket: str, Prefix: str, MaxKeys: int = 1000) -> dict:
+        self._require("s3:ListBucket", "ListObjectsV2")
+        keys = sorted(key for key in self.objects if key.startswith(Prefix))[:MaxKeys]
+        return {"KeyCount": len(keys), **({"Contents": [{"Key": k} for k in keys]} if keys else {})}
+
+    def upload_file(self, Filename: str, Bucket: str, Key: str, Callback=None,
+                    ExtraArgs=None) -> None:
+        self._require("s3:PutObject", "PutObject")
+        self.objects[Key] = (ExtraArgs or {}).get("Metadata", {})
+
+
+@pytest.mark.parametrize("already_there", [False, True], ids=["object missing", "object present"])
+def test_the_features_upload_works_with_the_documented_caller_policy(tmp_path, capsys,
+                                                                      already_there):
+    """The first run (nothing uploaded yet) and the re-run, as docs/iam.md's caller."""
+    s3 = PolicyBoundS3({action for action in policy_for("caller") if action.startswith("s3:")})
+    features = make_features(tmp_path / "features")
+    input_uri = f"s3://{BUCKET}/coughlab/input/{'f' * 64}/features/"
+    if already_there:
+        upload_features(s3, features, input_uri)
+        capsys.readouterr()
+    upload_features(s3, features, input_uri)
+    assert sorted(s3.objects) == [f"coughlab/input/{'f' * 64}/features/{split}.npz"
+                                  for split in ("train", "valid")]
+    assert ("is already uploaded" in capsys.readouterr().out) == already_there
+

@@ -11,8 +11,8 @@ BotoCoreError and returns one line (no newline) that names:
 - for a quota error (SageMaker's ResourceLimitExceeded, Lambda's unreserved-concurrency
   minimum, LimitExceeded...): the quota's name as AWS words it and the Service Quotas console
   page where to request an increase;
-- for AccessDenied: the IAM action that was denied (from AWS's message, else from the
-  operation) and that docs/iam.md lists the policies;
+- for AccessDenied (and S3's bare "403" to a HEAD request): the IAM action that was denied
+  (from AWS's message, else from the operation) and that docs/iam.md lists the policies;
 - for missing/expired/invalid credentials, an unreachable endpoint, a missing region or
   throttling: what to fix; anything else: the operation, AWS's code and message.
 `service` (the boto3 service name, e.g. "s3") helps name the action where AWS's message does
@@ -45,12 +45,15 @@ IAM_ACTION = {
     ("s3", "DeleteObjects"): "s3:DeleteObject",
     ("s3", "ListMultipartUploads"): "s3:ListBucketMultipartUploads",
     ("s3", "ListParts"): "s3:ListMultipartUploadParts",
+    ("s3", "PutBucketLifecycleConfiguration"): "s3:PutLifecycleConfiguration",
     ("lambda", "Invoke"): "lambda:InvokeFunction",
     ("lambda", "InvokeWithResponseStream"): "lambda:InvokeFunction",
 }
 # Services the project calls, to find an operation's service when the caller did not say.
 KNOWN_SERVICES = ("s3", "lambda", "sagemaker", "logs", "service-quotas", "sts", "ecr")
-DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation",
+# A refused HEAD request has no body to name the error: botocore's code is the HTTP status.
+FORBIDDEN = "403"
+DENIED = {FORBIDDEN, "AccessDenied", "AccessDeniedException", "UnauthorizedOperation",
           "UnauthorizedException", "AuthorizationError", "AuthorizationErrorException"}
 BAD_CREDENTIALS = {"InvalidClientTokenId", "UnrecognizedClientException", "ExpiredToken",
                    "ExpiredTokenException", "InvalidAccessKeyId", "SignatureDoesNotMatch",
@@ -121,8 +124,12 @@ def _explain_client_error(error: ClientError, service: str | None) -> str:
                                                else f"the action for {operation}")
         resource = re.search(r"on resource: (\S+)", message)
         on = f" on {resource.group(1)}" if resource else ""
-        return (f"access denied: {operation} needs {action}{on}, which the policy of the "
+        line = (f"access denied: {operation} needs {action}{on}, which the policy of the "
                 f"identity you run as does not allow; add it (docs/iam.md lists each policy)")
+        if code == FORBIDDEN and operation == "HeadObject":
+            line += ("; or the object is missing and s3:ListBucket on the bucket is not allowed "
+                     "(S3 then answers 403, not 404)")
+        return line
     if code in BAD_CREDENTIALS:
         return (f"AWS rejected the credentials ({code} on {operation}: {message}); refresh them "
                 "(`aws sso login`, new keys) or check AWS_PROFILE")

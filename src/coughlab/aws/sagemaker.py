@@ -203,15 +203,15 @@ def training_job_request(job: JobPaths, params: Params, settings: AwsSettings,
 
 
 def uploaded_sha256(s3, bucket: str, key: str) -> str | None:
-    """The sha256 an earlier upload_features recorded on the object; None if it is not there."""
-    from botocore.exceptions import ClientError
+    """The sha256 an earlier upload_features recorded on the object; None if it is not there.
 
-    try:
-        return s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("sha256")
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise
+    Listed before the HEAD: S3 answers a HEAD of a missing key 403, not 404, to a caller
+    without s3:ListBucket, so a HEAD alone cannot tell "not uploaded yet" from "forbidden".
+    """
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+    if not any(entry["Key"] == key for entry in listed):
+        return None
+    return s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("sha256")
 
 
 def upload_features(s3, features_dir: Path, input_uri: str) -> None:

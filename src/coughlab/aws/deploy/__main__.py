@@ -2,9 +2,11 @@
 
 Order of work, each step only after the previous one succeeded:
 1. release gate: model.json must describe this model.onnx, with handler-vs-pipeline parity within
-   its tolerance and test ROC-AUC at or above --min-roc-auc; the git tree must be clean and
-   `dvc status` must find nothing out of date (so dvc.lock describes what ships and the commit
-   reproduces it); otherwise nothing is built or sent;
+   its tolerance and test ROC-AUC at or above --min-roc-auc, its fields of the types
+   export-lambda writes and the files it names plain files of --model-dir; the git tree must be
+   clean and `dvc status` must find nothing out of date (so dvc.lock describes what ships and
+   the commit reproduces it), and --model-dir must be the build/lambda that dvc.lock records
+   (the model the pipeline built); otherwise nothing is built or sent;
 2. dependencies: the pinned lambda/requirements.txt installed for manylinux_2_28 x86_64 CPython
    3.12 by pip's cross-platform mode (cached under --build-dir, keyed by the pins);
 3. zip: dependencies + handler.py at the root + model/{model.onnx,model.json} (model.json with
@@ -24,7 +26,9 @@ Order of work, each step only after the previous one succeeded:
    --reserved-concurrency none.
 
 --rollback moves the alias back to the version it served before the last deploy (the alias's
-description keeps that history), without building or gating anything.
+description keeps that history), without building or gating anything: only to a published
+version number other than the one served now, that the deploy released (its description names
+the gated model and commit).
 
 With --image-uri, steps 2-3 are replaced by an image built from docker/lambda.Dockerfile and
 pushed to ECR; the gate and steps 4-5 are the same (its smoke test also checks that the image
@@ -43,7 +47,8 @@ from pathlib import Path
 from coughlab.aws.deploy import DeployError, DeployRefused
 from coughlab.aws.deploy.access import (DEFAULT_RESERVED_CONCURRENCY, UNRESERVED_MINIMUM,
                                         URL_AUTH_TYPES, CapFailed, UrlSettings, publish_url)
-from coughlab.aws.deploy.gate import (DEFAULT_MIN_ROC_AUC, check_release, read_model_meta,
+from coughlab.aws.deploy.gate import (DEFAULT_MIN_ROC_AUC, EXPORT_OUT, check_release,
+                                      read_model_meta, require_pipeline_model,
                                       require_reproducible)
 from coughlab.aws.deploy.package import (BUILD_DIR, HANDLER, MIB, REQUIREMENTS, UNZIPPED_LIMIT,
                                          build_zip, ensure_dependencies)
@@ -142,10 +147,11 @@ def run(args: argparse.Namespace, fn: FunctionSettings) -> str | None:
     meta = read_model_meta(args.model_dir)
     check_release(args.model_dir, meta, args.min_roc_auc)
     meta = meta | {"git_commit": require_reproducible(args.repo)}
+    require_pipeline_model(args.repo, args.model_dir)
     print(f"deploy: model {meta['version']} passes the gate (test ROC-AUC "
           f"{meta['test_metrics']['roc_auc']:.4f}, parity within {meta['parity']['tolerance']:g} "
           f"on {meta['parity']['clips']} clips, "
-          f"git {meta['git_commit']} clean and matching dvc.lock)")
+          f"git {meta['git_commit']} clean and matching dvc.lock, the model its {EXPORT_OUT})")
     if args.check_only:
         return None
     if args.image_uri:

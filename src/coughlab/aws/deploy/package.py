@@ -21,7 +21,7 @@ from pathlib import Path
 
 from coughlab.atomic import atomic_dir, atomic_file
 from coughlab.aws.deploy import DeployError
-from coughlab.aws.deploy.gate import read_model_meta, stamp_git_commit
+from coughlab.aws.deploy.gate import FILE_FIELDS, model_file, read_model_meta, stamp_git_commit
 from coughlab.digest import sha256_file
 from coughlab.progress import progress_bar
 
@@ -90,10 +90,10 @@ def package_entries(deps_dir: Path, handler: Path, model_dir: Path, meta: dict) 
     entries = {p.relative_to(deps_dir).as_posix(): p for p in sorted(deps_dir.rglob("*"))
                if p.is_file() and not SKIPPED_DEPENDENCY_PARTS & set(p.relative_to(deps_dir).parts)}
     ours = {"handler.py": handler, "page.html": handler.parent / "page.html",
-            "model/model.json": model_dir / "model.json",
-            f"model/{meta['onnx_file']}": model_dir / meta["onnx_file"]}
-    if meta.get("model_card"):  # served at GET ?model_card, linked from the page
-        ours[f"model/{meta['model_card']}"] = model_dir / meta["model_card"]
+            "model/model.json": model_dir / "model.json"}
+    for field in FILE_FIELDS:  # the model_card is served at GET ?model_card, linked from the page
+        if field == "onnx_file" or meta.get(field) is not None:
+            ours[f"model/{meta[field]}"] = model_file(model_dir, meta, field)
     clashes = [name for name in entries if name in ours or name.startswith("model/")]
     if clashes:
         raise DeployError(f"{deps_dir} holds files that would shadow the handler or model: "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import wave
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from coughlab.progress import progress_bar
 DESCRIPTION_LIMIT = 256  # characters Lambda allows in a version's or an alias's description
 ALIAS_HISTORY_PREFIX = "coughlab history:"  # alias description: versions it served, newest first
 SMOKE_SAMPLE_RATE = 16000
+# What version_description writes: a version the deploy published after the gate.
+RELEASED_DESCRIPTION = re.compile(r"model \S+, git [0-9a-f]{40}, ")
 # The smoke requests carry a fixed id and time: every deploy sends the same bytes.
 SMOKE_REQUEST_TIME = 0.0
 
@@ -109,6 +112,11 @@ def alias_history(description: str) -> list[str]:
     return description[len(ALIAS_HISTORY_PREFIX):].split()
 
 
+def is_published_version(version: str) -> bool:
+    """A number Lambda gave a published version; not $LATEST, an alias or anything else."""
+    return version.isascii() and version.isdigit() and not version.startswith("0")
+
+
 def history_description(versions: list[str]) -> str:
     """`coughlab history: 7 5 3`, cut to what fits Lambda's 256-character alias description."""
     kept: list[str] = []
@@ -134,9 +142,13 @@ def point_alias(lam, name: str, alias: str, version: str, current: dict | None) 
         return
     if current["FunctionVersion"] == version:  # Lambda re-published the same code and settings
         return
-    history = alias_history(current.get("Description", "")) or [current["FunctionVersion"]]
-    if history[0] != current["FunctionVersion"]:  # moved by hand since: start from there
-        history = [current["FunctionVersion"], *history]
+    served = current["FunctionVersion"]
+    history = alias_history(current.get("Description", "")) or [served]
+    if history[0] != served:  # moved by hand since: start from there
+        history = [served, *history]
+    # Only published versions go on: $LATEST or a hand-written word never becomes a rollback
+    # target, however the alias was moved.
+    history = [number for number in history if is_published_version(number)]
     lam.update_alias(FunctionName=name, Name=alias, FunctionVersion=version,
                      Description=history_description([version, *history]))
 
@@ -243,21 +255,52 @@ def release(lam, fn: FunctionSettings, code_sha256: str, description: str,
 
 
 def rollback(fn: FunctionSettings, region: str | None = None) -> tuple[str, str]:
-    """Move the alias back to the version it served before; returns (from, to)."""
+    """Move the alias back to the version it served before; returns (from, to).
+
+    Only to a published version the deploy released: one the history names by its number,
+    other than the one served now, that still exists with the description a deploy gives it
+    (so it passed the gate, and its smoke test before the alias first moved to it).
+    """
     import boto3
 
     lam = boto3.client("lambda", region_name=region)
     current = current_alias(lam, fn.name, fn.alias)
     if current is None:
+        if not function_exists(lam, fn.name):
+            raise DeployError(f"Lambda function {fn.name!r} does not exist"
+                              f"{f' in {region}' if region else ''}: nothing to roll back")
         raise DeployError(f"{fn.name} has no alias {fn.alias!r}: nothing to roll back")
-    history = alias_history(current.get("Description", ""))
-    if history[:1] != [current["FunctionVersion"]] or len(history) < 2:
-        raise DeployError(f"alias {fn.alias} -> version {current['FunctionVersion']} records no "
-                          "earlier version to go back to; move it by hand with `aws lambda "
-                          "update-alias --function-version N`")
-    lam.update_alias(FunctionName=fn.name, Name=fn.alias, FunctionVersion=history[1],
-                     Description=history_description(history[1:]))
-    return history[0], history[1]
+    description = current.get("Description", "")
+    history = alias_history(description)
+    unpublished = [version for version in history if not is_published_version(version)]
+    if unpublished:
+        raise DeployError(f"alias {fn.alias}'s history ({description!r}) names "
+                          f"{unpublished[0]!r}, which is not a published version number; "
+                          "move it by hand with `aws lambda update-alias --function-version N`")
+    served = current["FunctionVersion"]
+    earlier = [version for version in history[1:] if version != served]
+    if history[:1] != [served] or not earlier:
+        raise DeployError(f"alias {fn.alias} -> version {served} records no earlier version to "
+                          "go back to; move it by hand with `aws lambda update-alias "
+                          "--function-version N`")
+    target = earlier[0]
+    require_released(lam, fn.name, target)
+    lam.update_alias(FunctionName=fn.name, Name=fn.alias, FunctionVersion=target,
+                     Description=history_description(history[history.index(target):]))
+    return served, target
+
+
+def require_released(lam, name: str, version: str) -> None:
+    """Refuse a version that no longer exists or that the deploy did not publish."""
+    try:
+        described = lam.get_function_configuration(FunctionName=name, Qualifier=version)
+    except lam.exceptions.ResourceNotFoundException:
+        raise DeployError(f"version {version} of {name} no longer exists; move the alias by "
+                          "hand with `aws lambda update-alias --function-version N`") from None
+    if not RELEASED_DESCRIPTION.match(described.get("Description", "")):
+        raise DeployError(f"version {version} of {name} was not published by the deploy (its "
+                          f"description {described.get('Description', '')!r} names no gated "
+                          "model and commit); not rolling back to it")
 
 
 def require_role_to_create(lam, fn: FunctionSettings) -> bool:
