@@ -69,7 +69,7 @@ lint: install  ## ruff over the code, tests and benchmarks ([tool.ruff] in pypro
 .PHONY: serve
 PORT ?= 8000
 serve: install  ## try the model before deploying: the recording page + API on 127.0.0.1:PORT (8000)
-	$(PY) -m coughlab.serve --model-dir build/lambda --host 127.0.0.1 --port $(PORT)
+	$(PY) -m coughlab.serve --host 127.0.0.1 --port $(PORT)
 
 deploy-lambda: install  ## gate the model, build the zip, publish it, smoke-test it, move alias `live`
 	$(PY) -m coughlab.aws.deploy

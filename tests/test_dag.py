@@ -122,3 +122,22 @@ def test_the_torch_free_copies_of_file_names_match_their_homes():
     from coughlab.aws import container
 
     assert container.CHECKPOINT_FILE == checkpoint.CHECKPOINT_FILE
+
+
+def test_the_bundle_and_handler_paths_outside_the_stages_match_their_homes():
+    """serve and deploy take the bundle export-lambda writes and the handler it gates; the PR
+    report reads evaluate's report and the card (defaults: params.yaml's paths, dvc.yaml's
+    deps)."""
+    from coughlab import model_card, report, serve
+    from coughlab.aws.deploy import __main__ as deploy_cli
+    from coughlab.aws.deploy import package
+    from coughlab.stages import export_lambda
+
+    paths = PARAMS["paths"]
+    assert serve.MODEL_DIR.as_posix() == deploy_cli.MODEL_DIR.as_posix() == paths["bundle"]
+    assert report.METRICS.as_posix() == paths["evaluation"]
+    assert report.MODEL_CARD.parent.as_posix() == paths["bundle"]
+    assert report.MODEL_CARD.name == model_card.MODEL_CARD
+    handler = export_lambda.HANDLER.as_posix()
+    assert handler in deps(STAGES["export-lambda"])
+    assert serve.HANDLER.as_posix() == package.HANDLER.as_posix() == handler
