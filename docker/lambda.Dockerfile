@@ -1,13 +1,13 @@
 # Container-image alternative to the zip `make deploy-lambda` ships (for when the package
 # outgrows Lambda's 250 MB unzipped limit). Same pins, same handler, same model layout:
-#   python -m coughlab.deploy --check-only                 # the release gate, on build/lambda
+#   python -m coughlab.aws.deploy --check-only                 # the release gate, on build/lambda
 #   docker buildx build --platform linux/amd64 --provenance=false --load \
 #       -f docker/lambda.Dockerfile -t coughlab-lambda .
 # and to push it to ECR (Docker media types, one manifest; docs/sagemaker.md: Container images):
 #   docker buildx build --platform linux/amd64 --provenance=false \
 #       --output type=image,push=true,oci-mediatypes=false \
 #       -f docker/lambda.Dockerfile -t <account>.dkr.ecr.<region>.amazonaws.com/coughlab:<tag> .
-#   python -m coughlab.deploy --image-uri <account>.dkr.ecr.<region>.amazonaws.com/coughlab:<tag>
+#   python -m coughlab.aws.deploy --image-uri <account>.dkr.ecr.<region>.amazonaws.com/coughlab:<tag>
 # --platform linux/amd64: the function is x86_64 whatever machine builds it. --provenance=false:
 # current BuildKit otherwise pushes an OCI image index with an attestation manifest, which
 # Lambda rejects ("image manifest, config or layer media type ... is not supported").

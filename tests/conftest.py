@@ -147,3 +147,13 @@ def exported_model(tmp_path_factory):
             "graph": root / "graph",
             "fetched": root / "fetched",
             "originals": {r["path"]: root / "fetched" / r["fetched_path"] for r in rows}, **inputs}
+
+
+def pytest_collection_modifyitems(config, items):
+    """`exhaustive` cases run only when asked for by name (-m exhaustive)."""
+    if "exhaustive" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="one of a matrix whose representatives ran: -m exhaustive")
+    for item in items:
+        if "exhaustive" in item.keywords:
+            item.add_marker(skip)

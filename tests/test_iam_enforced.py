@@ -250,7 +250,7 @@ def sagemaker_scenario(aws: Engine, monkeypatch, tmp_path: Path, without: str | 
     from test_sagemaker import LOG_GROUP, PARAMS, job_artifacts
 
     from coughlab.aws.sagemaker import AwsSettings, make_clients, run_training_job
-    from coughlab.model import fingerprint
+    from coughlab.checkpoint import fingerprint
 
     bucket, job = PLACEHOLDERS["BUCKET"], "coughlab-enforced-1"
     image = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/coughlab-train:1"
@@ -421,8 +421,9 @@ def test_the_documented_policy_lets_the_scenario_through(aws, monkeypatch, tmp_p
         f"{disagreeing}"
 
 
-# One removal per step kind and service, run by default; the rest of the matrix is `-m slow`
-# (each removal re-runs its scenario: about 10 s for the deploy).
+# One removal per step kind and service, run by default; the rest of the matrix only with
+# `-m exhaustive` (each removal re-runs its scenario: about 10 s for the deploy; all 44 took
+# 821 s on two busy cores, too long for every `make test`).
 REPRESENTATIVE = {
     "deployer": {"s3:PutObject", "lambda:CreateFunction", "lambda:InvokeFunction",
                  "lambda:UpdateAlias", "lambda:PutFunctionConcurrency"},
@@ -447,7 +448,7 @@ def removable() -> list:
         assert REPRESENTATIVE[scenario] <= actions, scenario
         cases += [pytest.param(scenario, action, id=f"{scenario}-{action}",
                                marks=() if action in REPRESENTATIVE[scenario] else
-                               pytest.mark.slow)
+                               pytest.mark.exhaustive)
                   for action in sorted(actions)]
     return cases
 

@@ -153,7 +153,7 @@ class SageMakerConfig:
     """Managed-spot job settings (only read when train.backend == "sagemaker").
 
     Account-specific values (role, bucket, image, region) come from the environment instead,
-    so params.yaml stays the same in every account; see coughlab.sagemaker.
+    so params.yaml stays the same in every account; see coughlab.aws.sagemaker.
     """
     instance_type: str
     volume_size_gb: int
