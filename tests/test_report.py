@@ -182,7 +182,8 @@ def test_unknown_base_revision_is_a_clear_error(two_commit_repo):
 def test_report_includes_the_model_card_under_its_own_heading(two_commit_repo):
     card = two_commit_repo / "build" / "lambda" / "model_card.md"
     card.parent.mkdir(parents=True)
-    card.write_text("# Model card: cough classifier 43f685139a7d\n\n## Intended use\n\nResearch.\n")
+    card.write_text("---\nlicense: mit\n---\n\n# Model card: cough classifier 43f685139a7d\n\n"
+                    "## Intended use\n\nResearch.\n")
     report.main(["--base", "main", "--repo", str(two_commit_repo)])
     markdown = (two_commit_repo / "build" / "pr-report.md").read_text()
     _, section = markdown.split("### Model card (build/lambda/model_card.md)\n\n")

@@ -189,8 +189,11 @@ def model_card_section(repo: Path) -> list[str]:
     path = repo / MODEL_CARD
     if not path.is_file():
         return []
+    text = path.read_text()
+    if text.startswith("---\n"):  # the YAML metadata block is for model hubs, not the PR
+        text = text.split("\n---\n", 1)[-1]
     card = re.sub(r"^(#{1,3}) ", lambda m: "#" * (len(m.group(1)) + 3) + " ",
-                  path.read_text().strip(), flags=re.M)
+                  text.strip(), flags=re.M)
     return [f"### Model card ({MODEL_CARD})", card]
 
 
