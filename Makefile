@@ -52,8 +52,12 @@ repro: install data  ## run the whole pipeline (dvc repro) on the embedded defau
 	@# beat the metadata-only baseline within channels (printed even when evaluate was cached).
 	@$(PY) -m coughlab.stages.evaluate --verdict
 
-params: install  ## recompose params.yaml from conf/ after editing conf/ by hand
-	$(PY) -m coughlab.config
+params: install  ## recompose params.yaml from conf/ after editing conf/ by hand (names what it reverts)
+	$(PY) -m coughlab.promote --recompose
+
+.PHONY: promote
+promote: install  ## write params.yaml's values (an applied experiment's) into conf/, so they stay
+	$(PY) -m coughlab.promote
 
 test: install  ## run the whole test suite, end-to-end runs included
 	$(PY) -m pytest
