@@ -252,7 +252,10 @@ def main(argv: list[str] | None = None) -> None:
     path_option(parser, "--in", p.paths.fetched, "fetch's folder (labels.csv + clips)", "src")
     path_option(parser, "--out", p.paths.combined, "folder to write")
     args = parser.parse_args(argv)
-    combine(args.src, args.out, p.audio.sample_rate, p.data.quality, p.data.split, p.seed)
+    try:
+        combine(args.src, args.out, p.audio.sample_rate, p.data.quality, p.data.split, p.seed)
+    except (SplitError, TooManyQuarantined) as err:  # about the data: one line, no traceback
+        raise SystemExit(f"combine: {err}") from None
 
 
 if __name__ == "__main__":
