@@ -76,7 +76,9 @@ def test_make_repro_then_an_lr_experiment(clone):
     metrics = json.loads((clone / "reports/metrics.json").read_text())
     assert metrics["auc"] >= 0.9, metrics
     assert (clone / "build/lambda/model.onnx").stat().st_size > 0
-    assert (clone / "build/lambda/model_card.md").read_text().startswith("# Model card")
+    card = (clone / "build/lambda/model_card.md").read_text()
+    assert card.startswith("---\nlicense: mit\n") and "\n# Model card" in card
+    assert "SYNTHETIC sample" in card and "0.53" not in card  # the sample's, not real data's
     # Every stage is bit-identical on every x86-64 CPU: a newcomer's clone reproduces the
     # committed dvc.lock, metrics, report, plots and model.json byte for byte, leaving nothing
     # to commit, also when evaluate and export-lambda are forced to run again here.
