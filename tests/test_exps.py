@@ -35,10 +35,12 @@ def run(cwd, *cmd, env=None):
     return result.stdout
 
 
-def make_exps_command() -> str:
+def make_exps_command(root: Path = ROOT) -> str:
+    """The command `make exps` runs, as make prints it (`make -n`), without install's."""
     dry = subprocess.run(["make", "--no-print-directory", "-n", "exps", "STAMP=/dev/null",
-                          "VENV=.venv"], cwd=ROOT, capture_output=True, text=True, check=True)
-    return dry.stdout.strip().replace("\\\n", " ")
+                          "VENV=.venv"], cwd=root, capture_output=True, text=True, check=True)
+    command = dry.stdout[dry.stdout.index("dvc exp show"):]
+    return " ".join(command.replace("\\\n", " ").split())
 
 
 @pytest.fixture(scope="module")

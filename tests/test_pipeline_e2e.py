@@ -111,9 +111,9 @@ def assert_exp_show_is_readable_at_120_columns(clone: Path, names: list[str]) ->
     120- and an 80-column terminal: no line longer, nothing folded into '…', the headline
     (within-channel ROC-AUC and its CI, then the margin) whole, then lr, the param the sweep
     changed, for the baseline and both experiments. Plain `--only-changed` folded lr away."""
-    dry = subprocess.run(["make", "--no-print-directory", "-n", "exps", "STAMP=/dev/null",
-                          "VENV=.venv"], cwd=clone, capture_output=True, text=True, check=True)
-    command = dry.stdout.strip().replace("\\\n", " ")
+    from test_exps import make_exps_command
+
+    command = make_exps_command(clone)
     for columns in (120, 80):
         shown = run(clone, "bash", "-c", command, env={"COLUMNS": str(columns)})
         lines = [line.rstrip() for line in shown.splitlines() if line.strip()]
