@@ -234,7 +234,8 @@ def test_every_plot_is_drawn_once_with_axes_in_words(project_plots_repo):
     """The training curves were drawn twice (a stage-level plot and a top-level one), and
     their axes read `y` and `step`."""
     shown = json.loads(report.dvc(project_plots_repo, "plots", "show", "--json"))["data"]
-    defined = [next(iter(plot)) for plot in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]]
+    defined = [next(iter(plot))
+               for plot in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]]
     assert sorted(shown) == sorted(defined)
     raw_names = {"x", "y", "step", "fpr", "tpr", "recall", "precision", "predicted", "actual"}
     for name, renders in shown.items():
