@@ -54,8 +54,12 @@ repro: install data  ## run the whole pipeline (dvc repro) on the embedded defau
 	@# beat the metadata-only baseline within channels (printed even when evaluate was cached).
 	@$(PY) -m coughlab.stages.evaluate --verdict
 
-params: install  ## recompose params.yaml from conf/ after editing conf/ by hand
-	$(PY) -m coughlab.config
+params: install  ## recompose params.yaml from conf/ after editing conf/ by hand (names what it reverts)
+	$(PY) -m coughlab.promote --recompose
+
+.PHONY: promote
+promote: install  ## write params.yaml's values (an applied experiment's) into conf/, so they stay
+	$(PY) -m coughlab.promote
 
 test: install browser lint  ## lint, then the whole test suite, end-to-end runs included
 	$(PY) -m pytest
@@ -100,5 +104,20 @@ pull: install  ## fetch data and pipeline outputs from your DVC remote (dvc pull
 	dvc pull
 
 BASE ?= main
-report: install  ## markdown metrics/params/plots diff against BASE (main) -> build/pr-report.md
-	$(PY) -m coughlab.report --base $(BASE) --out build/pr-report.md
+REV ?=
+report: install  ## REV (the workspace) against BASE (main): headline, metrics, params, plot PNGs -> build/pr-report.md
+	$(PY) -m coughlab.report --base $(BASE) $(if $(REV),--rev $(REV)) --out build/pr-report.md
+
+# `dvc exp show` in 80 columns: the changed params beside the headline (wc_auc and its CI
+# wc_lo..wc_hi) and the margin over the metadata baseline; DVC's other columns (creation time,
+# the other metrics, every dependency's hash: names with a /) dropped (DVC matches these
+# patterns from the start of a column's name). `dvc exp show` still has them all.
+EXPS_DROP := Created|leak_neg|leak_pos|auc|pr_auc|sens|spec|.*/.*
+.PHONY: exps plots
+exps: install  ## experiments side by side: changed params and the headline with its CI, best first
+	dvc exp show --no-pager --only-changed --drop '$(EXPS_DROP)' --keep 'wc_(auc|lo|hi)' \
+	  --sort-by wc_auc --sort-order desc
+
+REVS ?=
+plots: install  ## DVC's plots as a page that renders offline -> build/plots/index.html (REVS="main exp" to compare)
+	$(PY) -m coughlab.plots $(REVS)

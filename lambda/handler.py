@@ -5,7 +5,8 @@ for S3 events); never torch or coughlab. Two kinds of event:
 
 - Function URL / API Gateway GET: the recording page (`page.html`, next to this file): record a
   cough in the browser, POST it here, see the answer. GET `?model_card`: the model card
-  export-lambda wrote beside model.json (Markdown, served as plain text).
+  export-lambda wrote beside model.json: as HTML for a browser (Accept: text/html; every
+  character of the card escaped), else the Markdown as plain text.
 - Function URL / API Gateway POST. Body: the audio file itself (base64, as API Gateway
   delivers binary bodies) with an audio Content-Type (`audio/webm`, `audio/wav`,
   `application/octet-stream`, ...), or JSON `{"audio": "<base64 of the file>"}` as
@@ -37,6 +38,7 @@ import base64
 import binascii
 import functools
 import hashlib
+import html
 import io
 import json
 import logging
@@ -580,28 +582,41 @@ def request_method(event) -> str | None:
     return method if isinstance(method, str) else None
 
 
+def csp_hashes(page: str, tag: str) -> str:
+    """The CSP sources naming the sha256 of each inline <tag> block of `page`."""
+    blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.DOTALL)
+    return " ".join("'sha256-%s'" % base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()
+                    for b in blocks)
+
+
+def trained_on() -> str:
+    """model.json's sentence on the training data (synthetic sample, or which real sources)."""
+    try:
+        sentence = json.loads((MODEL_DIR / "model.json").read_text()).get("trained_on")
+    except (OSError, ValueError, AttributeError):
+        sentence = None
+    return sentence if isinstance(sentence, str) and sentence else (
+        "What this model was trained on is not recorded with it: read the model card.")
+
+
 @functools.cache
 def recording_page() -> dict:
-    """The recording page, read once per container, with a CSP that runs only its own code and
-    the upload limit it refuses larger recordings by, before posting them.
+    """The recording page, read once per container, with a CSP that runs only its own code, the
+    upload limit it refuses larger recordings by, before posting them, and model.json's
+    sentence on what the model was trained on (escaped).
 
     The CSP names the sha256 of each inline <script>/<style> block: nothing else can run or
     style the page, and it can only talk to its own origin.
     """
-    html = PAGE.read_text(encoding="utf-8").replace(
+    html_text = PAGE.read_text(encoding="utf-8").replace(
         '<meta name="max-audio-bytes" content="MAX_AUDIO_BYTES">',
-        f'<meta name="max-audio-bytes" content="{MAX_AUDIO_BYTES}">')  # the page checks it too
-
-    def sources(tag: str) -> str:
-        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)
-        return " ".join(
-            "'sha256-%s'" % base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()
-            for b in blocks)
-
-    csp = (f"default-src 'none'; script-src {sources('script')}; style-src {sources('style')}; "
+        f'<meta name="max-audio-bytes" content="{MAX_AUDIO_BYTES}">').replace(  # checked there too
+        "<!--TRAINED_ON-->", html.escape(trained_on()))
+    csp = (f"default-src 'none'; script-src {csp_hashes(html_text, 'script')}; "
+           f"style-src {csp_hashes(html_text, 'style')}; "
            "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
            "frame-ancestors 'none'")
-    return {"statusCode": 200, "body": html, "headers": {
+    return {"statusCode": 200, "body": html_text, "headers": {
         "Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": csp,
         "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
         "Cache-Control": "no-cache"}}
@@ -616,13 +631,105 @@ def wants_model_card(event: dict) -> bool:
     return event.get("queryStringParameters") == {"model_card": ""}
 
 
-def model_card() -> dict:
+CARD_STYLE = ("body{font:16px/1.5 system-ui,sans-serif;max-width:50rem;margin:0 auto;"
+              "padding:1rem}table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px "
+              "solid #767676;padding:.2rem .5rem;text-align:left}pre{overflow-x:auto;"
+              "background:rgba(127,127,127,.12);padding:.5rem}blockquote{border-left:4px solid "
+              "#c0392b;margin:1rem 0;padding:.2rem .8rem}")
+MARKDOWN_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|<>~])")
+
+
+def card_inline(text: str) -> str:
+    """One line of the card as HTML: escaped first, then only **bold** and `code` marked up;
+    a backslash-escaped character stays literal."""
+    kept: list[str] = []
+
+    def keep(match: re.Match) -> str:
+        kept.append(match.group(1))
+        return f"\0{len(kept) - 1}\0"
+
+    text = html.escape(MARKDOWN_ESCAPE.sub(keep, text.replace("\0", "")))
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"\0(\d+)\0", lambda m: html.escape(kept[int(m.group(1))]), text)
+
+
+def card_cells(row: str) -> list[str]:
+    return [card_inline(cell.strip())
+            for cell in re.split(r"(?<!\\)\|", row.strip().removeprefix("|").removesuffix("|"))]
+
+
+def card_blocks(lines: list[str]):
+    """The card's blocks as HTML: front matter, fenced code, headings, tables, lists, quotes
+    and paragraphs, the only Markdown export-lambda writes."""
+    i = 0
+    if lines[:1] == ["---"] and "---" in lines[1:]:
+        end = lines.index("---", 1)
+        yield ("<details><summary>Metadata (for model hubs)</summary><pre>"
+               + html.escape("\n".join(lines[1:end])) + "</pre></details>")
+        i = end + 1
+    while i < len(lines):
+        line, start = lines[i], i
+        i += 1
+        if line.startswith("```"):
+            while i < len(lines) and not lines[i].startswith("```"):
+                i += 1
+            yield "<pre><code>" + html.escape("\n".join(lines[start + 1:i])) + "</code></pre>"
+            i += 1
+        elif heading := re.match(r"(#{1,6}) (.*)", line):
+            level = len(heading.group(1))
+            yield f"<h{level}>{card_inline(heading.group(2))}</h{level}>"
+        elif line.startswith(("|", "- ", "> ")):
+            while i < len(lines) and lines[i].startswith(line[:2] if line[0] != "|" else "|"):
+                i += 1
+            block = lines[start:i]
+            if line.startswith("|"):
+                head, *body = [row for row in block if not re.fullmatch(r"[|\-: ]+", row)]
+                yield ("<table><thead><tr>" + "".join(f"<th>{c}</th>" for c in card_cells(head))
+                       + "</tr></thead><tbody>" + "".join(
+                           "<tr>" + "".join(f"<td>{c}</td>" for c in card_cells(row)) + "</tr>"
+                           for row in body) + "</tbody></table>")
+            elif line.startswith("- "):
+                yield "<ul>" + "".join(f"<li>{card_inline(r[2:])}</li>" for r in block) + "</ul>"
+            else:
+                yield ("<blockquote>" + " ".join(card_inline(r[2:]) for r in block)
+                       + "</blockquote>")
+        elif line.strip():
+            while i < len(lines) and lines[i].strip() and not lines[i].startswith(
+                    ("#", "|", "- ", "> ", "```")):
+                i += 1
+            yield "<p>" + " ".join(card_inline(r) for r in lines[start:i]) + "</p>"
+
+
+def card_html(markdown: str) -> str:
+    """The model card as one self-contained HTML page; no link, image or script can come from
+    the card's text, whatever it holds."""
+    title = next((line[2:] for line in markdown.splitlines() if line.startswith("# ")),
+                 "Model card")
+    return ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{html.escape(title.replace('`', ''))}</title>\n"
+            f"<style>{CARD_STYLE}</style>\n</head>\n<body>\n<main>\n"
+            "<p><a href=\"?\">Back to the recording page</a></p>\n"
+            + "\n".join(card_blocks(markdown.splitlines())) + "\n</main>\n</body>\n</html>\n")
+
+
+def model_card(event: dict | None = None) -> dict:
+    """The card as HTML for a browser (its Accept names text/html), else as Markdown text."""
     path = MODEL_DIR / MODEL_CARD
     if not path.is_file():
         raise RequestError(404, "no_model_card", "this model was exported without a model card")
-    return {"statusCode": 200, "body": path.read_text(encoding="utf-8"), "headers": {
-        "Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff",
-        "Cache-Control": "no-cache"}}
+    markdown = path.read_text(encoding="utf-8")
+    headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+    if "text/html" not in header((event or {}).get("headers"), "accept"):
+        return {"statusCode": 200, "body": markdown,
+                "headers": {"Content-Type": "text/plain; charset=utf-8", **headers}}
+    page = card_html(markdown)
+    csp = (f"default-src 'none'; style-src {csp_hashes(page, 'style')}; base-uri 'none'; "
+           "form-action 'none'; frame-ancestors 'none'")
+    return {"statusCode": 200, "body": page, "headers": {
+        "Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": csp,
+        "Referrer-Policy": "no-referrer", **headers}}
 
 
 def handler(event, context=None):
@@ -630,7 +737,7 @@ def handler(event, context=None):
         if not isinstance(event, dict):
             raise RequestError(400, "invalid_event", "the event must be a JSON object")
         if request_method(event) == "GET":
-            return model_card() if wants_model_card(event) else recording_page()
+            return model_card(event) if wants_model_card(event) else recording_page()
         if "Records" in event:
             return s3_records(event["Records"])
         return respond(200, predict(request_audio(event)))

@@ -54,6 +54,7 @@ if not CHROMIUM.exists():
                     pytrace=False)
     pytest.skip(f"{CHROMIUM} not installed (`make install` installs it)", allow_module_level=True)
 
+import axe_playwright_python  # noqa: E402 - after the skip
 from playwright.sync_api import expect, sync_playwright  # noqa: E402 - after the skip
 
 
@@ -190,7 +191,7 @@ def test_page_shows_the_handlers_answer_for_the_recording(playwright, handler, e
         drawn = page.evaluate("""() => { const c = document.getElementById('wave');
             return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some(v => v); }""")
         shown = {key: page.locator(f"#{key}").inner_text()
-                 for key in ("p-positive", "label", "threshold", "model-version")}
+                 for key in ("score", "label", "threshold", "model-version", "git-commit")}
         browser.close()
     served = server.stdout.read().splitlines()
 
@@ -207,10 +208,13 @@ def test_page_shows_the_handlers_answer_for_the_recording(playwright, handler, e
     answer = replay(handler, serve.Request("POST", "/", headers, body))
     assert answer["status"] == 200, answer
     assert {"status": 200, **served_answer} == answer
-    assert shown["p-positive"] == f"{answer['p_positive'] * 100:.1f} %"
-    assert shown["label"].lower().startswith(answer["label"])
-    assert shown["threshold"] == f"{answer['threshold'] * 100:.1f} %"
+    # A score, not a percentage that reads as a probability, and no verdict word.
+    assert shown["score"] == f"{answer['p_positive']:.3f}"
+    assert shown["label"].startswith("At or above" if answer["label"] == "positive" else "Below")
+    assert "not a test result" in shown["label"]
+    assert shown["threshold"] == f"{answer['threshold']:.3f}"
     assert shown["model-version"] == answer["model_version"]
+    assert answer["git_commit"] is None and shown["git-commit"].startswith("none: a local model")
 
 
 def test_get_serves_the_page_with_a_strict_csp(handler):
@@ -226,17 +230,25 @@ def test_get_serves_the_page_with_a_strict_csp(handler):
     assert 'src="http' not in response["body"] and "<script src" not in response["body"]
 
 
-def test_page_links_to_the_model_card(playwright, handler, cough_wav, exported_model):
-    """The link on the page opens the card export-lambda wrote beside model.json, as text."""
+def test_page_links_to_the_model_card_rendered_as_html(playwright, handler, cough_wav,
+                                                       exported_model):
+    """The link opens the card export-lambda wrote beside model.json as a page, not raw
+    Markdown: its title a heading, its tables tables, and nothing of its markup left."""
     with FunctionUrl(handler.handler) as url:
         browser, page = open_page(playwright, url.url, cough_wav)
         page.click("#model-card")
         page.wait_for_url("**?model_card")
-        shown = page.locator("body").inner_text()
+        title = page.locator("h1").inner_text()
+        tables = page.locator("table").count()
+        shown = page.locator("main").inner_text()
         browser.close()
     card = (exported_model["lambda_dir"] / "model_card.md").read_text()
-    assert shown.strip() == card.strip()
-    assert shown.startswith("# Model card")
+    version = json.loads((exported_model["lambda_dir"] / "model.json").read_text())["version"]
+    assert title == f"Model card: cough classifier {version}"
+    assert tables == sum(1 for block in card.split("\n\n") if block.startswith("|"))
+    assert "|---" not in shown and "**" not in shown and "## " not in shown
+    assert "Out of scope" in shown and "Known limits" in shown
+    assert page.console_errors == []  # its CSP blocks none of its own style
 
 
 def test_denied_microphone_is_explained(playwright, handler, cough_wav):
@@ -276,3 +288,72 @@ def test_too_large_recording_is_refused_in_words(playwright, exported_model, cou
         expect(error).to_contain_text("the limit is 0.002 MB")
         browser.close()
     assert url.posts() == []  # refused by the page, before posting
+
+
+def test_page_says_what_the_model_was_trained_on_and_that_recordings_are_not_kept(
+        playwright, handler, cough_wav, exported_model):
+    meta = json.loads((exported_model["lambda_dir"] / "model.json").read_text())
+    with FunctionUrl(handler.handler) as url:
+        browser, page = open_page(playwright, url.url, cough_wav)
+        trained_on = page.locator("#trained-on").inner_text()
+        privacy = page.locator("#privacy").inner_text()
+        browser.close()
+    assert trained_on == meta["trained_on"]
+    assert "not stored" in privacy
+
+
+def test_keyboard_alone_starts_and_stops_a_recording(playwright, handler, cough_wav):
+    """After Start the button was disabled while the microphone opened, so the focus fell to
+    the page and Enter did nothing until the 10 s auto-stop."""
+    with FunctionUrl(handler.handler) as url:
+        browser, page = open_page(playwright, url.url, cough_wav)
+        page.keyboard.press("Tab")
+        while page.evaluate("document.activeElement.id") != "record":
+            page.keyboard.press("Tab")  # from the top, as a keyboard user gets there
+        page.keyboard.press("Enter")
+        expect(page.locator("#status")).to_contain_text("Recording", timeout=15_000)
+        focused = page.evaluate("document.activeElement.id")
+        page.wait_for_timeout(2000)
+        page.keyboard.press("Enter")
+        expect(page.locator("#result")).to_be_visible(timeout=5000)
+        seconds = float(page.locator("#seconds").inner_text().split()[0])
+        refocused = page.evaluate("document.activeElement.id")
+        browser.close()
+    assert focused == "record" and refocused == "record"
+    assert seconds < 8  # stopped by Enter, not by the 10 s auto-stop
+    assert len(url.posts()) == 1
+
+
+def test_a_chosen_file_is_scored(playwright, handler, cough_wav):
+    with FunctionUrl(handler.handler) as url:
+        browser, page = open_page(playwright, url.url, cough_wav)
+        page.set_input_files("#upload", str(cough_wav))
+        expect(page.locator("#result")).to_be_visible(timeout=30_000)
+        shown = page.locator("#score").inner_text()
+        browser.close()
+    (post,) = url.posts()
+    assert post.headers["content-type"] == "audio/wav"
+    assert post.body == cough_wav.read_bytes()
+    assert shown == f"{replay(handler, post)['p_positive']:.3f}"
+
+
+AXE_JS = Path(axe_playwright_python.__file__).parent / "axe.min.js"
+RESULT = {"p_positive": 0.1234, "label": "negative", "threshold": 0.4268, "seconds": 3.1,
+          "model_version": "0123456789ab", "git_commit": None}
+
+
+@pytest.mark.parametrize("state", ["start", "result", "error"])
+def test_axe_core_finds_no_violations(playwright, handler, cough_wav, state):
+    """axe-core (pinned: the axe-playwright-python package ships it) on the page at rest, with
+    a result (the dt labels' contrast was 4.24:1) and with an error shown."""
+    with FunctionUrl(handler.handler) as url:
+        browser, page = open_page(playwright, url.url, cough_wav)
+        if state == "result":
+            page.evaluate(f"showResult({json.dumps(RESULT)})")
+        elif state == "error":
+            page.evaluate("showError(SERVER_ERRORS.silent)")
+        page.evaluate(AXE_JS.read_text())  # evaluated by the test, so the page's CSP allows it
+        found = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+        browser.close()
+    assert found["testEngine"]["version"].startswith("4.")
+    assert [(v["id"], [n["target"] for n in v["nodes"]]) for v in found["violations"]] == []

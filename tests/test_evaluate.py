@@ -195,8 +195,9 @@ def test_a_test_split_too_small_for_its_numbers_says_so(tmp_path, monkeypatch, c
             "parity": {"tolerance": 1e-4, "clips": 3},
             "provenance": {"data_sources": ["local"], "data_md5": "d", "features_md5": "f",
                            "model_md5": "m", "params": {}}}
-    card = model_card(meta, report)
-    assert card.splitlines()[2] == f"> **{size['warning']}**"  # first thing under the title
+    lines = model_card(meta, report).splitlines()
+    title = next(i for i, line in enumerate(lines) if line.startswith("# Model card"))
+    assert lines[title + 2] == f"> **{size['warning']}**"  # first thing under the title
 
 
 def test_a_test_split_of_enough_subjects_gets_no_size_warning(tmp_path, monkeypatch, capsys):

@@ -76,7 +76,9 @@ def test_make_repro_then_an_lr_experiment(clone):
     metrics = json.loads((clone / "reports/metrics.json").read_text())
     assert metrics["auc"] >= 0.9, metrics
     assert (clone / "build/lambda/model.onnx").stat().st_size > 0
-    assert (clone / "build/lambda/model_card.md").read_text().startswith("# Model card")
+    card = (clone / "build/lambda/model_card.md").read_text()
+    assert card.startswith("---\nlicense: mit\n") and "\n# Model card" in card
+    assert "SYNTHETIC sample" in card and "0.53" not in card  # the sample's, not real data's
     # Every stage is bit-identical on every x86-64 CPU: a newcomer's clone reproduces the
     # committed dvc.lock, metrics, report, plots and model.json byte for byte, leaving nothing
     # to commit, also when evaluate and export-lambda are forced to run again here.
@@ -135,19 +137,20 @@ def assert_a_scoring_change_is_evaluated_before_it_ships(clone: Path) -> None:
 
 
 def assert_exp_show_is_readable_at_120_columns(clone: Path, names: list[str]) -> None:
-    """`dvc exp show --only-changed` in a 120-column terminal: no line longer, and the
-    headline (within-channel ROC-AUC and its CI, the first metrics) shown whole, not
-    collapsed into '…', for the baseline and both experiments."""
-    shown = run(clone, "dvc", "exp", "show", "--only-changed", "--no-pager",
-                env={"COLUMNS": "120"})
-    lines = [line.rstrip() for line in shown.splitlines() if line.strip()]
-    assert max(map(len, lines)) <= 120, shown
-    header = next(line for line in lines if "Experiment" in line).split()
-    # Metrics come first, evaluate's only, headline first; DVC collapses what does not fit
-    # into '…' from the right (the params and dependency hashes, then the last metrics).
-    whole = header[2:header.index("…")] if "…" in header else header[2:]
-    assert whole and whole[0] == "wc_auc", shown
-    assert len(whole) >= 5 and set(whole) <= set(names), shown
-    assert [n for n in names if n in whole] == whole, shown  # in metrics.json's order
-    rows = [line for line in lines if "[" in line or "main" in line or "master" in line]
-    assert len(rows) >= 3, shown
+    """`make exps` (`dvc exp show` with DVC's --only-changed, --drop, --keep, --sort-by) in a
+    120- and an 80-column terminal: no line longer, nothing folded into '…', the headline
+    (within-channel ROC-AUC and its CI, then the margin) whole, then lr, the param the sweep
+    changed, for the baseline and both experiments. Plain `--only-changed` folded lr away."""
+    from test_exps import make_exps_command
+
+    command = make_exps_command(clone)
+    for columns in (120, 80):
+        shown = run(clone, "bash", "-c", command, env={"COLUMNS": str(columns)})
+        lines = [line.rstrip() for line in shown.splitlines() if line.strip()]
+        assert max(map(len, lines)) <= columns, shown
+        assert "…" not in shown, shown
+        header = next(line for line in lines if "Experiment" in line).split()
+        assert header[1:] == ["wc_auc", "wc_lo", "wc_hi", "margin", "lr"], shown
+        assert [n for n in names if n in header] == header[1:5], shown  # metrics.json's order
+        rows = [line for line in lines if "[" in line or "main" in line or "master" in line]
+        assert len(rows) >= 3, shown

@@ -182,7 +182,8 @@ def test_unknown_base_revision_is_a_clear_error(two_commit_repo):
 def test_report_includes_the_model_card_under_its_own_heading(two_commit_repo):
     card = two_commit_repo / "build" / "lambda" / "model_card.md"
     card.parent.mkdir(parents=True)
-    card.write_text("# Model card: cough classifier 43f685139a7d\n\n## Intended use\n\nResearch.\n")
+    card.write_text("---\nlicense: mit\n---\n\n# Model card: cough classifier 43f685139a7d\n\n"
+                    "## Intended use\n\nResearch.\n")
     report.main(["--base", "main", "--repo", str(two_commit_repo)])
     markdown = (two_commit_repo / "build" / "pr-report.md").read_text()
     _, section = markdown.split("### Model card (build/lambda/model_card.md)\n\n")
@@ -198,6 +199,7 @@ def project_plots_repo(tmp_path):
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copy(ROOT / "params.yaml", repo / "params.yaml")  # dvc.yaml's ${paths.*}
     shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
     data = [p.relative_to(ROOT) for folder in ("reports/plots", "reports/train/plots")
             for p in sorted((ROOT / folder).rglob("*")) if p.suffix in (".json", ".tsv")]
@@ -226,3 +228,111 @@ def test_every_plot_of_the_project_renders_from_a_real_dvc_plots_diff(project_pl
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and png[12:16] == b"IHDR", plot
         width, height = struct.unpack(">II", png[16:24])
         assert width >= 300 and height >= 200, (plot, width, height)
+
+
+def test_every_plot_is_drawn_once_with_axes_in_words(project_plots_repo):
+    """The training curves were drawn twice (a stage-level plot and a top-level one), and
+    their axes read `y` and `step`."""
+    shown = json.loads(report.dvc(project_plots_repo, "plots", "show", "--json"))["data"]
+    defined = [next(iter(plot))
+               for plot in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]]
+    assert sorted(shown) == sorted(defined)
+    raw_names = {"x", "y", "step", "fpr", "tpr", "recall", "precision", "predicted", "actual"}
+    for name, renders in shown.items():
+        titles = axis_titles(renders[0]["content"])
+        assert titles and not set(titles) & raw_names, (name, titles)
+
+
+def axis_titles(spec) -> list:
+    """The titles of every x and y encoding in a Vega-Lite spec (None where a row's label is
+    its own title, as in the CI chart's y)."""
+    found = []
+    if isinstance(spec, dict):
+        for channel in ("x", "y"):
+            encoding = (spec.get("encoding") or {}).get(channel)
+            if isinstance(encoding, dict) and "title" in encoding and encoding["title"]:
+                found.append(encoding["title"])
+        for value in spec.values():
+            found += axis_titles(value)
+    elif isinstance(spec, list):
+        for value in spec:
+            found += axis_titles(value)
+    return found
+
+
+def test_a_diff_says_which_revision_each_mark_is_and_counts_the_confusion(project_plots_repo):
+    changes = {c.name: c for c in report.plots_changes(
+        report.plots_diff(project_plots_repo, "main"), "main")}
+    for name in ("ROC per channel (test)",
+                 "ROC-AUC with 95% CI (test; model, metadata baseline, channel leakage)"):
+        spec = json.dumps(changes[name].specs[0])
+        assert '"shape": {"field": "rev"' in spec, name  # a legend entry per revision
+    (confusion,) = [c for name, c in changes.items() if name.startswith("Confusion matrix")]
+    layers = confusion.specs[0]["spec"]["layer"]
+    assert [layer["encoding"]["text"]["field"] for layer in layers if layer["mark"]["type"]
+            == "text"] == ["clips"]
+    assert confusion.specs[0]["facet"]["column"]["field"] == "rev"
+
+
+def test_report_pngs_are_each_a_different_plot(project_plots_repo, tmp_path):
+    """3 of 10 PNGs drew numbers another PNG drew already (the training curves, twice)."""
+    changes = report.plots_changes(report.plots_diff(project_plots_repo, "main"), "main")
+    images = report.render_images(changes, tmp_path / "pr-plots")
+    assert sum(map(len, images.values())) == len(changes)
+
+    bookkeeping = {"rev", "dvc_inferred_y_value", "filename::field", "filename", "field"}
+
+    def points(change) -> set:  # what each row draws, without the columns DVC adds
+        return {tuple(sorted((k, str(v)) for k, v in row.items() if k not in bookkeeping))
+                for spec in change.specs for row in spec["data"]["values"]}
+
+    repeats = [(a.name, b.name) for a in changes for b in changes
+               if a is not b and points(a) <= points(b)]
+    assert repeats == []
+
+
+def test_report_compares_two_experiments(two_commit_repo):
+    """`make report BASE=main REV=<experiment>`: both sides from git, the workspace untouched;
+    an experiment's name resolves through refs/exps as `dvc exp run` leaves it."""
+    feature = subprocess.run(["git", "rev-parse", "HEAD"], cwd=two_commit_repo, check=True,
+                             capture_output=True, text=True).stdout.strip()
+    main = subprocess.run(["git", "rev-parse", "main"], cwd=two_commit_repo, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    subprocess.run(["git", "update-ref", f"refs/exps/{main[:2]}/{main[2:]}/lower-lr", feature],
+                   cwd=two_commit_repo, check=True)
+    subprocess.run(["git", "checkout", "-q", "main"], cwd=two_commit_repo, check=True)
+    report.main(["--base", "main", "--rev", "lower-lr", "--repo", str(two_commit_repo)])
+    markdown = (two_commit_repo / "build" / "pr-report.md").read_text()
+    rows = table_rows(markdown)
+    assert markdown.startswith(f"## coughlab: lower-lr ({feature[:7]}) vs main")
+    assert ["reports/metrics.json", "test.roc_auc", "0.8", "0.9", "0.1"] in rows
+    assert ["params.yaml", "lr", "0.003", "0.001"] in rows
+    assert ["reports/plots/roc.json", "3", "4", "changed"] in rows
+    with pytest.raises(SystemExit, match="compared revision 'no-such-exp' not found"):
+        report.main(["--base", "main", "--rev", "no-such-exp", "--repo", str(two_commit_repo)])
+
+
+def test_metrics_table_puts_the_headline_first_not_alphabetical():
+    diff = {"reports/metrics.json": {"auc": {"old": 0.9, "new": 0.8, "diff": -0.1},
+                                     "wc_auc": {"old": 0.7, "new": 0.65, "diff": -0.05},
+                                     "margin": {"old": 0.1, "new": 0.2, "diff": 0.1}}}
+    table = report.metrics_table(diff, ["wc_auc", "wc_lo", "margin", "auc"], "main", "exp")
+    assert [row[1] for row in table_rows(table)[2:]] == ["wc_auc", "margin", "auc"]
+
+
+def test_a_delta_inside_the_bases_ci_is_called_so():
+    """wc_auc -0.045 gave no hint that it lies inside a CI of [0.635, 1.000] (8 subjects)."""
+    base = {"headline": {"within_channel_roc_auc": 0.9, "within_channel_roc_auc_ci_low": 0.635,
+                         "within_channel_roc_auc_ci_high": 1.0},
+            "test": {"roc_auc": 0.9, "roc_auc_ci_low": 0.85, "roc_auc_ci_high": 0.95},
+            "margin": {}, "bootstrap": {"test_subjects": 8}}
+    new = {"headline": {"within_channel_roc_auc": 0.855, "within_channel_roc_auc_ci_low": 0.6,
+                        "within_channel_roc_auc_ci_high": 1.0},
+           "test": {"roc_auc": 0.7, "roc_auc_ci_low": 0.6, "roc_auc_ci_high": 0.8},
+           "margin": {}, "bootstrap": {"test_subjects": 8}}
+    rows = table_rows(report.headline_comparison(base, new, "main", "exp"))
+    assert rows[2] == ["within-channel ROC-AUC (headline)", "0.900 [0.635, 1.000]",
+                       "0.855 [0.600, 1.000]", "-0.045",
+                       "inside the base's CI: not a measurable change at this test size"]
+    assert rows[4][3:] == ["-0.200", "**outside the base's CI**"]
+    assert rows[3][3:] == ["n/a", "n/a"]  # no margin on either side

@@ -46,7 +46,11 @@ def is_terminal(stream: IO[str]) -> bool:
 
 
 def progress_bar(iterable=None, *, file: IO[str] | None = None, **kwargs) -> tqdm:
-    """tqdm(iterable, **kwargs) on a terminal; periodic whole lines anywhere else."""
+    """tqdm(iterable, **kwargs) on a terminal; periodic whole lines anywhere else; nothing at
+    all for no work (a bar of 0 items, such as `confirm: 0pair`, says nothing useful)."""
+    total = kwargs.get("total", len(iterable) if hasattr(iterable, "__len__") else None)
+    if total == 0:
+        kwargs["disable"] = True
     stream = sys.stderr if file is None else file
     if is_terminal(stream):
         return tqdm(iterable, file=stream, **kwargs)

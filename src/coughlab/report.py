@@ -1,15 +1,25 @@
-"""Markdown report of what the workspace changes against a base revision: metrics, params, plots.
+"""Markdown report of what a revision changes against a base: metrics, params, plots.
 
-It opens with the workspace's confound check from reports/evaluation.json: the within-channel
+The revision is the workspace by default, or any git revision or DVC experiment name
+(`--rev`), so two experiments compare as two commits do:
+
+    python -m coughlab.report --base main --rev loyal-lark          # make report REV=loyal-lark
+    python -m coughlab.report --base main --rev loyal-lark --headline   # the table below only
+
+It opens with the headline figures of both sides with their 95 % CIs and, for each delta,
+whether it leaves the base's CI (a delta inside it is what another test split could give
+anyway), then the revision's confound check from reports/evaluation.json: the within-channel
 ROC-AUC headline, the margin over the metadata-only baseline with its CI, channel leakage, and
 the warning when the margin's CI does not lie above 0.
 
 CI posts it as a pull-request comment (.github/workflows/pr.yml, after `dvc repro`). The
-metric and parameter tables are `dvc metrics diff --md` and `dvc params diff --md` as DVC
-prints them. Each plot that changed is rendered to a PNG next to the report (pr-plots/, from
-the Vega-Lite spec `dvc plots diff <base> --json` fills with both revisions' data, by
-vl-convert, no browser or Node needed) and shown in the report as an image; CML uploads those
-with the comment. The model card of the exported model (build/lambda/model_card.md), when
+metric table is `dvc metrics diff`'s, in reports/metrics.json's order (the headline first,
+not DVC's alphabetical one); the parameter table is `dvc params diff --md` as DVC prints it.
+Each plot that changed is rendered to a PNG next to the report (pr-plots/, from the
+Vega-Lite spec `dvc plots diff <base> <rev> --json` fills with both revisions' data, by
+vl-convert, no browser or Node needed) and linked from the report; the PR comment
+(.github/scripts/pr_comment.py) points to them in the workflow's pr-report artifact. The model
+card of the exported model (build/lambda/model_card.md), when the revision is the workspace and
 there is one, closes the report. Channel names come from data files and are escaped to render
 as text (coughlab.escape).
 """
@@ -28,6 +38,7 @@ from coughlab.escape import markdown_text
 from coughlab.model_card import figure
 
 OUT = Path("build/pr-report.md")
+METRICS_FILE = Path("reports/metrics.json")  # the numbers `dvc metrics diff` compares
 IMAGES = "pr-plots"  # folder of the plot images, next to the report
 # evaluate's full report; reports/metrics.json holds only the numbers `dvc metrics diff` compares.
 METRICS = Path("reports/evaluation.json")
@@ -48,14 +59,100 @@ def dvc(repo: Path, *args: str) -> str:
     return result.stdout
 
 
-def short_commit(repo: Path, rev: str) -> str:
-    """The abbreviated commit `rev` names; a clear error if it does not exist here."""
-    result = subprocess.run(["git", "rev-parse", "--short", "--verify", "--quiet", f"{rev}^{{commit}}"],
-                            cwd=repo, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise ReportError(f"base revision {rev!r} not found in {repo}; fetch it first "
-                          "(in CI: actions/checkout with fetch-depth: 0)")
-    return result.stdout.strip()
+def git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+
+
+def short_commit(repo: Path, rev: str, role: str = "base") -> str:
+    """The abbreviated commit `rev` names, a git revision or a DVC experiment's name; a clear
+    error if neither exists here."""
+    result = git(repo, "rev-parse", "--short", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if result.returncode == 0:
+        return result.stdout.strip()
+    refs = git(repo, "for-each-ref", "--format=%(objectname:short) %(refname)", "refs/exps")
+    for line in refs.stdout.splitlines():
+        commit, ref = line.split(" ", 1)
+        if len(ref.split("/")) == 5 and ref.rsplit("/", 1)[-1] == rev:
+            return commit
+    raise ReportError(f"{role} revision {rev!r} not found in {repo}: neither a git revision nor "
+                      "an experiment (`dvc exp list`); fetch it first (in CI: "
+                      "actions/checkout with fetch-depth: 0)")
+
+
+def file_at(repo: Path, rev: str | None, path: Path) -> str | None:
+    """`path`'s text in the workspace (rev None) or at commit `rev`; None where it is absent."""
+    if rev is None:
+        return (repo / path).read_text() if (repo / path).is_file() else None
+    shown = git(repo, "show", f"{rev}:{path.as_posix()}")
+    return shown.stdout if shown.returncode == 0 else None
+
+
+def flat_keys(tree, prefix: str = "") -> list[str]:
+    """The dotted keys of a metrics file, in the file's order."""
+    if not isinstance(tree, dict):
+        return [prefix]
+    return [key for name, value in tree.items()
+            for key in flat_keys(value, f"{prefix}.{name}" if prefix else str(name))]
+
+
+def shown_number(value) -> str:
+    if value is None:
+        return "-"
+    return str(round(value, 5)) if isinstance(value, float) else str(value)
+
+
+def metrics_table(diff: dict, order: list[str], base: str, rev_name: str) -> str:
+    """`dvc metrics diff --json` as a table, in the metrics file's order (the headline first)."""
+    rows = []
+    for path, metrics in diff.items():
+        ranked = sorted(metrics, key=lambda k: (order.index(k) if k in order else len(order), k))
+        rows += [f"| {path} | {key} | {shown_number(metrics[key].get('old'))} | "
+                 f"{shown_number(metrics[key].get('new'))} | "
+                 f"{shown_number(metrics[key].get('diff'))} |" for key in ranked]
+    if not rows:
+        return "_No metric changed._"
+    return "\n".join([f"| Path | Metric | {base} | {rev_name} | Change |",
+                      "|--------|----------|--------|--------|--------|", *rows])
+
+
+# (label, evaluation.json section, key): the figures a person compares first, with their CIs.
+HEADLINE_FIGURES = (
+    ("within-channel ROC-AUC (headline)", "headline", "within_channel_roc_auc"),
+    ("margin over the metadata baseline", "margin", "within_channel_roc_auc"),
+    ("overall ROC-AUC", "test", "roc_auc"),
+)
+
+
+def delta_verdict(old: dict, new: dict, key: str) -> tuple[str, str]:
+    """(delta, whether it leaves the base's 95 % CI) of one figure."""
+    before, after = old.get(key), new.get(key)
+    low, high = old.get(f"{key}_ci_low"), old.get(f"{key}_ci_high")
+    if before is None or after is None:
+        return "n/a", "n/a"
+    delta = f"{after - before:+.3f}"
+    if low is None or high is None:
+        return delta, "no CI at the base"
+    if low <= after <= high:
+        return delta, "inside the base's CI: not a measurable change at this test size"
+    return delta, "**outside the base's CI**"
+
+
+def headline_comparison(old: dict | None, new: dict | None, base: str, rev_name: str) -> str:
+    """Both sides' headline figures with CIs, each delta judged against the base's CI."""
+    if not old or not new:
+        missing = base if not old else rev_name
+        return f"_{missing} has no {METRICS}: nothing to compare the headline with._"
+    lines = [f"| Test figure | {base} [95% CI] | {rev_name} [95% CI] | Change | vs the base's CI |",
+             "|---|---|---|---|---|"]
+    for label, section, key in HEADLINE_FIGURES:
+        before, after = old.get(section) or {}, new.get(section) or {}
+        sign = "+" if section == "margin" else ""
+        cells = [" ".join(figure(d, key, sign, no_ci="")).strip() for d in (before, after)]
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} | "
+                     + " | ".join(delta_verdict(before, after, key)) + " |")
+    subjects = [(d.get("bootstrap") or {}).get("test_subjects") for d in (old, new)]
+    return "\n".join(lines) + (f"\n\nTest subjects: {subjects[0]} ({base}), {subjects[1]} "
+                               f"({rev_name}); CIs resample subjects.")
 
 
 def table_or(text: str, nothing: str) -> str:
@@ -82,11 +179,12 @@ class PlotChange:
     specs: list[dict] = field(default_factory=list)  # Vega-Lite, data of both revisions inline
 
 
-def plots_diff(repo: Path, base: str) -> dict:
-    return json.loads(dvc(repo, "plots", "diff", base, "--json")).get("data", {})
+def plots_diff(repo: Path, base: str, rev: str | None = None) -> dict:
+    return json.loads(dvc(repo, "plots", "diff", base, *([rev] if rev else []),
+                          "--json")).get("data", {})
 
 
-def plots_changes(plots: dict, base: str) -> list[PlotChange]:
+def plots_changes(plots: dict, base: str, rev_name: str = WORKSPACE) -> list[PlotChange]:
     """What changed in every plot of `dvc plots diff --json` output."""
     changes = []
     for name, renders in plots.items():
@@ -95,7 +193,7 @@ def plots_changes(plots: dict, base: str) -> list[PlotChange]:
         for spec in specs:
             for rev, values in plot_rows(spec).items():
                 rows.setdefault(rev, []).extend(values)
-        old, new = rows.get(base), rows.get(WORKSPACE)
+        old, new = rows.get(base), rows.get(rev_name)
         if old is None and new is None:
             continue
         change = ("added" if old is None else "removed" if new is None
@@ -104,10 +202,10 @@ def plots_changes(plots: dict, base: str) -> list[PlotChange]:
     return changes
 
 
-def plots_table(changes: list[PlotChange], base: str) -> str:
+def plots_table(changes: list[PlotChange], base: str, rev_name: str = WORKSPACE) -> str:
     if not changes:
         return "_No plots._"
-    lines = [f"| Plot | {base} rows | {WORKSPACE} rows | Change |", "|---|---|---|---|"]
+    lines = [f"| Plot | {base} rows | {rev_name} rows | Change |", "|---|---|---|---|"]
     lines += [f"| {c.name} | {c.old_rows} | {c.new_rows} | {c.change} |" for c in changes]
     return "\n".join(lines)
 
@@ -138,10 +236,10 @@ def render_images(changes: list[PlotChange], folder: Path) -> dict[str, list[str
     return names
 
 
-def images_section(images: dict[str, list[str]], base: str) -> str:
+def images_section(images: dict[str, list[str]], base: str, rev_name: str = WORKSPACE) -> str:
     if not images:
         return "_No plot changed._"
-    return "\n\n".join(f"**{plot}** ({base} and {WORKSPACE})\n\n"
+    return "\n\n".join(f"**{plot}** ({base} and {rev_name})\n\n"
                         + "\n".join(f"![{plot}]({IMAGES}/{name})" for name in names)
                         for plot, names in images.items())
 
@@ -179,11 +277,17 @@ def confound_section(metrics: dict) -> str:
     return "\n".join(lines) + "\n\n" + "\n\n".join([verdict, *notes])
 
 
-def workspace_metrics(repo: Path) -> dict:
-    path = repo / METRICS
-    if not path.is_file():
-        raise ReportError(f"{METRICS} not found in {repo}; run `dvc repro` first")
-    return json.loads(path.read_text())
+def evaluation_at(repo: Path, rev: str | None) -> dict | None:
+    text = file_at(repo, rev, METRICS)
+    return None if text is None else json.loads(text)
+
+
+def workspace_metrics(repo: Path, rev: str | None = None) -> dict:
+    found = evaluation_at(repo, rev)
+    if found is None:
+        where = f"in {repo}" if rev is None else f"at {rev}"
+        raise ReportError(f"{METRICS} not found {where}; run `dvc repro` first")
+    return found
 
 
 def model_card_section(repo: Path) -> list[str]:
@@ -191,28 +295,39 @@ def model_card_section(repo: Path) -> list[str]:
     path = repo / MODEL_CARD
     if not path.is_file():
         return []
+    text = path.read_text()
+    if text.startswith("---\n"):  # the YAML metadata block is for model hubs, not the PR
+        text = text.split("\n---\n", 1)[-1]
     card = re.sub(r"^(#{1,3}) ", lambda m: "#" * (len(m.group(1)) + 3) + " ",
-                  path.read_text().strip(), flags=re.M)
+                  text.strip(), flags=re.M)
     return [f"### Model card ({MODEL_CARD})", card]
 
 
-def render_report(repo: Path, base: str, out: Path) -> str:
-    """The report's markdown; the plot images go to pr-plots/ next to `out`."""
+def render_report(repo: Path, base: str, out: Path, rev: str | None = None) -> str:
+    """The report's markdown for `rev` (None: the workspace) against `base`; the plot images
+    go to pr-plots/ next to `out`."""
     base_commit = short_commit(repo, base)
-    head_commit = short_commit(repo, "HEAD")
-    current = workspace_metrics(repo)
-    metrics = dvc(repo, "metrics", "diff", base, "--md")
-    params = dvc(repo, "params", "diff", base, "--md")
-    plots = plots_changes(plots_diff(repo, base), base)
+    head_commit = short_commit(repo, rev or "HEAD", "compared")
+    rev_name = rev or WORKSPACE
+    at_rev = None if rev is None else head_commit
+    current = workspace_metrics(repo, at_rev)
+    order = flat_keys(json.loads(file_at(repo, at_rev, METRICS_FILE) or "{}"))
+    metrics = json.loads(dvc(repo, "metrics", "diff", base, *([rev] if rev else []), "--json"))
+    params = dvc(repo, "params", "diff", base, *([rev] if rev else []), "--md")
+    plots = plots_changes(plots_diff(repo, base, rev), base, rev_name)
     images = render_images(plots, out.parent / IMAGES)
+    title = (f"{WORKSPACE} (HEAD {head_commit})" if rev is None else f"{rev} ({head_commit})")
     return "\n\n".join([
-        f"## coughlab: {WORKSPACE} (HEAD {head_commit}) vs {base} ({base_commit})",
+        f"## coughlab: {title} vs {base} ({base_commit})",
+        "### Headline: does the change leave the base's CI?",
+        headline_comparison(evaluation_at(repo, base_commit), current, base, rev_name),
         "### Does it hear coughs or the recording channel?", confound_section(current),
-        "### Metrics", table_or(metrics, "No metric changed."),
+        "### Metrics", metrics_table(metrics, order, base, rev_name),
         "### Params", table_or(params, "No parameter changed."),
-        "### Plots", plots_table(plots, base), images_section(images, base),
-        f"Interactive: `dvc plots diff {base}` (CI: the `dvc-plots` artifact of this run).",
-        *model_card_section(repo),
+        "### Plots", plots_table(plots, base, rev_name), images_section(images, base, rev_name),
+        f"Interactive, offline: `make plots REVS=\"{base} {rev or ''}\"` (`dvc plots diff`; "
+        "CI: the `dvc-plots` artifact of this run).",
+        *(model_card_section(repo) if rev is None else []),
     ]) + "\n"
 
 
@@ -221,14 +336,26 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m coughlab.report", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="main",
-                        help="git revision to compare the workspace with (default %(default)s)")
+                        help="git revision or experiment to compare with (default %(default)s)")
+    parser.add_argument("--rev", default=None,
+                        help="git revision or experiment name to report on (default: the "
+                        "workspace)")
+    parser.add_argument("--headline", action="store_true",
+                        help="print only the headline comparison (figures, CIs, whether each "
+                        "delta leaves the base's CI), write nothing")
     parser.add_argument("--out", type=Path, default=OUT, help="markdown file (default %(default)s)")
     parser.add_argument("--repo", type=Path, default=Path("."),
                         help="repository root (default: the current directory)")
     args = parser.parse_args(argv)
     out = args.out if args.out.is_absolute() else args.repo / args.out
     try:
-        report = render_report(args.repo, args.base, out)
+        if args.headline:
+            base = short_commit(args.repo, args.base)
+            rev = None if args.rev is None else short_commit(args.repo, args.rev, "compared")
+            print(headline_comparison(evaluation_at(args.repo, base), evaluation_at(args.repo, rev),
+                                      args.base, args.rev or WORKSPACE))
+            return
+        report = render_report(args.repo, args.base, out, args.rev)
     except ReportError as err:
         sys.exit(f"report: {err}")
     atomic_write_text(out, report)

@@ -3,7 +3,8 @@
 Each Lambda response names its `model_version`. Every export-lambda run records that version
 with its provenance in reports/model.json, which is committed in git beside dvc.lock. This
 searches the history of that file on HEAD and every branch, remote-tracking branch and tag
-of this clone (`git log -S<version>`), takes the first commit that records the version, and
+of this clone, and DVC's experiment refs (refs/exps/..., what `dvc exp run` commits to)
+(`git log -S<version>`), takes the first commit that records the version, and
 prints that commit, the data version (data/'s md5, as in data.dvc), the params train read, the
 DVC hashes of the features and the model, and how to get that exact model back:
 
@@ -13,6 +14,10 @@ DVC hashes of the features and the model, and how to get that exact model back:
 Exit status 1 and a message when the version is unknown here. A commit whose record is not
 one (not JSON, NaN in it, a field of the wrong type) is skipped with one line on stderr;
 `--json` prints strict JSON, and the text report escapes control characters.
+A model found only in an experiment ref is named by its experiment, with how to keep it
+(`dvc exp branch`, or `dvc exp apply` and commit). Exit status 1 and a message when the version
+is unknown here, saying so when the working tree's reports/model.json records it (exported but
+never committed: what `make serve` shows before a commit, with "git_commit": null).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from coughlab.escape import printable
 from coughlab.provenance import RECORD
 
 VERSION_PATTERN = re.compile(rf"[0-9a-f]{{{VERSION_CHARS}}}")
+EXPERIMENT_REFS = "refs/exps"  # where `dvc exp run` commits each experiment
 
 
 class TraceError(Exception):
@@ -56,8 +62,44 @@ def git(repo: Path, *args: str) -> str:
 def candidate_commits(repo: Path, version: str) -> list[str]:
     """Commits, oldest first, where the number of `version`s in the record changed."""
     out = git(repo, "log", f"-S{version}", "--reverse", "--format=%H", "HEAD", "--branches",
-              "--remotes", "--tags", "--", f":(top){RECORD.as_posix()}")
+              "--remotes", "--tags", f"--glob={EXPERIMENT_REFS}/*", "--",
+              f":(top){RECORD.as_posix()}")
     return out.split()
+
+
+def experiment_of(repo: Path, commit: str) -> str | None:
+    """The name of the DVC experiment holding `commit` when nothing else does; else None.
+
+    An experiment's ref is refs/exps/<baseline[:2]>/<baseline[2:]>/<name>; DVC's own
+    bookkeeping refs (refs/exps/exec/..., refs/exps/celery/...) are not experiments.
+    """
+    if not git(repo, "rev-list", "-n1", commit, "--not", "HEAD", "--branches", "--remotes",
+               "--tags").strip():
+        return None  # also on HEAD, a branch or a tag
+    refs = git(repo, "for-each-ref", "--contains", commit, "--format=%(refname)",
+               EXPERIMENT_REFS).split()
+    names = [ref.split("/")[-1] for ref in refs if len(ref.split("/")) == 5]
+    return names[0] if names else None
+
+
+def experiment_note(name: str) -> str:
+    return (f"experiment    {name}: on no branch yet; keep it with `dvc exp branch {name} "
+            f"<branch>`, or `dvc exp apply {name}` and commit (docs/pipeline.md: Promoting an "
+            "experiment)")
+
+
+def uncommitted_hint(repo: Path, version: str) -> str | None:
+    """Why an unknown version may be this working tree's own, exported but never committed."""
+    top = Path(git(repo, "rev-parse", "--show-toplevel").strip())
+    try:
+        recorded = json.loads((top / RECORD).read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if recorded != version:
+        return None
+    return (f"it is this working tree's uncommitted model ({RECORD} records it, no commit "
+            "does): commit dvc.lock and reports/model.json, or keep it as an experiment with "
+            "`dvc exp save`")
 
 
 def record_at(repo: Path, commit: str) -> bytes | None:
@@ -138,9 +180,10 @@ def trace(repo: Path, version: str, warn=lambda line: print(line, file=sys.stder
             shown = git(repo, "show", "-s", "--format=%cI%x00%s", commit).rstrip("\n")
             date, subject = shown.split("\0", 1)
             return Trace(commit, date, subject, found)
+    hint = uncommitted_hint(repo, version) or not_found_hint(repo)
     also = f"; {skipped} malformed record{'s' * (skipped != 1)} skipped" if skipped else ""
     raise TraceError(f"unknown model version {version}: no commit in this clone records it in "
-                     f"{RECORD} ({not_found_hint(repo)}{also})")
+                     f"{RECORD} ({hint}{also})")
 
 
 def report(found: Trace) -> str:
@@ -178,11 +221,15 @@ def main(argv: list[str] | None = None) -> None:
         found = trace(args.repo, args.model_version)
     except TraceError as err:
         sys.exit(f"trace: {err}")
+    experiment = experiment_of(args.repo, found.commit)
     if args.json:
         print(json.dumps({"commit": found.commit, "date": found.date, "subject": found.subject,
-                          **found.record}, indent=2, allow_nan=False))
+                          "experiment": experiment, **found.record}, indent=2,
+                         allow_nan=False))
     else:
         print(report(found))
+        if experiment:
+            print(experiment_note(experiment))
 
 
 if __name__ == "__main__":

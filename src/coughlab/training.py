@@ -383,9 +383,9 @@ def fit(params: Params, features_dir: Path, checkpoint_dir: Path, live_dir: Path
         # fastai's per-batch bars garble logs when not on a terminal: print a line per epoch.
         quiet = not sys.stdout.isatty()
         if quiet:
-            learn.logger = lambda row: print(epoch_line(learn.recorder.metric_names, row),
-                                             flush=True)
-        with learn.no_bar() if quiet else contextlib.nullcontext():
+            learn.logger = lambda row: print(epoch_line(learn.recorder.metric_names, row,
+                                                        params.train.epochs), flush=True)
+        with learn.no_bar() if quiet else contextlib.nullcontext(), one_class_valid(features_dir):
             learn.fit_one_cycle(params.train.epochs, params.lr, cbs=cbs, start_epoch=start)
     if finite.failure is not None:
         raise TrainingError(finite.failure)
@@ -395,8 +395,26 @@ def fit(params: Params, features_dir: Path, checkpoint_dir: Path, live_dir: Path
     return learn.model, device_name(dls.device)
 
 
-def epoch_line(names: Sequence[str], row: Sequence) -> str:
-    """`epoch 3  train_loss 0.5123  valid_loss 0.4811  roc_auc_score 0.9102  time 00:01`."""
-    cells = [f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
+def epoch_line(names: Sequence[str], row: Sequence, epochs: int | None = None) -> str:
+    """`epoch 4/20  train_loss 0.5123  valid_loss 0.4811  roc_auc_score 0.9102  time 00:01`
+    (fastai's 0-based epoch as k/N of `epochs`; without it, fastai's number as it is)."""
+    cells = [f"{name} {value + 1}/{epochs}" if name == "epoch" and epochs else
+             f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
              for name, value in zip(names, row)]
     return "  ".join(cells)
+
+
+@contextlib.contextmanager
+def one_class_valid(features_dir: Path):
+    """Say once, not twice an epoch through scikit-learn, that a valid split of one label has
+    no ROC-AUC (small data: every valid subject of one label)."""
+    labels = np.unique(np.load(Path(features_dir) / "valid.npz")["y"])
+    if len(labels) != 1:
+        yield
+        return
+    print(f"train: every valid clip is {LABELS[int(labels[0])]}: the valid ROC-AUC is undefined "
+          "(nan) every epoch; more subjects, or a larger data.split.valid, give it both labels",
+          flush=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Only one class is present in y_true")
+        yield

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -24,11 +25,30 @@ def fetch_local(dest: Path, cfg: DataConfig) -> pd.DataFrame:
                           "embedded sample, or `dvc pull data.dvc`")
     labels, lines = read_labels(labels_csv)
     df = validate_labels(labels, root, str(labels_csv), lines)
+    warn_unlisted(root, set(df["path"]), labels_csv)
     for rel in df["path"]:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / rel, target)
     return df
+
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".webm", ".m4a", ".mp4", ".aac"}
+SHOWN_UNLISTED = 5
+
+
+def warn_unlisted(root: Path, listed: set[str], labels_csv: Path) -> list[str]:
+    """Audio files under `root` that labels.csv does not list: fetch leaves them out, so say so."""
+    unlisted = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                      if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+                      and p.relative_to(root).as_posix() not in listed)
+    if unlisted:
+        more = (f" and {len(unlisted) - SHOWN_UNLISTED} more" if len(unlisted) > SHOWN_UNLISTED
+                else "")
+        print(f"fetch: WARNING: {len(unlisted)} audio file(s) in {root} are not in {labels_csv} "
+              f"and are left out: {', '.join(unlisted[:SHOWN_UNLISTED])}{more}; add a row for "
+              "each to use it", file=sys.stderr)
+    return unlisted
 
 
 def read_labels(labels_csv: Path) -> tuple[pd.DataFrame, list[int]]:

@@ -26,10 +26,14 @@ def declared_params(stage: str, dvc_yaml: Path = DVC_YAML) -> list[str]:
 def stage_parser(stage: str, module: str, doc: str) -> tuple[argparse.ArgumentParser, Params]:
     """An ArgumentParser for `stage` (module `coughlab.stages.<module>`) and the params it reads."""
     params = load_params()
-    keys = ", ".join(declared_params(stage)) or "none"
-    epilog = (f"params read from params.yaml: {keys}.\n"
-              f"Run it as DVC does: `dvc repro {stage}`; for an experiment, "
-              "`dvc exp run -S key=value` (e.g. -S lr=1e-3).\n"
+    declared = declared_params(stage)
+    experiment = (f"for an experiment with other values, `dvc exp run -S <key>=<value>` with "
+                  f"a key above (e.g. -S {declared[0]}=...): it re-runs this stage and what "
+                  "follows" if declared else
+                  "it reads no params: it re-runs when its inputs (the options above) change")
+    epilog = (f"params read from params.yaml: {', '.join(declared) or 'none'}.\n"
+              f"Run it as DVC does: `dvc repro {stage}` (the whole pipeline: `make repro`); "
+              f"{experiment}.\n"
               "Path defaults come from params.yaml's `paths` (conf/paths/default.yaml), which "
               "dvc.yaml's deps and outs use too.")
     parser = argparse.ArgumentParser(prog=f"python -m coughlab.stages.{module}", description=doc,

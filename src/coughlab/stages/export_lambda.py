@@ -48,7 +48,7 @@ from coughlab.config import QualityConfig  # noqa: E402
 from coughlab.determinism import reproducible_cpu_kernels  # noqa: E402
 from coughlab.digest import model_version  # noqa: E402
 from coughlab.export import GRAPH_FILE, INPUT_NAME, OUTPUT_NAME  # noqa: E402
-from coughlab.model_card import MODEL_CARD, model_card  # noqa: E402
+from coughlab.model_card import MODEL_CARD, data_summary, model_card, trained_on  # noqa: E402
 from coughlab.nets import MODEL_FILE, load_model, load_split, predict_proba  # noqa: E402
 from coughlab.provenance import provenance, write_record  # noqa: E402
 from coughlab.stages.cli import path_option, stage_parser  # noqa: E402
@@ -142,6 +142,8 @@ def export_lambda(graph_dir: Path, model_dir: Path, evaluation_json: Path, combi
             "threshold": evaluation["threshold"],
             "test_metrics": {k: evaluation["test"][k] for k in TEST_METRICS},
             "model_card": MODEL_CARD,
+            # One sentence the recording page shows: synthetic sample or which real sources.
+            "trained_on": trained_on(derived_from),
             "provenance": derived_from,
         }
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -157,7 +159,8 @@ def export_lambda(graph_dir: Path, model_dir: Path, evaluation_json: Path, combi
         meta["parity"] = {"passed": True, "clips": len(originals), "tolerance": PARITY_TOLERANCE,
                           "compared": PARITY_COMPARED}
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-        (tmp / MODEL_CARD).write_text(model_card(meta, evaluation))
+        card = model_card(meta, evaluation, data_summary(manifest))
+        (tmp / MODEL_CARD).write_text(card)
     write_record(record, meta["version"], derived_from)
     print(f"export-lambda: {out}/model.onnx version {meta['version']}, {out}/{MODEL_CARD}")
     return meta

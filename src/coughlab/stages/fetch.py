@@ -14,7 +14,7 @@ import pandas as pd
 
 from coughlab.atomic import atomic_dir
 from coughlab.escape import write_csv
-from coughlab.sources import get_source, validate_labels
+from coughlab.sources import LabelsError, get_source, validate_labels
 from coughlab.stages.cli import path_option, stage_parser
 
 
@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     parser, params = stage_parser("fetch", "fetch", __doc__)
     path_option(parser, "--out", params.paths.fetched, "folder to write: clips + labels.csv")
     args = parser.parse_args(argv)
-    fetch(params.data.sources, params.data, args.out)
+    try:
+        fetch(params.data.sources, params.data, args.out)
+    except LabelsError as err:  # the user's labels: what is wrong, where, never a traceback
+        raise SystemExit(f"fetch: {err}") from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,121 @@
+"""The model card follows the Hugging Face / Mitchell et al. layout, for the synthetic sample and
+for real data, and never quotes a result that belongs to another model."""
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from coughlab import model_card as mc
+from coughlab.provenance import dvc_md5
+from coughlab.sample import generate
+
+from helpers import write_evaluation
+
+
+def meta(sources=("local",), data_md5=mc.SAMPLE_DATA_MD5) -> dict:
+    return {"version": "0123456789ab", "input_seconds": 30.0, "sample_rate": 16000,
+            "threshold": 0.5, "quality": {"min_seconds": 0.3, "silence_dbfs": -60.0},
+            "parity": {"tolerance": 1e-4, "clips": 3},
+            "provenance": {"data_sources": list(sources), "data_md5": data_md5,
+                           "features_md5": "f", "model_md5": "m",
+                           "params": {"model": {"arch": "cnn"}, "train": {"members": 1}}}}
+
+
+@pytest.fixture
+def evaluation(tmp_path) -> dict:
+    """evaluate's report in brief, with the test confusion: 17 of 19 positives, 12 of 20
+    negatives, and a Platt fit."""
+    report = json.loads(write_evaluation(tmp_path / "evaluation.json").read_text())
+    report["test"].update(n=39, positives=19, sensitivity=17 / 19, specificity=12 / 20,
+                          confusion={"tp": 17, "fn": 2, "tn": 12, "fp": 8})
+    report["operating_point"] = {"calibration_slope": 1.08, "calibration_intercept": 0.32}
+    report["test_size"]["subjects"] = {"negative": 4, "positive": 4}
+    return report
+
+
+def front_matter(card: str) -> dict:
+    first, block, _ = card.split("---\n", 2)
+    assert first == ""  # the very first line opens it, as Hugging Face reads it
+    return yaml.safe_load(block)
+
+
+def section(card: str, title: str) -> str:
+    return card.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_metadata_block_names_licence_datasets_and_metrics(evaluation):
+    sample = front_matter(mc.model_card(meta(), evaluation))
+    assert sample["license"] == "mit" and sample["datasets"] == [mc.SAMPLE_DATASET]
+    assert {"roc_auc", "pr_auc"} <= set(sample["metrics"])
+    results = sample["model-index"][0]["results"][0]["metrics"]
+    assert {"name": "within-channel ROC-AUC (headline)", "type": "roc_auc", "value": 0.9} in results
+    real = front_matter(mc.model_card(meta(["covid19-cough", "virufy"], "x.dir"), evaluation))
+    assert real["license"] == "other" and real["datasets"] == ["covid19-cough", "virufy"]
+    assert "synthetic-data" not in real["tags"]
+
+
+def test_details_use_and_out_of_scope_are_stated(evaluation):
+    card = mc.model_card(meta(), evaluation)
+    details = section(card, "Model details")
+    for field in ("**Licence:**", "**Authors:**", "**Contact:**", "**Version:**"):
+        assert field in details
+    assert "**Date:** not written here, on purpose" in details  # not the clock: reproducible
+    assert "**Out of scope:**" in section(card, "Intended use")
+    assert "a **score** (not a calibrated probability)" in section(card, "Intended use")
+    assert "python -m coughlab.predict" in section(card, "How to use")
+
+
+def test_training_data_has_size_balance_and_collection(evaluation):
+    manifest = pd.DataFrame({
+        "split": ["train"] * 4 + ["valid", "test"], "label": ["positive", "negative"] * 3,
+        "subject_id": ["a", "a", "b", "c", "d", "e"], "source": ["sample"] * 6,
+        "channel": ["app", "phone", "app", None, "app", "phone"]})
+    summary = mc.data_summary(manifest)
+    assert summary["splits"]["train"] == {"clips": 4, "positive_clips": 2, "subjects": 3,
+                                          "positive_subjects": 2}
+    assert summary["channels"] == {"app": 3, "phone": 2, "sample": 1}  # no channel: the source
+    data = section(mc.model_card(meta(), evaluation, summary), "Training and evaluation data")
+    assert "| train | 4 | 2 | 3 | 2 |" in data and "SYNTHETIC sample" in data
+    assert "Collection: `python -m coughlab.sample data`" in data
+    # The test size, and the rule it is judged by, whether or not it passes.
+    assert "3 subjects (4 negative, 4 positive)" in data
+    assert "Rule for a test split that supports its numbers: at least 10" in data
+
+
+def test_sensitivity_specificity_get_intervals_and_predictive_values_a_prevalence(evaluation):
+    card = mc.model_card(meta(), evaluation)
+    metrics = section(card, "Metrics (test split, 95 % CIs from a bootstrap over subjects "
+                            "unless stated)")
+    assert "| sensitivity at threshold 0.500 | 0.895 | [0.686, 0.971] (Wilson, over clips) |" \
+        in metrics
+    assert "| specificity at threshold 0.500 | 0.600 | [0.387, 0.781] (Wilson, over clips) |" \
+        in metrics
+    assert "| PR-AUC | 0.900 | not computed by evaluate |" in metrics
+    meaning = section(card, "What the score means")
+    # PPV = 0.895 * 0.05 / (0.895 * 0.05 + 0.4 * 0.95) = 0.105
+    assert "| 5% | 0.105 [" in meaning and "| 1% |" in meaning and "| 20% |" in meaning
+    assert "slope 1.080, intercept 0.320" in meaning and "not a calibrated probability" in meaning
+
+
+def test_the_cross_source_result_is_quoted_only_for_the_model_it_belongs_to(evaluation):
+    """The user's own data once got "at chance (ROC-AUC 0.53 ...)", a result of another model."""
+    def limits(*args):
+        return section(mc.model_card(meta(*args), evaluation), "Known limits")
+
+    assert "0.53" in limits(["covid19-cough"], "x.dir")
+    assert "0.53" not in limits(["local"], "your-data.dir")
+    assert "Not checked on any other source" in limits(["local"], "your-data.dir")
+    assert "0.53" not in limits() and "Synthetic data only" in limits()
+    assert "0.53" not in limits(["coughvid", "coswara"], "x.dir")
+
+
+def test_page_sentence_says_synthetic_or_names_the_real_sources():
+    assert "SYNTHETIC" in mc.trained_on(meta()["provenance"])
+    real = mc.trained_on(meta(["local"], "your-data.dir")["provenance"])
+    assert "SYNTHETIC" not in real and "real cough recordings from: local" in real
+
+
+def test_sample_md5_is_the_regenerated_samples(tmp_path):
+    generate(tmp_path / "data", n_subjects=48)
+    assert dvc_md5(tmp_path / "data") == mc.SAMPLE_DATA_MD5
