@@ -30,6 +30,7 @@ from coughlab.atomic import atomic_write_text
 from coughlab.audio import load_audio, resample, to_mono
 from coughlab.config import AudioConfig, load_params
 from coughlab.features import LogMel, clip_samples
+
 from machine import load_average, machine_info, repo_relative
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,9 +30,8 @@ from pathlib import Path
 import botocore.session
 import pytest
 
-from coughlab.aws.errors import iam_action
-
 import coughlab
+from coughlab.aws.errors import iam_action
 
 PACKAGE = Path(coughlab.__file__).resolve().parent
 OUT_ENV = "COUGHLAB_AWS_CALLS_OUT"

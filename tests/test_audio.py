@@ -134,8 +134,9 @@ def test_pyav_decodes_every_channel_count_without_crashing(tmp_path, container, 
 
 def test_pyav_channels_stay_apart():
     """The packed read keeps each channel's samples in its own row (no interleaving mix-up)."""
-    from audio_fixtures import cough, encode
     import tempfile
+
+    from audio_fixtures import cough, encode
 
     with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
         f.write(encode("mp4-aac", 2, seconds=0.5))

@@ -1,7 +1,11 @@
 """coughlab.aws.errors: every botocore error becomes one line that says what to do."""
 import pytest
-from botocore.exceptions import (ClientError, EndpointConnectionError, NoCredentialsError,
-                                 WaiterError)
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    WaiterError,
+)
 
 from coughlab.aws.errors import explain, iam_action
 

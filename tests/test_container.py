@@ -1,4 +1,5 @@
 import dataclasses
+
 """The SageMaker container entrypoint, run on a temp dir laid out like /opt/ml (no Docker)."""
 import errno
 import json
@@ -14,9 +15,15 @@ import pytest
 import torch
 
 from coughlab.aws import container
-from coughlab.aws.container import (EXIT_TERMINATED, TRAINING_SECTIONS, Layout, hyperparameters,
-                                    main,
-                                params_from_hyperparameters, publish_curves)
+from coughlab.aws.container import (
+    EXIT_TERMINATED,
+    TRAINING_SECTIONS,
+    Layout,
+    hyperparameters,
+    main,
+    params_from_hyperparameters,
+    publish_curves,
+)
 from coughlab.checkpoint import CHECKPOINT_FILE
 from coughlab.nets import MODEL_FILE, load_model
 

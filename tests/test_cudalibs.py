@@ -12,8 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from coughlab.aws.cudalibs import (NotElf, check_installed, compiled_extensions, cuda_mismatches,
-                               cudart_majors, needed_libraries)
+from coughlab.aws.cudalibs import (
+    NotElf,
+    check_installed,
+    compiled_extensions,
+    cuda_mismatches,
+    cudart_majors,
+    needed_libraries,
+)
 
 SITE_PACKAGES = Path(torch.__file__).resolve().parent.parent
 

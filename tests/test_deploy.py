@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -27,10 +28,11 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import WaiterError
 from botocore.stub import Stubber
 
-from conftest import queue_lambda_results
 from coughlab.aws import deploy
 from coughlab.aws.deploy import __main__ as cli
 from coughlab.aws.deploy import access, gate, package, release
+
+from conftest import queue_lambda_results
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDLER = ROOT / "lambda" / "handler.py"

@@ -12,12 +12,18 @@ from pathlib import Path
 
 import boto3
 import pytest
+from test_deploy import (  # noqa: F401
+    HANDLER,
+    clean_repo,
+    commit_all,
+    committed_repo,
+    stubbed_lambda,
+    write_deps,
+    write_model,
+)
 
-from coughlab.aws.deploy import DeployError
+from coughlab.aws.deploy import DeployError, gate, package, release
 from coughlab.aws.deploy import __main__ as cli
-from coughlab.aws.deploy import gate, package, release
-from test_deploy import (HANDLER, clean_repo, commit_all, committed_repo,  # noqa: F401
-                         stubbed_lambda, write_deps, write_model)
 
 
 def refusal(argv: list[str]) -> str:

@@ -9,9 +9,9 @@ import soundfile as sf
 import torch
 
 from coughlab.export import ServingModel, onnx_predict, onnx_session
-from coughlab.nets import Ensemble, build_net, load_model, load_split, predict_proba, save_model
-from coughlab.training import ChannelAugment, dataloaders, train_model
+from coughlab.nets import Ensemble, build_net, load_model, predict_proba, save_model
 from coughlab.stages.featurize import featurize_waves
+from coughlab.training import ChannelAugment, dataloaders, train_model
 
 from helpers import conf, make_features, package_lambda, write_params
 

@@ -253,10 +253,10 @@ def stage_workspace(tmp_path_factory):
     import pandas as pd
     import soundfile as sf
 
-    from helpers import write_params
-
     from coughlab.nets import build_net, save_model
     from coughlab.stages.combine import process_clip, wav_path
+
+    from helpers import write_params
 
     root = tmp_path_factory.mktemp("dispatch")
     torch.manual_seed(1)

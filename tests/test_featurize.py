@@ -2,12 +2,10 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from coughlab.config import AudioConfig
 from coughlab.stages.featurize import featurize
 
-from test_audio import tone
-
 from helpers import conf
+from test_audio import tone
 
 
 def test_windows_over_the_whole_clip_per_split(tmp_path):

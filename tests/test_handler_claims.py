@@ -8,6 +8,10 @@ whatever the decoder's read size.
 """
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_handler import body, import_handler, post
+
 from hostile_audio import (
     every_claim,
     flac_total_claim,
@@ -18,9 +22,6 @@ from hostile_audio import (
     wav_size_claim,
     webm_duration_claim,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from test_handler import body, import_handler, post
 
 # An encoder's priming and padding decode as frames too (AAC's 1024 samples, an mp3 frame's
 # padding): what a 1 s recording may report beyond its second. An inflated claim is >= 1.5 s.

@@ -70,9 +70,8 @@ def seed_files() -> dict[str, bytes]:
     hold (an Ogg Opus granule read libsndfile into samples never decoded), to mutate, cut
     short and serve from 'S3'."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from hostile_audio import every_claim
-
     from audio_fixtures import every_recording
+    from hostile_audio import every_claim
 
     return {**every_recording(seconds=0.5),
             **{f"claim/{claim.name}": claim.audio for claim in every_claim()}}
@@ -140,6 +139,7 @@ def check_decoded_seconds(event, response) -> None:
     unfilled rest of a buffer whenever a file ended before its header said). Ogg Opus is
     counted by FFmpeg, for libsndfile's Opus reader counts what the granules claim."""
     import soundfile as sf
+
     from hostile_audio import decoded_seconds, is_ogg_opus
 
     if response["statusCode"] != 200 or event.get("isBase64Encoded") is not True:

@@ -27,11 +27,12 @@ import botocore.session
 import pytest
 from botocore.awsrequest import AWSResponse
 
+from coughlab.aws.deploy import __main__ as cli
+from coughlab.aws.errors import iam_action
+
 from conftest import free_port, post_json, queue_lambda_results
 from helpers import make_features
 from iam_docs import IAM_MD, listed, statements_for, trust_policies
-from coughlab.aws.deploy import __main__ as cli
-from coughlab.aws.errors import iam_action
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCOUNT, REGION = "123456789012", "eu-west-1"

@@ -12,9 +12,9 @@ import json
 import warnings
 
 import pytest
+from test_iam_enforced import filled
 
 from iam_docs import IAM_MD, iam_md_policies, trust_policies
-from test_iam_enforced import filled
 
 # parliament's findings that mean a policy is wrong (the rest flag powerful grants).
 WRONG = {"MALFORMED", "MALFORMED_JSON", "UNKNOWN_ACTION", "UNKNOWN_PREFIX", "UNKNOWN_PRINCIPAL",

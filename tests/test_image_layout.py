@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pytest
-from unprivileged import as_user, free_uid, require_root_and_setpriv
 
 from coughlab.aws.deploy import release
+
+from unprivileged import as_user, free_uid, require_root_and_setpriv
 
 ROOT = Path(__file__).resolve().parents[1]
 LAMBDA_DOCKERFILE = ROOT / "docker" / "lambda.Dockerfile"

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from runtime_api import RuntimeApi, RuntimeLambda
-from unprivileged import as_user, free_uid, require_root_and_setpriv
 
 from coughlab.aws.deploy import package, release
 from coughlab.function_url import function_url_event
+
+from runtime_api import RuntimeApi, RuntimeLambda
+from unprivileged import as_user, free_uid, require_root_and_setpriv
 
 pytestmark = pytest.mark.slow  # the zip's ~240 MB are zipped and unpacked: about a minute
 

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_report import ROOT, project_plots_repo  # noqa: F401 - the fixture
 
 from coughlab import plots
-
-from test_report import ROOT, project_plots_repo  # noqa: F401 - the fixture
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -2,11 +2,11 @@
 import fcntl
 import os
 import pty
-import struct
-import termios
 import re
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

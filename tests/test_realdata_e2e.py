@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline_e2e import ENV, VENV_BIN, clone_working_tree, run, stages_run
 
 from source_fixtures import ArchiveServer, C19Record, Upstream, covid19_cough_files, virufy_files
+from test_pipeline_e2e import ENV, VENV_BIN, clone_working_tree, run, stages_run
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

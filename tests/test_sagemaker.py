@@ -23,14 +23,30 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from coughlab.aws.container import GPU_INSTANCE
+from coughlab.aws.sagemaker import (
+    IMAGE_CUDA,
+    LOG_GROUP,
+    AwsSettings,
+    Clients,
+    JobPaths,
+    SageMakerError,
+    check_outcome,
+    cost_line,
+    driver_warning,
+    follow_job,
+    job_name,
+    job_paths,
+    make_clients,
+    run_training_job,
+    settings_from_env,
+    training_job_request,
+    upload_features,
+    validate_job_config,
+    wait_for_job,
+)
 from coughlab.checkpoint import fingerprint
 from coughlab.config import SageMakerConfig, compose, load_params
 from coughlab.nets import build_net, save_model
-from coughlab.aws.sagemaker import (IMAGE_CUDA, LOG_GROUP, AwsSettings, Clients, JobPaths,
-                                    SageMakerError, check_outcome, cost_line, driver_warning,
-                                    follow_job, job_name, job_paths, make_clients,
-                                    run_training_job, settings_from_env, training_job_request,
-                                    upload_features, validate_job_config, wait_for_job)
 from coughlab.stages import train as train_stage
 
 from helpers import conf, make_features, write_params

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from github_api_stub import GitHubStub
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,6 +29,7 @@ from coughlab.determinism import pin_cpu_kernels
 pin_cpu_kernels()  # before torch loads: its kernel choice is made at import
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -37,7 +38,6 @@ import signal
 import sys
 import traceback
 import zipfile
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

@@ -27,8 +27,14 @@ from __future__ import annotations
 import functools
 import re
 
-from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError,
-                                 NoCredentialsError, NoRegionError, WaiterError)
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    WaiterError,
+)
 
 QUOTAS_CONSOLE = "https://console.aws.amazon.com/servicequotas/home/services/{code}/quotas"
 # IAM service prefixes that are not the boto3 service name.

@@ -35,11 +35,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from coughlab.atomic import atomic_dir
-from coughlab.aws.errors import explain
-from coughlab.config import Params, SageMakerConfig
 from coughlab.aws.container import CHANNEL, TRAINING_SPLITS, check_features, hyperparameters
-from coughlab.digest import sha256_file
+from coughlab.aws.errors import explain
 from coughlab.checkpoint import fingerprint
+from coughlab.config import Params, SageMakerConfig
+from coughlab.digest import sha256_file
 from coughlab.nets import MODEL_FILE
 from coughlab.progress import progress_bar
 

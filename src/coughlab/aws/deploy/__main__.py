@@ -45,13 +45,31 @@ import sys
 from pathlib import Path
 
 from coughlab.aws.deploy import DeployError, DeployRefused
-from coughlab.aws.deploy.access import (DEFAULT_RESERVED_CONCURRENCY, UNRESERVED_MINIMUM,
-                                        URL_AUTH_TYPES, CapFailed, UrlSettings, publish_url)
-from coughlab.aws.deploy.gate import (DEFAULT_MIN_ROC_AUC, EXPORT_OUT, check_release,
-                                      read_model_meta, require_pipeline_model,
-                                      require_reproducible)
-from coughlab.aws.deploy.package import (BUILD_DIR, HANDLER, MIB, REQUIREMENTS, UNZIPPED_LIMIT,
-                                         build_zip, ensure_dependencies)
+from coughlab.aws.deploy.access import (
+    DEFAULT_RESERVED_CONCURRENCY,
+    UNRESERVED_MINIMUM,
+    URL_AUTH_TYPES,
+    CapFailed,
+    UrlSettings,
+    publish_url,
+)
+from coughlab.aws.deploy.gate import (
+    DEFAULT_MIN_ROC_AUC,
+    EXPORT_OUT,
+    check_release,
+    read_model_meta,
+    require_pipeline_model,
+    require_reproducible,
+)
+from coughlab.aws.deploy.package import (
+    BUILD_DIR,
+    HANDLER,
+    MIB,
+    REQUIREMENTS,
+    UNZIPPED_LIMIT,
+    build_zip,
+    ensure_dependencies,
+)
 from coughlab.aws.deploy.release import FunctionSettings, deploy_image, deploy_zip, rollback
 from coughlab.aws.errors import explain
 
