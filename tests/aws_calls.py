@@ -72,7 +72,8 @@ class Call:
 
 def implied_actions(service: str, operation: str, params: dict) -> list[str]:
     """IAM actions a request needs besides its own: roles it passes, tags, code it points at."""
-    code = params.get("Code", params) if operation in ("CreateFunction", "UpdateFunctionCode") else {}
+    code_operations = ("CreateFunction", "UpdateFunctionCode")
+    code = params.get("Code", params) if operation in code_operations else {}
     actions = []
     if params.get("Role") or params.get("RoleArn"):
         actions.append("iam:PassRole")

@@ -16,7 +16,8 @@ SPOT_QUOTA = ("The account-level service limit 'ml.g4dn.xlarge for spot training
               "for this quota.")
 LAMBDA_DENIED = ("User: arn:aws:iam::123456789012:user/dev is not authorized to perform: "
                  "lambda:GetPolicy on resource: arn:aws:lambda:eu-west-1:123456789012:function:"
-                 "coughlab:live because no identity-based policy allows the lambda:GetPolicy action")
+                 "coughlab:live because no identity-based policy allows the "
+                 "lambda:GetPolicy action")
 
 
 def client_error(code: str, message: str, operation: str) -> ClientError:
@@ -33,7 +34,8 @@ def test_a_sagemaker_quota_error_names_the_quota_and_where_to_request_it():
 def test_the_lambda_unreserved_minimum_is_named_as_the_concurrency_quota():
     message = ("Specified ReservedConcurrentExecutions for function decreases account's "
                "UnreservedConcurrentExecution below its minimum value of [100].")
-    line = explain(client_error("InvalidParameterValueException", message, "PutFunctionConcurrency"))
+    line = explain(client_error("InvalidParameterValueException", message,
+                                "PutFunctionConcurrency"))
     assert "'Concurrent executions'" in line
     assert "services/lambda/quotas" in line
 

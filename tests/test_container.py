@@ -1,6 +1,5 @@
-import dataclasses
-
 """The SageMaker container entrypoint, run on a temp dir laid out like /opt/ml (no Docker)."""
+import dataclasses
 import errno
 import json
 import os

@@ -37,7 +37,8 @@ from conftest import queue_lambda_results
 ROOT = Path(__file__).resolve().parents[1]
 HANDLER = ROOT / "lambda" / "handler.py"
 LAMBDA_TRUST = {"Version": "2012-10-17", "Statement": [{
-    "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+    "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+    "Action": "sts:AssumeRole"}]}
 
 
 def write_model(model_dir: Path, onnx: bytes = b"onnx graph", **meta_changes) -> Path:
@@ -71,7 +72,8 @@ def fake_wheel(dest: Path, name: str, tag: str) -> Path:
     dist = f"{name}-1.0.dist-info"
     files = {f"{name}/__init__.py": "VALUE = 1\n",
              f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
-             f"{dist}/WHEEL": f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\nTag: {tag}\n"}
+             f"{dist}/WHEEL": ("Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\n"
+                               f"Tag: {tag}\n")}
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / f"{name}-1.0-{tag}.whl"
     with zipfile.ZipFile(path, "w") as zf:
@@ -177,11 +179,13 @@ def test_gate_refuses_bad_or_mismatched_models(tmp_path, break_model, message):
 def test_refused_model_never_reaches_aws(aws_env, tmp_path, capsys):
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="coughlab-deploy")
-    model_dir = write_model(tmp_path / "lambda", parity={"passed": False, "clips": 2, "tolerance": 1e-4})
-    with pytest.raises(SystemExit, match="deploy refused: the Lambda handler and the pipeline disagree"):
+    model_dir = write_model(tmp_path / "lambda",
+                            parity={"passed": False, "clips": 2, "tolerance": 1e-4})
+    with pytest.raises(SystemExit,
+                       match="deploy refused: the Lambda handler and the pipeline disagree"):
         cli.main(["--bucket", "coughlab-deploy", "--role", "arn:aws:iam::123456789012:role/x",
-                     "--model-dir", str(model_dir), "--deps-dir", str(write_deps(tmp_path / "deps")),
-                     "--build-dir", str(tmp_path / "build")])
+                  "--model-dir", str(model_dir), "--deps-dir", str(write_deps(tmp_path / "deps")),
+                  "--build-dir", str(tmp_path / "build")])
     assert s3.list_objects_v2(Bucket="coughlab-deploy")["KeyCount"] == 0
     assert boto3.client("lambda").list_functions()["Functions"] == []
     assert not (tmp_path / "build").exists()
@@ -200,11 +204,12 @@ def test_zip_layout_is_lambda_ready_and_reproducible(tmp_path):
     with zipfile.ZipFile(first.path) as zf:
         names = set(zf.namelist())
         core_mode = zf.getinfo("fakenp/_core.so").external_attr >> 16
-    assert names == {"handler.py", "page.html", "model/model.json", "model/model.onnx", "fakenp/__init__.py",
-                     "fakenp/_core.so", "fakenp-1.0.dist-info/METADATA"}
+    assert names == {"handler.py", "page.html", "model/model.json", "model/model.onnx",
+                     "fakenp/__init__.py", "fakenp/_core.so", "fakenp-1.0.dist-info/METADATA"}
     assert core_mode & 0o777 == 0o755
-    shipped = [HANDLER, HANDLER.parent / "page.html", model_dir / "model.json", model_dir / "model.onnx",
-               deps / "fakenp" / "__init__.py", deps / "fakenp" / "_core.so",
+    shipped = [HANDLER, HANDLER.parent / "page.html", model_dir / "model.json",
+               model_dir / "model.onnx", deps / "fakenp" / "__init__.py",
+               deps / "fakenp" / "_core.so",
                deps / "fakenp-1.0.dist-info" / "METADATA"]
     assert first.unzipped_bytes == sum(p.stat().st_size for p in shipped)
 
@@ -268,7 +273,8 @@ def test_dependencies_are_cross_built_for_the_lambda_platform_and_cached(tmp_pat
 def test_wheel_the_lambda_cannot_load_fails_the_build(tmp_path):
     wheels = tmp_path / "wheels"
     host_only = f"cp{sys.version_info.major}{sys.version_info.minor}"
-    built = {"hostonly": fake_wheel(wheels, "hostonly", f"{host_only}-{host_only}-manylinux_2_17_x86_64"),
+    built = {"hostonly": fake_wheel(wheels, "hostonly",
+                                    f"{host_only}-{host_only}-manylinux_2_17_x86_64"),
              "newglibc": fake_wheel(wheels, "newglibc", "cp312-cp312-manylinux_2_34_x86_64")}
     for name, wheel in built.items():
         requirements = tmp_path / f"{name}.txt"
@@ -327,7 +333,8 @@ def aws_target(aws_env, clean_repo, monkeypatch, tmp_path):
     session.events.register("before-call.lambda.GetAccountSettings", moto_account_settings)
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", session)
     role = boto3.client("iam").create_role(
-        RoleName="coughlab-lambda", AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST))["Role"]["Arn"]
+        RoleName="coughlab-lambda",
+        AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST))["Role"]["Arn"]
     boto3.client("s3").create_bucket(Bucket="coughlab-deploy")
     repo = Path(shutil.copytree(clean_repo, tmp_path / "repo", symlinks=True))
     return {"role": role, "bucket": "coughlab-deploy", "repo": repo, "moto": aws_env}
@@ -372,7 +379,8 @@ def test_first_deploy_creates_later_ones_update_and_alias_follows(aws_target, tm
     deploy_cli(tmp_path, model_dir, *args)
     out = capsys.readouterr().out
     assert "coughlab-test version 1 is Active and passed its smoke test; alias live -> 1" in out
-    first_sha = lam.get_function_configuration(FunctionName="coughlab-test", Qualifier="1")["CodeSha256"]
+    first_sha = lam.get_function_configuration(FunctionName="coughlab-test",
+                                               Qualifier="1")["CodeSha256"]
     config = lam.get_function(FunctionName="coughlab-test")["Configuration"]
     assert (config["Runtime"], config["Handler"], config["MemorySize"]) == (
         "python3.12", "handler.handler", 2048)
@@ -383,11 +391,14 @@ def test_first_deploy_creates_later_ones_update_and_alias_follows(aws_target, tm
     model_in(aws_target["repo"], onnx=b"graph two")
     healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
-    assert "version 2 is Active and passed its smoke test; alias live -> 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "version 2 is Active and passed its smoke test; alias live -> 2" in out
     assert lam.get_alias(FunctionName="coughlab-test", Name="live")["FunctionVersion"] == "2"
-    second_sha = lam.get_function_configuration(FunctionName="coughlab-test", Qualifier="2")["CodeSha256"]
+    second_sha = lam.get_function_configuration(FunctionName="coughlab-test",
+                                                Qualifier="2")["CodeSha256"]
     assert second_sha != first_sha
-    assert lam.get_function_configuration(FunctionName="coughlab-test", Qualifier="1")["CodeSha256"] == first_sha
+    assert lam.get_function_configuration(FunctionName="coughlab-test",
+                                          Qualifier="1")["CodeSha256"] == first_sha
 
 
 def test_creating_a_function_needs_a_role_and_uploads_nothing_without_one(aws_target, tmp_path):
@@ -404,7 +415,8 @@ def test_container_image_deploy(aws_target, tmp_path, capsys):
     healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, "--image-uri", image,
                "--role", aws_target["role"], "--repo", str(aws_target["repo"]))
-    assert "version 1 is Active and passed its smoke test; alias live -> 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "version 1 is Active and passed its smoke test; alias live -> 1" in out
     function = boto3.client("lambda").get_function(FunctionName="coughlab-test")
     assert function["Code"]["ImageUri"] == image
     assert function["Configuration"]["PackageType"] == "Image"
@@ -495,9 +507,12 @@ def test_deploy_refuses_a_dirty_tree_and_names_what_is_dirty(tmp_path):
     repo = committed_repo(tmp_path / "repo")
     (repo / ".dvcignore").write_text("# changed\n")
     (repo / "notes.txt").write_text("untracked\n")
-    with pytest.raises(SystemExit, match=r"uncommitted changes(.|\n)* M \.dvcignore\n  \?\? notes\.txt"):
-        cli.main(["--zip-only", "--repo", str(repo), "--model-dir", str(write_model(tmp_path / "lambda")),
-                     "--deps-dir", str(write_deps(tmp_path / "deps")), "--build-dir", str(tmp_path / "build")])
+    with pytest.raises(SystemExit,
+                       match=r"uncommitted changes(.|\n)* M \.dvcignore\n  \?\? notes\.txt"):
+        cli.main(["--zip-only", "--repo", str(repo),
+                  "--model-dir", str(write_model(tmp_path / "lambda")),
+                  "--deps-dir", str(write_deps(tmp_path / "deps")),
+                  "--build-dir", str(tmp_path / "build")])
     assert not (tmp_path / "build").exists()
 
 
@@ -533,7 +548,8 @@ def test_shipped_model_json_names_the_deploying_commit(clean_repo, tmp_path):
     model_dir = write_model(tmp_path / "lambda")
     original = (model_dir / "model.json").read_text()
     cli.main(["--zip-only", "--repo", str(clean_repo), "--model-dir", str(model_dir),
-                 "--deps-dir", str(write_deps(tmp_path / "deps")), "--build-dir", str(tmp_path / "build")])
+              "--deps-dir", str(write_deps(tmp_path / "deps")),
+              "--build-dir", str(tmp_path / "build")])
     with zipfile.ZipFile(tmp_path / "build" / "function.zip") as zf:
         shipped = json.loads(zf.read("model/model.json"))
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clean_repo, capture_output=True,
@@ -604,7 +620,8 @@ def test_deploy_publishes_a_capped_url_whose_cors_allows_only_itself(aws_target,
     deploy_cli(tmp_path, model_dir, *args)
     config, sids = function_url_state(lam)
     function_url = config["FunctionUrl"]
-    assert f"Function URL {function_url} (auth NONE, at most 3 concurrent" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"Function URL {function_url} (auth NONE, at most 3 concurrent" in out
     assert config["AuthType"] == "NONE"
     assert config["Cors"]["AllowOrigins"] == [function_url.rstrip("/")]
     assert set(config["Cors"]["AllowMethods"]) == {"GET", "POST"}
@@ -612,7 +629,7 @@ def test_deploy_publishes_a_capped_url_whose_cors_allows_only_itself(aws_target,
     concurrency = lam.get_function_concurrency(FunctionName="coughlab-test")
     assert concurrency["ReservedConcurrentExecutions"] == 3
 
-    model_in(aws_target["repo"], onnx=b"graph two")  # a redeploy keeps the URL, grants nothing twice
+    model_in(aws_target["repo"], onnx=b"graph two")  # a redeploy: same URL, nothing granted twice
     healthy(aws_target, model_dir)
     deploy_cli(tmp_path, model_dir, *args)
     assert function_url_state(lam) == (config, sids)
@@ -651,11 +668,13 @@ CORS = {"AllowOrigins": ["https://abc123.lambda-url.us-east-1.on.aws"],
 def expect_url_created(stubber):
     """The first URL: create (URL unknown), CORS for that URL, both public grants."""
     url_params = {"FunctionName": "coughlab", "Qualifier": "live"}
-    stubber.add_client_error("get_function_url_config", "ResourceNotFoundException", http_status_code=404,
-                             expected_params=url_params)
-    url_config = {"FunctionUrl": URL, "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:coughlab",
+    stubber.add_client_error("get_function_url_config", "ResourceNotFoundException",
+                             http_status_code=404, expected_params=url_params)
+    url_config = {"FunctionUrl": URL,
+                  "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:coughlab",
                   "AuthType": "NONE", "CreationTime": "2026-01-01T00:00:00Z"}
-    stubber.add_response("create_function_url_config", url_config, url_params | {"AuthType": "NONE"})
+    stubber.add_response("create_function_url_config", url_config,
+                         url_params | {"AuthType": "NONE"})
     stubber.add_response("update_function_url_config",
                          url_config | {"Cors": CORS, "LastModifiedTime": "2026-01-01T00:00:01Z"},
                          url_params | {"AuthType": "NONE", "Cors": CORS})
@@ -729,7 +748,8 @@ def test_a_version_failing_its_smoke_test_leaves_live_where_it_was(aws_target, t
         deploy_cli(tmp_path, model_dir, *args)
     lam = boto3.client("lambda")
     assert lam.get_alias(FunctionName="coughlab-test", Name="live")["FunctionVersion"] == "1"
-    assert lam.get_function_url_config(FunctionName="coughlab-test", Qualifier="live")["FunctionUrl"]
+    assert lam.get_function_url_config(FunctionName="coughlab-test",
+                                       Qualifier="live")["FunctionUrl"]
 
 
 @pytest.mark.parametrize("page,scored,problem", [
@@ -747,7 +767,8 @@ def test_a_first_deploy_failing_its_smoke_test_creates_no_alias(aws_target, tmp_
     with pytest.raises(SystemExit, match=f"version 1 failed its smoke test: {problem}"
                        ".*; alias live not created"):
         deploy_cli(tmp_path, model_dir, "--image-uri", "123456789012.dkr.ecr.us-east-1."
-                   "amazonaws.com/coughlab:1", "--role", aws_target["role"], "--repo", str(aws_target["repo"]))
+                   "amazonaws.com/coughlab:1", "--role", aws_target["role"],
+                   "--repo", str(aws_target["repo"]))
     with pytest.raises(boto3.client("lambda").exceptions.ResourceNotFoundException):
         boto3.client("lambda").get_alias(FunctionName="coughlab-test", Name="live")
 
@@ -758,7 +779,8 @@ def test_a_version_that_cannot_import_fails_the_smoke_test(stubbed_lambda):
              "errorType": "Runtime.ImportModuleError"}
     stubber.add_response("invoke", {"StatusCode": 200, "FunctionError": "Unhandled",
                                     "Payload": streamed(error)})
-    with pytest.raises(release.SmokeTestFailed, match="the function raised.*No module named 'soxr'"):
+    with pytest.raises(release.SmokeTestFailed,
+                       match="the function raised.*No module named 'soxr'"):
         release.smoke_test(client, "coughlab", "4", "x")
 
 
@@ -772,7 +794,8 @@ def make_rollback(target: dict) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-def test_make_rollback_lambda_moves_live_back_past_versions_that_never_went_live(aws_target, tmp_path):
+def test_make_rollback_lambda_moves_live_back_past_versions_that_never_went_live(aws_target,
+                                                                                 tmp_path):
     write_deps(tmp_path / "deps")
     model_dir = model_in(aws_target["repo"], onnx=b"graph one")
     args = target_args(aws_target)
@@ -829,7 +852,8 @@ def other_function(lam, role: str, name: str = "someone-else") -> str:
     return name
 
 
-def test_cap_respects_what_other_functions_reserve_and_none_removes_it(aws_target, tmp_path, capsys):
+def test_cap_respects_what_other_functions_reserve_and_none_removes_it(aws_target, tmp_path,
+                                                                       capsys):
     write_deps(tmp_path / "deps")
     model_dir = write_model(tmp_path / "lambda")
     args = target_args(aws_target)
@@ -862,12 +886,14 @@ def announce(argv: list[str]) -> None:
     cli.announce_url(args, cli.function_settings(args))
 
 
-def test_a_refused_cap_still_leaves_the_url_and_says_what_to_do(stubbed_lambda, monkeypatch, capsys):
+def test_a_refused_cap_still_leaves_the_url_and_says_what_to_do(stubbed_lambda, monkeypatch,
+                                                                capsys):
     client, stubber, _ = stubbed_lambda
     monkeypatch.setattr(boto3, "client", lambda *a, **k: client)
     expect_url_created(stubber)
     expect_account(stubber, total=1000, unreserved=1000)
-    stubber.add_client_error("put_function_concurrency", "AccessDeniedException", http_status_code=403,
+    stubber.add_client_error("put_function_concurrency", "AccessDeniedException",
+                             http_status_code=403,
                              service_message="User: arn:aws:iam::123456789012:user/dev is not "
                              "authorized to perform: lambda:PutFunctionConcurrency on resource: "
                              "arn:aws:lambda:us-east-1:123456789012:function:coughlab")
@@ -888,11 +914,13 @@ def test_access_denied_on_the_grant_names_the_action(stubbed_lambda, monkeypatch
     client, stubber, _ = stubbed_lambda
     monkeypatch.setattr(boto3, "client", lambda *a, **k: client)
     stubber.add_response("get_function_url_config", {
-        "FunctionUrl": URL, "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:coughlab",
+        "FunctionUrl": URL,
+        "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:coughlab",
         "AuthType": "NONE", "CreationTime": "2026-01-01T00:00:00Z",
         "LastModifiedTime": "2026-01-01T00:00:00Z"})
     stubber.add_response("update_function_url_config", {
-        "FunctionUrl": URL, "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:coughlab",
+        "FunctionUrl": URL,
+        "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:coughlab",
         "AuthType": "NONE", "CreationTime": "2026-01-01T00:00:00Z",
         "LastModifiedTime": "2026-01-01T00:00:00Z"})
     stubber.add_client_error("get_policy", "AccessDeniedException", http_status_code=403,

@@ -285,7 +285,8 @@ def test_ctrl_c_while_waiting_stops_the_job_and_waits_until_it_has_stopped(capsy
     stub.assert_no_pending_responses()
     assert calls == [30, 30, 60]  # the interrupted poll, then two while Stopping, backing off
     out = capsys.readouterr().out
-    assert f"sagemaker: {JOB} is Stopped; re-running the stage resumes from {job.checkpoint_uri}" in out
+    assert (f"sagemaker: {JOB} is Stopped; re-running the stage resumes from "
+            f"{job.checkpoint_uri}") in out
 
 
 def test_ctrl_c_after_the_job_ended_still_raises_the_interrupt(capsys):
@@ -306,7 +307,8 @@ def test_ctrl_c_after_the_job_ended_still_raises_the_interrupt(capsys):
         follow_job(Clients(None, sm, logs), job, poll_seconds=30, sleep=sleep)
     stub.assert_no_pending_responses()
     out = capsys.readouterr().out
-    assert re.search(rf"could not stop {JOB} \(.*The job status is Completed\); it is Completed", out)
+    assert re.search(rf"could not stop {JOB} \(.*The job status is Completed\); "
+                     r"it is Completed", out)
 
 
 def test_log_tail_keeps_going_after_throttling(capsys):
