@@ -102,7 +102,8 @@ def real_cough() -> np.ndarray | None:
         return None
     for row in csv.DictReader(labels.open()):
         path = REALDATA / row["path"]
-        if row["channel"] != "call-center" and float(row["duration_s"] or 0) >= 2 and path.is_file():
+        long_enough = float(row["duration_s"] or 0) >= 2
+        if row["channel"] != "call-center" and long_enough and path.is_file():
             wave, sr = sf.read(path, dtype="float32", always_2d=True)
             return soxr.resample(wave.mean(axis=1), sr, FAKE_MIC_RATE)
     return None
@@ -119,7 +120,8 @@ def synthetic_cough() -> np.ndarray:
 
 
 def fake_mic_file(path: Path, wave: np.ndarray) -> Path:
-    """A 48 kHz 16-bit mono wav, what Chromium's --use-file-for-fake-audio-capture plays (looped)."""
+    """A 48 kHz 16-bit mono wav: what Chromium's --use-file-for-fake-audio-capture plays
+    (looped)."""
     sf.write(path, wave.astype(np.float32), FAKE_MIC_RATE, subtype="PCM_16")
     return path
 

@@ -27,7 +27,8 @@ def clone_working_tree(dest: Path) -> Path:
 
 
 def git(cwd, *args):
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env=ENV).stdout.decode()
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                          env=ENV).stdout.decode()
 
 
 VENV_BIN = Path(sys.executable).parent
@@ -40,12 +41,14 @@ ENV = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
 def run(cwd: Path, *cmd: str, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env={**ENV, "PYTHONPATH": str(cwd / "src"), **(env or {})},
                           capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, \
+        f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
 
 
 def stages_run(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+    return {line.split("'")[1] for line in output.splitlines()
+            if line.startswith("Running stage '")}
 
 
 @pytest.fixture(scope="module")

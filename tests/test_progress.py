@@ -1,4 +1,5 @@
-"""Progress bars in a pipe are whole lines (CI logs, `dvc repro > log`); a terminal keeps tqdm's bar."""
+"""Progress bars in a pipe are whole lines (CI logs, `dvc repro > log`); a terminal keeps tqdm's
+bar."""
 import fcntl
 import os
 import pty

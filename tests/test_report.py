@@ -29,7 +29,8 @@ DVC_YAML = {"stages": {"train": {
 def write_results(repo, lr, roc_auc, roc_points):
     (repo / "params.yaml").write_text(yaml.safe_dump({"lr": lr, "train": {"epochs": 20}}))
     (repo / "reports" / "plots").mkdir(parents=True, exist_ok=True)
-    (repo / "reports" / "metrics.json").write_text(json.dumps({"test": {"roc_auc": roc_auc, "f1": 0.7}}))
+    (repo / "reports" / "metrics.json").write_text(
+        json.dumps({"test": {"roc_auc": roc_auc, "f1": 0.7}}))
     (repo / "reports" / "evaluation.json").write_text(json.dumps({"test": {"roc_auc": roc_auc}}))
     (repo / "reports" / "plots" / "roc.json").write_text(json.dumps(
         [{"fpr": i / roc_points, "tpr": min(1.0, 2 * i / roc_points)} for i in range(roc_points)]))
@@ -187,7 +188,8 @@ def test_report_includes_the_model_card_under_its_own_heading(two_commit_repo):
     report.main(["--base", "main", "--repo", str(two_commit_repo)])
     markdown = (two_commit_repo / "build" / "pr-report.md").read_text()
     _, section = markdown.split("### Model card (build/lambda/model_card.md)\n\n")
-    assert section == "#### Model card: cough classifier 43f685139a7d\n\n##### Intended use\n\nResearch.\n"
+    assert section == ("#### Model card: cough classifier 43f685139a7d\n\n##### Intended use\n\n"
+                       "Research.\n")
 
 
 @pytest.fixture
@@ -218,7 +220,8 @@ def project_plots_repo(tmp_path):
 
 def test_every_plot_of_the_project_renders_from_a_real_dvc_plots_diff(project_plots_repo, tmp_path):
     changes = report.plots_changes(report.plots_diff(project_plots_repo, "main"), "main")
-    expected = {next(iter(plot)) for plot in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]}
+    plots = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    expected = {next(iter(plot)) for plot in plots}
     assert expected <= {c.name for c in changes}
     assert {c.change for c in changes} == {"changed"}
     images = report.render_images(changes, tmp_path / "pr-plots")

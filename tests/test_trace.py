@@ -43,7 +43,8 @@ def history(tmp_path_factory):
 
 
 def test_each_version_leads_to_the_commit_that_recorded_it(history):
-    for version, commit_key, lr in [("aaaaaaaaaaaa", "first", 0.003), ("bbbbbbbbbbbb", "second", 0.001)]:
+    for version, commit_key, lr in [("aaaaaaaaaaaa", "first", 0.003),
+                                    ("bbbbbbbbbbbb", "second", 0.001)]:
         found = trace.trace(history["repo"], version)
         assert found.commit == history[commit_key]
         assert found.record == {"version": version, "provenance": provenance(lr)}
