@@ -128,6 +128,16 @@ def test_onnx_graph_needs_no_torch_ops(exported_model):
     assert [o.name for o in graph.output] == ["p_positive"]
 
 
+def test_the_graph_transforms_frames_with_matrix_products(exported_model):
+    """onnxruntime's STFT and DFT kernels cost several times the factored DFT's two matrix
+    products on the same frames (docs/benchmarks.md)."""
+    import onnx
+
+    proto = onnx.load(exported_model["lambda_dir"] / "model.onnx")
+    ops = {n.op_type for n in [*proto.graph.node, *(n for f in proto.functions for n in f.node)]}
+    assert not ops & {"STFT", "DFT"} and "MatMul" in ops
+
+
 def test_export_is_byte_identical_across_processes(exported_model, tmp_path):
     """So DVC sees the same model.onnx hash for the same model.pt, run after run."""
     script = ("import sys; from pathlib import Path; from coughlab.nets import load_model; "
