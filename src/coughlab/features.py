@@ -50,11 +50,13 @@ def unit_roots(n: int) -> torch.Tensor:
 class LogMel(nn.Module):
     """Frames `[rows, n_fft]` -> log-mel `[rows, n_mels]`.
 
-    With n = n2 * a + b (a < n1, b < n2) and bin k = c + n1 * d, the DFT is
-    X[k] = sum_b w^(b k) sum_a x[n2 a + b] w1^(a c): the inner sums are one matrix product
-    over a, the outer (twiddles folded in) one batched product over b per c. Only the bins
-    the mel filters weigh are computed (d < n2 or fewer), and the mel matrix, reordered to
-    this layout, also adds the squares of the real and imaginary parts.
+    With sample m = n2 * a + b (a < n1, b < n2) and bin k = c + n1 * d, the DFT is
+    X[k] = sum_b w^(b k) sum_a x[n2 a + b] w^(n2 a c), w = exp(-2 pi i / n_fft): the inner sums
+    are one matrix product over a, the outer (twiddles folded in) one batched product over b
+    per c. The frames are real, so the inner sum at n1 - c is the conjugate of that at c: only
+    c <= n1 / 2 are computed, each giving the outer sums of c and n1 - c. Only the bins the mel
+    filters weigh are computed (d < n2 or fewer), and the mel matrix, in this layout, also adds
+    the squares of the real and imaginary parts.
     """
 
     def __init__(self, cfg: AudioConfig):
@@ -65,35 +67,46 @@ class LogMel(nn.Module):
             n // 2 + 1, cfg.f_min, cfg.f_max, cfg.n_mels, cfg.sample_rate, norm=None,
             mel_scale="htk")
         weighed = int(torch.nonzero(fb.abs().sum(dim=1)).max()) + 1 if fb.any() else 1
-        d_count = min(n2, -(-weighed // n1))
-        roots = unit_roots(n)
-        a = torch.arange(n1)
+        d = torch.arange(min(n2, -(-weighed // n1)))
         b = torch.arange(n2)
-        d = torch.arange(d_count)
-        # inner[(part, c), a] = w1^(a c), w1 = w^n2
-        inner = roots[(a[None, :] * a[:, None] * n2) % n]  # [c, a, 2]
-        self.register_buffer("inner", inner.permute(2, 0, 1).reshape(2 * n1, n1).float(),
+        roots = unit_roots(n)
+
+        def outer_block(c: int, sign: float) -> torch.Tensor:
+            """[(part, b), (part', d)]: re + i sign im of the inner sums -> bins c + n1 d."""
+            twiddle = roots[(b[:, None] * (c + n1 * d[None, :])) % n]
+            re, im = twiddle[..., 0], twiddle[..., 1]
+            return torch.cat([torch.cat([re, im], dim=1),
+                              torch.cat([-sign * im, sign * re], dim=1)])
+
+        def mel_block(c: int) -> torch.Tensor:
+            """[(part', d), mel]: the filter weights of bins c + n1 d, once per part."""
+            bins = c + n1 * d
+            weights = torch.where((bins <= n // 2)[:, None], fb[bins.clamp(max=n // 2)], 0.0)
+            return torch.cat([weights, weights])
+
+        sources = range(n1 // 2 + 1)
+        outer, mel = [], []
+        for c in sources:
+            mirrored = 0 < c < n1 - c  # c = 0 and c = n1 / 2 are their own mirror
+            outer.append(torch.cat([outer_block(c, 1.0), outer_block(n1 - c, -1.0) if mirrored
+                                    else torch.zeros(2 * n2, 2 * len(d))], dim=1))
+            mel += [mel_block(c), mel_block(n1 - c) if mirrored
+                    else torch.zeros(2 * len(d), cfg.n_mels)]
+        a = torch.arange(n1)
+        inner = roots[(torch.tensor(sources)[:, None] * a[None, :] * n2) % n]  # [c, a, part]
+        self.register_buffer("inner", inner.permute(2, 0, 1).reshape(-1, n1).float(),
                              persistent=False)
-        # outer[c, (part, b), (part', d)]: complex w^(b (c + n1 d)) acting on (re, im) pairs
-        twiddle = roots[(b[None, :, None] * (a[:, None, None] + n1 * d[None, None, :])) % n]
-        re, im = twiddle[..., 0], twiddle[..., 1]  # [c, b, d]
-        outer = torch.cat([torch.cat([re, im], dim=2), torch.cat([-im, re], dim=2)], dim=1)
-        self.register_buffer("outer", outer.float(), persistent=False)
-        # mel[(c, part', d), mel]: bin c + n1 d's filter weights, once for each part
-        bins = a[:, None] + n1 * d[None, :]  # [c, d]
-        weights = torch.where((bins <= n // 2)[..., None], fb[bins.clamp(max=n // 2)], 0.0)
-        self.register_buffer("mel", weights[:, None].expand(n1, 2, d_count, cfg.n_mels)
-                             .reshape(n1 * 2 * d_count, cfg.n_mels).contiguous(),
-                             persistent=False)
+        self.register_buffer("outer", torch.stack(outer).float(), persistent=False)
+        self.register_buffer("mel", torch.cat(mel).float(), persistent=False)
         self.register_buffer("window", torch.hann_window(n).reshape(n1, n2), persistent=False)
-        self.n1, self.n2 = n1, n2
+        self.n1, self.n2, self.sources = n1, n2, len(sources)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         rows = frames.shape[0]
         x = frames.reshape(rows, self.n1, self.n2) * self.window
         inner = self.inner @ x  # [rows, (part, c), b]
-        inner = inner.reshape(rows, 2, self.n1, self.n2).permute(2, 0, 1, 3)
-        spectrum = inner.reshape(self.n1, rows, 2 * self.n2) @ self.outer  # [c, rows, (part, d)]
+        inner = inner.reshape(rows, 2, self.sources, self.n2).permute(2, 0, 1, 3)
+        spectrum = inner.reshape(self.sources, rows, 2 * self.n2) @ self.outer
         power = (spectrum * spectrum).transpose(0, 1).reshape(rows, self.mel.shape[0])
         return torch.log(power @ self.mel + 1e-6)
 
