@@ -176,14 +176,17 @@ class WindowedFeaturizer(nn.Module):
         # the windows move one way along the clip: the outer two bound them all
         first, last = torch.sym_min(firsts[0], firsts[-1]), torch.sym_max(firsts[0], firsts[-1])
         n_frames = last - first + self.frames
+        # The clip padded to whole blocks of hop_length samples with frame k starting on block
+        # k + self.frames (zeros reach past every window's frames either side), and each frame
+        # gathered as n_fft // hop_length consecutive blocks.
         blocks_per_frame = self.n_fft // self.hop
-        n_blocks = n_frames + blocks_per_frame - 1
-        # Frame `first` starts n_fft // 2 before its centre; both pads reach past any clip.
-        left = self.frames * self.hop + self.n_fft
-        padded = nn.functional.pad(wave, (left, self.length + self.n_fft))
-        start = left + first * self.hop - self.n_fft // 2
-        blocks = padded[:, start : start + n_blocks * self.hop].reshape(batch, n_blocks, self.hop)
-        frames = torch.cat([blocks[:, b : b + n_frames] for b in range(blocks_per_frame)], dim=2)
+        left = self.frames * self.hop + self.n_fft // 2
+        n_blocks = (wave.shape[-1] + left + self.hop - 1) // self.hop + self.frames + \
+            blocks_per_frame
+        padded = nn.functional.pad(wave, (left, n_blocks * self.hop - wave.shape[-1] - left))
+        starts = torch.arange(first + self.frames, last + 2 * self.frames)
+        blocks = (starts[:, None] + torch.arange(blocks_per_frame)).reshape(-1)
+        frames = padded.reshape(batch, n_blocks, self.hop).index_select(1, blocks)
         logmel = self.logmel(frames.reshape(batch * n_frames, self.n_fft))
         # One gather of whole frames, not a slice per window (symbolic slice bounds are slow
         # to export), then each window as [mels, frames].
