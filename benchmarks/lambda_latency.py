@@ -17,8 +17,9 @@ Cold start = a NEW Python process, from spawn to the first prediction on a 10 s 
 Warm latency = the same call repeated in that process. Where warm time goes (median per
 call): decode (base64 + audio decode + mono mixdown), resample (the handler: only the span the
 graph reads, when model.json gives input_seconds; torch: the whole clip, as the pipeline does)
-and graph (onnxruntime session / torch model); and inside the onnx graph, from onnxruntime's
-profiler, the share of the featurizer's and the network's kernels.
+and graph (onnxruntime session / torch model), in wall time and in the thread's CPU time; and
+inside the onnx graph, from onnxruntime's profiler, the share of the featurizer's and the
+network's kernels.
 
 Package size: lambda/requirements.txt installed for manylinux x86_64 / CPython 3.12 and zipped
 with handler.py and build/lambda by coughlab.deploy (the code `make deploy-lambda` uses), so
@@ -60,6 +61,9 @@ GRAPHS = {"x1": 1, "x3": 3}  # graph name: networks in it
 TARGETS = {"onnx_cold_s": 0.3, "cold_speedup": 20.0, "warm_speedup": 2.5,
            "abs_dp": 1e-5, "x3_graph_per_decode_resample": 1.3, "unzipped_mb": 250.0}
 MB = 1024 * 1024  # MiB, the unit of Lambda's size limits
+# Warm phases on two clocks: wall time, what Lambda bills, and this thread's CPU time, which a
+# busy shared machine inflates far less (time the process waits for a core is not in it).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 PERTURBATION = 0.05  # of each weight tensor's sd: the x3 members differ, as trained ones do
 # onnxruntime kernels of the network (after its NCHWc rewrite); all others are the featurizer's
 NETWORK_OPS = {"Conv", "FusedConv", "MaxPool", "BatchNormalization", "Relu", "Gemm", "Softmax",
@@ -90,22 +94,32 @@ def child_onnx(clip: Path, spawned_at: float, n_warm: int, n_profile: int) -> di
         warm.append(time.perf_counter() - start)
         answers.add(digest(answer["body"]))
     session, meta = handler.load_model()
-    phases = {"decode": [], "resample": [], "graph": []}
+    phases = {clock: {"decode": [], "resample": [], "graph": []} for clock in CLOCKS}
     for _ in range(n_warm):  # the steps of handler.predict, timed one by one
-        start = time.perf_counter()
+        marks = [now()]
         wave, sr = handler.decode(base64.b64decode(event["body"]))
-        decoded = time.perf_counter()
+        marks.append(now())
         x = handler.graph_input(wave, sr, meta["sample_rate"], meta.get("input_seconds"))
-        resampled = time.perf_counter()
+        marks.append(now())
         session.run([meta["output"]], {meta["input"]: x[None, :]})
-        phases["decode"].append(decoded - start)
-        phases["resample"].append(resampled - decoded)
-        phases["graph"].append(time.perf_counter() - resampled)
+        marks.append(now())
+        record(phases, marks)
     return {"cold_s": first_done - spawned_at, "import_s": t1 - t0,
             "load_and_first_call_s": t2 - t1,
             "p_positive": json.loads(first["body"])["p_positive"], "warm_s": warm,
             "warm_phases": phases, "answer_digests": sorted(answers),
             "graph_kernels": kernel_shares(handler, x[None, :], n_profile)}
+
+
+def now() -> dict[str, float]:
+    return {clock: read() for clock, read in CLOCKS.items()}
+
+
+def record(phases: dict, marks: list[dict[str, float]]) -> None:
+    """Append the time between consecutive `marks` to each phase, on every clock."""
+    for clock, named in phases.items():
+        for (name, values), start, end in zip(named.items(), marks, marks[1:]):
+            values.append(end[clock] - start[clock])
 
 
 def digest(body: str) -> str:
@@ -167,20 +181,19 @@ def child_torch(clip: Path, model: Path, spawned_at: float, n_warm: int, threads
     serving = ServingModel(net, audio)
     t2 = time.perf_counter()
     body = base64.b64encode(clip.read_bytes()).decode()
-    phases = {"decode": [], "resample": [], "graph": []}
+    phases = {clock: {"decode": [], "resample": [], "graph": []} for clock in CLOCKS}
 
     def predict() -> float:
-        start = time.perf_counter()
+        marks = [now()]
         data, sr = sf.read(io.BytesIO(base64.b64decode(body)), dtype="float32", always_2d=True)
         mono = to_mono(data.T)
-        decoded = time.perf_counter()
+        marks.append(now())
         wave = resample(mono, sr, audio.sample_rate)
-        resampled = time.perf_counter()
+        marks.append(now())
         with torch.inference_mode():
             p = float(serving(torch.from_numpy(wave)[None, :])[0])
-        phases["decode"].append(decoded - start)
-        phases["resample"].append(resampled - decoded)
-        phases["graph"].append(time.perf_counter() - resampled)
+        marks.append(now())
+        record(phases, marks)
         return p
 
     p = predict()
@@ -189,7 +202,8 @@ def child_torch(clip: Path, model: Path, spawned_at: float, n_warm: int, threads
     warm = [timed(predict) for _ in range(n_warm)]
     return {"cold_s": first_done - spawned_at, "import_s": t1 - t0, "load_s": t2 - t1,
             "first_call_s": t3 - t2, "p_positive": p, "warm_s": warm,
-            "warm_phases": {k: v[1:] for k, v in phases.items()}}
+            "warm_phases": {clock: {k: v[1:] for k, v in named.items()}
+                            for clock, named in phases.items()}}
 
 
 def export_graphs(model: Path, lambda_dir: Path, out: Path) -> dict[str, dict[str, Path]]:
@@ -303,9 +317,10 @@ def summarize(reports: list[dict]) -> dict:
     return {"cold": latency_stats([r["cold_s"] for r in reports]),
             "cold_phases_median_s": phases,
             "warm": latency_stats([w for r in reports for w in r["warm_s"]]),
-            "warm_phases_median_s": {k: statistics.median(v for r in reports
-                                                          for v in r["warm_phases"][k])
-                                     for k in reports[0]["warm_phases"]},
+            "warm_phases_median_s": {
+                clock: {k: statistics.median(v for r in reports for v in r["warm_phases"][clock][k])
+                        for k in named}
+                for clock, named in reports[0]["warm_phases"].items()},
             "p_positive": reports[0]["p_positive"]}
 
 
@@ -313,12 +328,13 @@ def graph_summary(reports: dict[str, list[dict]]) -> dict:
     """One graph's two paths, their ratios, its answers and where its graph time goes."""
     paths = {kind: summarize(r) for kind, r in reports.items()}
     onnx = paths["onnx"]["warm_phases_median_s"]
+    per_decode = {clock: p["graph"] / (p["decode"] + p["resample"]) for clock, p in onnx.items()}
     kernels = [r["graph_kernels"] for r in reports["onnx"]]
     return {
         "paths": paths,
         "cold_speedup": paths["torch"]["cold"]["median_s"] / paths["onnx"]["cold"]["median_s"],
         "warm_speedup": paths["torch"]["warm"]["median_s"] / paths["onnx"]["warm"]["median_s"],
-        "graph_per_decode_resample": onnx["graph"] / (onnx["decode"] + onnx["resample"]),
+        "graph_per_decode_resample": per_decode,
         "p_positive_abs_diff": abs(paths["onnx"]["p_positive"] - paths["torch"]["p_positive"]),
         "answer_bytes_identical": len({d for r in reports["onnx"]
                                        for d in r["answer_digests"]}) == 1,
@@ -350,8 +366,9 @@ def target_checks(result: dict) -> dict[str, bool]:
         checks[f"{name}_warm_speedup"] = g["warm_speedup"] >= TARGETS["warm_speedup"]
         checks[f"{name}_abs_dp"] = g["p_positive_abs_diff"] <= TARGETS["abs_dp"]
         checks[f"{name}_answer_bytes_identical"] = g["answer_bytes_identical"]
-    checks["x3_graph_per_decode_resample"] = (result["graphs"]["x3"]["graph_per_decode_resample"]
-                                              <= TARGETS["x3_graph_per_decode_resample"])
+    for clock, ratio in result["graphs"]["x3"]["graph_per_decode_resample"].items():
+        checks[f"x3_graph_per_decode_resample_{clock}"] = (
+            ratio <= TARGETS["x3_graph_per_decode_resample"])
     if "package" in result:
         checks["unzipped_mb"] = result["package"]["unzipped_mb"] <= TARGETS["unzipped_mb"]
     return checks
@@ -362,17 +379,20 @@ def print_table(result: dict) -> None:
           f"processes per path and graph, {result['warm_calls']} warm calls each, "
           f"{result['threads']} thread(s), load average {result['load_average_before']:.2f}")
     print(f"{'graph':<6}{'path':<7}{'cold median s':>14}{'cold min s':>11}{'warm median ms':>15}"
-          f"{'warm p95 ms':>12}   warm per call, median ms")
+          f"{'warm p95 ms':>12}   warm per call, median ms (CPU ms)")
     for name, g in result["graphs"].items():
         for kind, r in g["paths"].items():
-            phases = ", ".join(f"{k} {v * 1e3:.2f}" for k, v in r["warm_phases_median_s"].items())
+            wall, cpu = r["warm_phases_median_s"]["wall"], r["warm_phases_median_s"]["cpu"]
+            phases = ", ".join(f"{k} {wall[k] * 1e3:.2f} ({cpu[k] * 1e3:.2f})" for k in wall)
             print(f"{name:<6}{kind:<7}{r['cold']['median_s']:>14.3f}{r['cold']['min_s']:>11.3f}"
                   f"{r['warm']['median_s'] * 1e3:>15.1f}{r['warm']['p95_s'] * 1e3:>12.1f}   "
                   f"{phases}")
     for name, g in result["graphs"].items():
         share = g["graph_kernel_share_median"]
+        ratio = g["graph_per_decode_resample"]
         print(f"{name}: onnx vs torch cold {g['cold_speedup']:.1f}x, warm {g['warm_speedup']:.1f}x;"
-              f" graph {g['graph_per_decode_resample']:.2f}x decode + resample; |dp| "
+              f" graph {ratio['wall']:.2f}x decode + resample ({ratio['cpu']:.2f}x in CPU time);"
+              f" |dp| "
               f"{g['p_positive_abs_diff']:.1e}; same answer bytes: {g['answer_bytes_identical']};"
               f" graph kernels: featurizer {share['featurizer']:.0%}, network "
               f"{share['network']:.0%}")
