@@ -40,8 +40,8 @@ def dft_factors(n: int) -> tuple[int, int]:
 def unit_roots(n: int) -> torch.Tensor:
     """exp(-2 pi i m / n) for m = 0..n-1 as `[n, 2]` (real, imaginary), float64.
 
-    From Python's math on exactly reduced angles, so the tables (and the graph's bytes) do not
-    depend on which SIMD path a library picks on this CPU.
+    From Python's math (scalar libm, angles below 2 pi), so the tables and the graph's bytes do
+    not depend on which SIMD path a vectorised library picks on this CPU.
     """
     return torch.tensor([[math.cos(2 * math.pi * m / n), -math.sin(2 * math.pi * m / n)]
                          for m in range(n)], dtype=torch.float64)
