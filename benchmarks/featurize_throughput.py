@@ -1,37 +1,46 @@
-"""Featurize throughput: coughlab's batched torchaudio path vs a per-clip librosa baseline.
+"""Featurize throughput: coughlab's featurize stage vs a per-clip librosa baseline.
 
-Both paths turn the same audio files into the same features (one centre-cropped 3 s log-mel
-window at 16 kHz, n_fft/hop/n_mels/f_min/f_max from params.yaml) in the same process, run
-alternately, so a busy shared CPU slows both alike and the ratio stays meaningful.
+Both paths turn the same audio files into the same features, run alternately in one process,
+so a busy shared CPU slows both alike and the ratio stays meaningful: `audio.windows` log-mel
+windows of 3 s at 16 kHz per clip over its centred `audio.max_seconds` (n_fft/hop/n_mels/f_min/
+f_max from params.yaml; `--windows 1` for one centred window), each window's frames from one
+transform of the frames from the first window's first to the last window's last.
 
-- coughlab: coughlab.audio.load_audio -> to_mono -> resample (soxr) per clip, then the centre
-  crop/pad and coughlab.features.LogMel on batches (featurize's transform);
-- librosa:  librosa.load(sr=16000) (decode + soxr resample) -> the same centre crop/pad ->
-  librosa.feature.melspectrogram -> log, one clip at a time.
+- coughlab: coughlab.audio.load_audio -> to_mono -> resample (soxr) per clip, then
+  coughlab.features.WindowedFeaturizer one clip at a time with featurize's pinned CPU kernels
+  (featurize_waves' loop);
+- librosa:  librosa.load(sr=16000) (decode + soxr resample) -> the same frames ->
+  librosa.feature.melspectrogram(center=False) -> log -> the same windows, one clip at a time.
 
 Reads the real covid19-cough dev clips when present, else the embedded sample in data/
 (`python -m coughlab.sample data`); exits 0 with a message when neither is there.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import sys
-import time
-import warnings
-from pathlib import Path
+from coughlab.determinism import pin_cpu_kernels
 
-import numpy as np
-import pandas as pd
-import torch
+pin_cpu_kernels()  # before torch loads, as in the featurize stage
 
-from coughlab.atomic import atomic_write_text
-from coughlab.audio import load_audio, resample, to_mono
-from coughlab.config import AudioConfig, load_params
-from coughlab.features import LogMel, clip_samples
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-from machine import load_average, machine_info, repo_relative
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from coughlab.atomic import atomic_write_text  # noqa: E402
+from coughlab.audio import load_audio, resample, to_mono  # noqa: E402
+from coughlab.config import AudioConfig, load_params  # noqa: E402
+from coughlab.determinism import reproducible_cpu_kernels  # noqa: E402
+from coughlab.features import WindowedFeaturizer, clip_samples, window_frame_count, window_frames  # noqa: E402
+
+from machine import load_average, machine_info, repo_relative  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata" / "dev"
@@ -53,62 +62,59 @@ def pick_dataset(realdata: Path, sample: Path) -> Path | None:
     return None
 
 
-def centre_window(wave: np.ndarray, length: int) -> np.ndarray:
-    """The centred `length` samples, zero-padded when shorter (featurize's one-window crop)."""
-    padded = np.pad(wave, (length, length))
-    start = length + (wave.size - length) // 2
-    return padded[start : start + length]
-
-
 @torch.inference_mode()
-def run_coughlab(paths: list[Path], cfg: AudioConfig, batch: int) -> tuple[dict, np.ndarray]:
+def run_coughlab(paths: list[Path], cfg: AudioConfig) -> tuple[dict, list[np.ndarray]]:
     """Decode, resample and featurize `paths`; returns seconds per phase and the features."""
-    logmel, length = LogMel(cfg).eval(), clip_samples(cfg)
-    times = {"decode_s": 0.0, "resample_s": 0.0, "featurize_s": 0.0}
-    chunks, skipped = [], 0
-    for start in range(0, len(paths), batch):
-        windows = []
-        for path in paths[start : start + batch]:
+    featurizer = WindowedFeaturizer(cfg).eval()
+    times = {"decode_s": 0.0, "resample_s": 0.0, "featurize_s": 0.0, "skipped": 0}
+    features = []
+    with reproducible_cpu_kernels():
+        for path in paths:
             t0 = time.perf_counter()
             try:
                 wave, sr = load_audio(path)
             except ValueError:
-                skipped += 1
+                times["skipped"] += 1
                 continue
             mono = to_mono(wave)
             t1 = time.perf_counter()
             mono = resample(mono, sr, cfg.sample_rate)
             t2 = time.perf_counter()
-            windows.append(torch.from_numpy(centre_window(mono, length)))
+            features.append(featurizer(torch.from_numpy(mono)[None])[0].numpy())
             times["decode_s"] += t1 - t0
             times["resample_s"] += t2 - t1
             times["featurize_s"] += time.perf_counter() - t2
-        t3 = time.perf_counter()
-        if windows:
-            chunks.append(logmel(torch.stack(windows)).numpy())
-        times["featurize_s"] += time.perf_counter() - t3
-    times["skipped"] = skipped
-    return times, np.concatenate(chunks) if chunks else np.zeros(0)
+    return times, features
 
 
-def librosa_logmel(wave: np.ndarray, cfg: AudioConfig) -> np.ndarray:
-    """librosa's mel with torchaudio's conventions (HTK scale, no norm, reflect padding)."""
+def librosa_windows(wave: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    """The featurizer's windows by librosa (torchaudio's conventions: HTK mel scale, no norm):
+    one melspectrogram of the frames the windows span, zeros outside the clip."""
     import librosa
 
+    wave = wave[max(wave.size - round(cfg.max_seconds * cfg.sample_rate), 0) // 2:]
+    wave = wave[: round(cfg.max_seconds * cfg.sample_rate)]
+    firsts = window_frames(wave.size, clip_samples(cfg), cfg.windows, cfg.hop_length)
+    count = window_frame_count(cfg)
+    margin = (count + 1) * cfg.hop_length + cfg.n_fft
+    padded = np.pad(wave, (margin, margin))
+    start = margin + min(firsts) * cfg.hop_length - cfg.n_fft // 2
+    span = padded[start : start + (max(firsts) - min(firsts) + count - 1) * cfg.hop_length
+                  + cfg.n_fft]
     mel = librosa.feature.melspectrogram(
-        y=wave, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+        y=span, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
         n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=cfg.f_max, power=2.0, htk=True, norm=None,
-        pad_mode="reflect")
-    return np.log(mel + 1e-6)[None]
+        center=False)
+    logmel = np.log(mel + 1e-6)
+    return np.stack([logmel[None, :, f - min(firsts) : f - min(firsts) + count]
+                     for f in firsts])
 
 
 def run_librosa(paths: list[Path], cfg: AudioConfig) -> dict:
     """The per-clip baseline; returns seconds per phase (decode includes librosa's resample)."""
     import librosa
 
-    length = int(round(cfg.clip_seconds * cfg.sample_rate))
-    times = {"decode_s": 0.0, "resample_s": 0.0, "featurize_s": 0.0}
-    skipped = 0
+    times = {"decode_s": 0.0, "resample_s": 0.0, "featurize_s": 0.0, "skipped": 0}
     for path in paths:
         t0 = time.perf_counter()
         try:
@@ -116,33 +122,30 @@ def run_librosa(paths: list[Path], cfg: AudioConfig) -> dict:
                 warnings.simplefilter("ignore")
                 wave, _ = librosa.load(path, sr=cfg.sample_rate, mono=True)
         except Exception:  # noqa: BLE001 - librosa raises many types for a broken file
-            skipped += 1
+            times["skipped"] += 1
             continue
         t1 = time.perf_counter()
-        librosa_logmel(centre_window(wave, length), cfg)
+        librosa_windows(wave, cfg)
         times["decode_s"] += t1 - t0
         times["featurize_s"] += time.perf_counter() - t1
-    times["skipped"] = skipped
     return times
 
 
 def feature_agreement(paths: list[Path], cfg: AudioConfig) -> float:
-    """Largest |log-mel difference| between the two featurizers on identical 16 kHz windows.
+    """Largest |log-mel difference| between the two featurizers on identical 16 kHz clips.
 
     Shows the baseline computes the same features (the resamplers differ, so this feeds both
     the same resampled wave).
     """
-    _, ours = run_coughlab(paths, cfg, batch=len(paths))
-    length = int(round(cfg.clip_seconds * cfg.sample_rate))
+    _, ours = run_coughlab(paths, cfg)
     theirs = []
     for path in paths:
         try:
             wave, sr = load_audio(path)
         except ValueError:
             continue
-        mono = resample(to_mono(wave), sr, cfg.sample_rate)
-        theirs.append(librosa_logmel(centre_window(mono, length), cfg))
-    return float(np.abs(ours - np.stack(theirs)).max())
+        theirs.append(librosa_windows(resample(to_mono(wave), sr, cfg.sample_rate), cfg))
+    return max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs))
 
 
 def summarize(runs: list[dict], n_clips: int) -> dict:
@@ -170,9 +173,9 @@ def phase_speedups(ours: dict, baseline: dict) -> dict:
 
 def print_table(result: dict) -> None:
     rows = result["paths"]
-    print(f"\n{result['n_clips']} clips from {result['dataset']}, {result['repeats']} "
-          f"alternating repeats, torch threads {result['torch_threads']}, "
-          f"load average {result['load_average_before']:.2f}")
+    print(f"\n{result['n_clips']} clips from {result['dataset']}, {result['audio']['windows']} "
+          f"window(s) each, {result['repeats']} alternating repeats, torch threads 1 (pinned, "
+          f"as featurize), load average {result['load_average_before']:.2f}")
     print(f"{'path':<10}{'clips/s (median)':>18}{'clips/s (best)':>16}"
           f"{'decode s':>10}{'resample s':>12}{'featurize s':>13}")
     for name, r in rows.items():
@@ -196,9 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"back to {SAMPLE} when absent")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N clips")
     parser.add_argument("--repeats", type=int, default=3, help="alternating timed repeats")
-    parser.add_argument("--batch", type=int, default=64, help="coughlab featurizer batch size")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--windows", type=int, default=None,
+                        help="windows per clip (default: audio.windows of params.yaml)")
     parser.add_argument("--out", type=Path, default=RESULT, help="JSON result file")
     args = parser.parse_args(argv)
 
@@ -207,19 +209,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: neither {args.data} nor {SAMPLE} has a labels.csv "
               "(run `python -m coughlab.sample data` for the embedded sample)")
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = load_params(REPO / "params.yaml").audio
+    if args.windows:
+        cfg = dataclasses.replace(cfg, windows=args.windows)
     paths = clip_paths(dataset, args.limit)
     warm = paths[:8]  # first calls pay one-off import and kernel costs; keep them out
-    run_coughlab(warm, cfg, args.batch)
+    run_coughlab(warm, cfg)
     run_librosa(warm, cfg)
 
     load_before = load_average()
     runs: dict[str, list[dict]] = {"coughlab": [], "librosa": []}
     for i in range(args.repeats):
         print(f"repeat {i + 1}/{args.repeats} ...", file=sys.stderr)
-        runs["coughlab"].append(run_coughlab(paths, cfg, args.batch)[0])
+        runs["coughlab"].append(run_coughlab(paths, cfg)[0])
         runs["librosa"].append(run_librosa(paths, cfg))
     summary = {name: summarize(r, len(paths) - r[0]["skipped"]) for name, r in runs.items()}
     result = {
@@ -227,9 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": repo_relative(dataset),
         "n_clips": len(paths),
         "repeats": args.repeats,
-        "batch": args.batch,
-        "audio": vars(cfg),
-        "torch_threads": torch.get_num_threads(),
+        "audio": dataclasses.asdict(cfg),
         **machine_info(),
         "load_average_before": load_before,
         "load_average_after": load_average(),

@@ -35,6 +35,19 @@ def test_ensemble_scores_the_mean_of_its_members_over_the_windows():
     assert np.allclose(predict_proba(Ensemble(nets), x), expected, atol=1e-6)
 
 
+def test_each_member_scores_every_window_of_every_clip_in_one_pass():
+    """One forward of the ensemble over all windows: a network pass per member, whose batch
+    holds every window of every clip (the graph's convolutions are the same passes)."""
+    nets = members(3)
+    batches = []
+    for net in nets:
+        first_conv = net[1][0][0]
+        first_conv.register_forward_hook(lambda module, args, out: batches.append(len(args[0])))
+    with torch.inference_mode():
+        ServingModel(Ensemble(nets), WINDOWS)(torch.zeros(2, 16000 * 7))
+    assert batches == [2 * WINDOWS.windows] * 3
+
+
 def test_an_ensemble_saves_and_loads_as_one_model(tmp_path):
     nets = members(2)
     params = conf("model.width=8", "audio.windows=5", "audio.max_seconds=30.0")

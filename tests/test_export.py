@@ -25,7 +25,8 @@ QUALITY = conf().data.quality
 def test_onnx_matches_pytorch(exported_model, batch, samples):
     """The ONNX graph (featurizer inside) gives PyTorch's probabilities at any length."""
     net, audio = load_model(exported_model["model_pt"])
-    wave = (np.random.default_rng(samples).standard_normal((batch, samples)) * 0.1).astype(np.float32)
+    noise = np.random.default_rng(samples).standard_normal((batch, samples))
+    wave = (noise * 0.1).astype(np.float32)
     with torch.inference_mode():
         expected = ServingModel(net, audio)(torch.from_numpy(wave)).numpy()
     got = onnx_predict(onnx_session(exported_model["lambda_dir"] / "model.onnx"), wave)
@@ -128,10 +129,21 @@ def test_onnx_graph_needs_no_torch_ops(exported_model):
     assert [o.name for o in graph.output] == ["p_positive"]
 
 
+def test_the_graph_transforms_frames_with_matrix_products(exported_model):
+    """onnxruntime's STFT and DFT kernels cost several times the factored DFT's two matrix
+    products on the same frames (docs/benchmarks.md)."""
+    import onnx
+
+    proto = onnx.load(exported_model["lambda_dir"] / "model.onnx")
+    ops = {n.op_type for n in [*proto.graph.node, *(n for f in proto.functions for n in f.node)]}
+    assert not ops & {"STFT", "DFT"} and "MatMul" in ops
+
+
 def test_export_is_byte_identical_across_processes(exported_model, tmp_path):
     """So DVC sees the same model.onnx hash for the same model.pt, run after run."""
     script = ("import sys; from pathlib import Path; from coughlab.nets import load_model; "
-              "from coughlab.export import export_onnx; net, audio = load_model(Path(sys.argv[1])); "
+              "from coughlab.export import export_onnx; "
+              "net, audio = load_model(Path(sys.argv[1])); "
               "export_onnx(net, audio, Path(sys.argv[2]))")
     for name in ("a.onnx", "b.onnx"):
         subprocess.run([sys.executable, "-c", script, str(exported_model["model_pt"]),
@@ -146,7 +158,8 @@ def dvc(repo, *args):
 
 
 def test_provenance_equals_what_dvc_records(exported_model, tmp_path):
-    """data.dvc's md5, dvc.lock's hashes of features and model and its train params, from real DVC."""
+    """data.dvc's md5, dvc.lock's hashes of features and model and its train params, from real
+    DVC."""
     repo = tmp_path / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
@@ -198,14 +211,16 @@ def test_unrelated_changes_leave_model_json_unchanged(exported_model, tmp_path, 
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / source.name)
     Path("README.md").write_text("a change that has nothing to do with the model\n")
     subprocess.run(["git", "add", "-A"], check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "x"], check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "x"],
+                   check=True)
     local = {name: Path(source.name) for name, source in sources.items()}
     export_lambda(local["graph"], local["model"], local["evaluation"], local["combined"],
                   local["features"], local["fetched"], ROOT / "lambda" / "handler.py", QUALITY,
                   Path("lambda"), local["data_dir"], Path("reports/model.json"),
                   local["params_file"])
     for name in ("model.json", "model.onnx", "model_card.md"):
-        assert (Path("lambda") / name).read_bytes() == (exported_model["lambda_dir"] / name).read_bytes()
+        shipped = (exported_model["lambda_dir"] / name).read_bytes()
+        assert (Path("lambda") / name).read_bytes() == shipped
     assert Path("reports/model.json").read_bytes() == exported_model["record"].read_bytes()
 
 
@@ -271,7 +286,8 @@ def stage_workspace(tmp_path_factory):
                 label = ("negative", "positive")[subject % 2]
                 name = f"{split}-{channel}-{subject}.wav"
                 t = np.arange(int(rate * rng.uniform(0.8, 3.5))) / rate
-                tone = np.sin(2 * np.pi * rng.uniform(200, 900) * t) * np.exp(-rng.uniform(1, 5) * t)
+                tone = (np.sin(2 * np.pi * rng.uniform(200, 900) * t)
+                        * np.exp(-rng.uniform(1, 5) * t))
                 wave = np.stack([0.4 * tone + 0.05 * rng.standard_normal(t.size)
                                  for _ in range(channels)], 1)
                 sf.write(root / "fetched" / name, wave.astype(np.float32), rate)

@@ -11,15 +11,17 @@ from test_audio import tone
 def test_windows_over_the_whole_clip_per_split(tmp_path):
     combined = tmp_path / "combined"
     rows = []
-    for i, (split, seconds) in enumerate([("train", 1.0), ("train", 5.0), ("valid", 3.0), ("test", 0.5)]):
+    clips = [("train", 1.0), ("train", 5.0), ("valid", 3.0), ("test", 0.5)]
+    for i, (split, seconds) in enumerate(clips):
         rel = f"s/{i}.wav"
         (combined / "clips" / "s").mkdir(parents=True, exist_ok=True)
         wave = tone(16000, seconds, 300 + 100 * i)
         if seconds > 3:  # louder and louder, so each window hears its own part
             wave *= np.linspace(0.05, 1.0, wave.size, dtype=np.float32)
         sf.write(combined / "clips" / rel, wave, 16000, subtype="PCM_16")
-        rows.append({"path": rel, "label": "positive" if i % 2 else "negative", "subject_id": str(i),
-                     "source": "s", "channel": "phone" if i < 2 else "", "split": split})
+        rows.append({"path": rel, "label": "positive" if i % 2 else "negative",
+                     "subject_id": str(i), "source": "s", "channel": "phone" if i < 2 else "",
+                     "split": split})
     pd.DataFrame(rows).to_csv(combined / "manifest.csv", index=False)
     cfg = conf("audio.windows=3").audio
     counts = featurize(combined, tmp_path / "features", cfg)
@@ -42,5 +44,6 @@ def test_windows_over_the_whole_clip_per_split(tmp_path):
     with np.load(tmp_path / "features" / "valid.npz") as npz:
         assert list(npz["channel"]) == ["s"]  # no channel recorded: the source stands in
     featurize(combined, tmp_path / "again", cfg)
-    with np.load(tmp_path / "features" / "test.npz") as a, np.load(tmp_path / "again" / "test.npz") as b:
+    with (np.load(tmp_path / "features" / "test.npz") as a,
+          np.load(tmp_path / "again" / "test.npz") as b):
         assert np.array_equal(a["x"], b["x"])

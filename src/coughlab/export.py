@@ -1,11 +1,12 @@
 """Export the trained network, with its featurizer, as one framework-free ONNX graph.
 
 The graph's input is `waveform`: float32 `[batch, samples]`, mono, at the pipeline's sample
-rate, any length. Inside it: featurize's windows over the whole clip (its centred
-audio.max_seconds) and log-mel, then the network (or every member of the ensemble) and a
-softmax, and the mean P(positive) over windows and members. Its output is `p_positive`
-`[batch]`. The Lambda therefore needs only
-onnxruntime and numpy, and cannot drift from training in how it computes features.
+rate, any length. Inside it: featurize's log-mel of the clip's frames (its centred
+audio.max_seconds; one transform, its DFT as matrix products) cut into the windows, then the
+network (each member of an ensemble once, over every window) and a softmax, and the mean
+P(positive) over windows and members. Its output is `p_positive` `[batch]`. The Lambda
+therefore needs only onnxruntime and numpy, and cannot drift from training in how it computes
+features.
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ recording channel, or the source where there is none: train can balance over it)
 The windows are those the exported graph cuts (coughlab.features.WindowedFeaturizer), so
 offline metrics are the metrics of the deployed graph.
 
-The features are the same bytes on every x86-64 CPU: the STFT and mel projection run with
-train's pinned kernels (coughlab.determinism, before torch loads).
+The features are the same bytes on every x86-64 CPU: the log-mel's matrix products (its DFT
+and mel projection) run with train's pinned kernels (coughlab.determinism, before torch loads).
 """
 from __future__ import annotations
 
