@@ -75,8 +75,7 @@ def make_serve_command() -> list[str]:
 def make_serve(model_dir: Path):
     """`make serve` as a subprocess on a free port, with the model in `model_dir`; yields
     (url, process); its stdout (one line per request) is read after it stops."""
-    command = [sys.executable, *make_serve_command()]
-    command[command.index("--model-dir") + 1] = str(model_dir)
+    command = [sys.executable, *make_serve_command(), "--model-dir", str(model_dir)]
     command[command.index("--port") + 1] = "0"
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
@@ -175,8 +174,10 @@ def replay(handler, post) -> dict:
 
 
 def test_make_serve_runs_the_page_and_api_on_loopback_with_the_exported_model():
-    assert make_serve_command() == ["-m", "coughlab.serve", "--model-dir", "build/lambda",
-                                    "--host", "127.0.0.1", "--port", "8000"]
+    """make serve serves serve's default model dir: export-lambda's bundle (params.yaml's
+    paths.bundle; tests/test_dag.py ties the two)."""
+    assert make_serve_command() == ["-m", "coughlab.serve", "--host", "127.0.0.1", "--port",
+                                    "8000"]
 
 
 def test_page_shows_the_handlers_answer_for_the_recording(playwright, handler, exported_model,

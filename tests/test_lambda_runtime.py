@@ -242,7 +242,7 @@ def test_deploys_smoke_test_passes_through_the_runtime(lambda_runtime):
 @pytest.mark.parametrize("event,status,error", [
     (function_url_event("POST", "/", {"content-type": "audio/wav"}, b"not audio at all"), 415,
      "unsupported_audio"),
-    (function_url_event("POST", "/", {"content-type": "text/plain"}, b""), 415,
+    (function_url_event("POST", "/", {"content-type": "text/plain"}, b"a cough"), 415,
      "unsupported_content_type"),
     (["not", "an", "object"], 400, "invalid_event"),
 ])

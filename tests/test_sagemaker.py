@@ -692,7 +692,7 @@ def test_a_queued_lr_sweep_runs_as_parallel_sagemaker_jobs(aws_env, tmp_path):
                     "OMP_NUM_THREADS": "1"})
         try:
             run("dvc", "exp", "run", "--queue", "-S", "train.backend=sagemaker",
-                "-S", "+train.sagemaker.instance_type=ml.m5.xlarge", "-S", "train.epochs=2",
+                "-S", "train.sagemaker.instance_type=ml.m5.xlarge", "-S", "train.epochs=2",
                 "-S", f"lr={','.join(LRS)}")
             # Not through a pipe: the workers it spawns inherit it and would hold it open.
             with open(tmp_path / "queue-start.log", "w") as log:
