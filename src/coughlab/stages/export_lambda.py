@@ -44,7 +44,7 @@ import pandas as pd  # noqa: E402
 
 from coughlab import LABELS  # noqa: E402
 from coughlab.atomic import atomic_dir  # noqa: E402
-from coughlab.config import QualityConfig  # noqa: E402
+from coughlab.config import PARAMS_FILE, QualityConfig  # noqa: E402
 from coughlab.determinism import reproducible_cpu_kernels  # noqa: E402
 from coughlab.digest import model_version  # noqa: E402
 from coughlab.export import GRAPH_FILE, INPUT_NAME, OUTPUT_NAME  # noqa: E402
@@ -54,7 +54,6 @@ from coughlab.provenance import provenance, write_record  # noqa: E402
 from coughlab.stages.cli import path_option, stage_parser  # noqa: E402
 
 HANDLER = Path("lambda/handler.py")
-PARAMS_FILE = Path("params.yaml")
 PARITY_TOLERANCE = 1e-4
 PARITY_COMPARED = "original files: lambda/handler.py vs the pipeline"
 TEST_METRICS = ("roc_auc", "pr_auc", "sensitivity", "specificity", "n")
