@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from coughlab import SPLITS
 from coughlab.baselines import youden_threshold
 from coughlab.metrics import binary_metrics, grouped_metrics
 
@@ -37,27 +38,34 @@ def test_grouped_metrics_per_channel():
     json.dumps(out)  # serialisable for metrics.json
 
 
-def write_stage_inputs(root, score, subjects=20):
+ONE_SOURCE = (("src", "phone", 4 / 5, SPLITS), ("src", "app", 1 / 5, SPLITS))
+
+
+def write_stage_inputs(root, score, subjects=20, cells=ONE_SOURCE):
     """Features and manifest for evaluate where the 'model' score is stored in the features.
 
-    Two channels, one recording format each; phone subjects are mostly positive, app subjects
-    mostly negative. `score(y, channel)` gives each clip's score.
+    `cells`: (source, channel, share of positive subjects, splits it has clips in), one
+    recording format per channel, `subjects` subjects of two clips each per cell and split. By
+    default one source whose phone subjects are mostly positive and app subjects mostly
+    negative. `score(y, channel, source)` gives each clip's score.
     """
     features, rows = root / "features", []
     features.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for split in ("train", "valid", "test"):
+    for split in SPLITS:
         paths, ys, xs = [], [], []
-        for channel, positives in (("phone", subjects * 4 // 5), ("app", subjects // 5)):
+        for source, channel, share, splits in cells:
+            if split not in splits:
+                continue
             for s in range(subjects):
-                y = int(s < positives)
+                y = int(s < round(subjects * share))
                 for clip in range(2):
-                    path = f"{split}/{channel}{s}_{clip}.wav"
+                    path = f"{split}/{source}-{channel}{s}_{clip}.wav"
                     paths.append(path), ys.append(y)
-                    xs.append(score(y, channel) + 0.01 * rng.normal())
+                    xs.append(score(y, channel, source) + 0.01 * rng.normal())
                     rows.append({"path": path, "label": ("negative", "positive")[y],
-                                 "subject_id": f"{split}-{channel}{s}", "source": "src",
-                                 "channel": channel,
+                                 "subject_id": f"{split}-{source}-{channel}{s}",
+                                 "source": source, "channel": channel,
                                  "orig_sr": 8000 if channel == "phone" else 48000,
                                  "orig_channels": 2 if channel == "phone" else 1, "split": split})
         np.savez(features / f"{split}.npz", path=np.array(paths), y=np.array(ys, np.int8),
@@ -65,11 +73,11 @@ def write_stage_inputs(root, score, subjects=20):
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
 
 
-def run_evaluate(tmp_path, monkeypatch, score, subjects=20):
+def run_evaluate(tmp_path, monkeypatch, score, subjects=20, cells=ONE_SOURCE):
     """The evaluate stage with a stand-in model whose P(positive) is the stored score, and a
     stand-in graph that agrees with it (the graph check has its own tests in test_export)."""
     from coughlab.stages import evaluate as stage
-    write_stage_inputs(tmp_path, score, subjects)
+    write_stage_inputs(tmp_path, score, subjects, cells)
     monkeypatch.setattr(stage, "load_model", lambda path: (None, None))
     monkeypatch.setattr(stage, "predict_proba", lambda net, x: x.reshape(-1).astype(np.float32))
     monkeypatch.setattr(stage, "check_graph", lambda graph, clips, scored: {"version": "stand-in"})
@@ -83,7 +91,7 @@ def run_evaluate(tmp_path, monkeypatch, score, subjects=20):
 
 def test_a_model_that_learnt_the_channel_gets_the_warning(tmp_path, monkeypatch, capsys):
     report, stage = run_evaluate(tmp_path, monkeypatch,
-                                 lambda y, channel: 0.8 if channel == "phone" else 0.2)
+                                 lambda y, channel, _: 0.8 if channel == "phone" else 0.2)
     assert report["test"]["roc_auc"] > 0.75  # the overall figure looks good ...
     assert (report["headline"]["within_channel_roc_auc"]
             == pytest.approx(0.5, abs=0.1))  # ... it isn't
@@ -98,7 +106,7 @@ def test_a_model_that_learnt_the_channel_gets_the_warning(tmp_path, monkeypatch,
 
 
 def test_a_model_that_hears_the_label_gets_no_warning(tmp_path, monkeypatch, capsys):
-    report, stage = run_evaluate(tmp_path, monkeypatch, lambda y, channel: 0.2 + 0.6 * y)
+    report, stage = run_evaluate(tmp_path, monkeypatch, lambda y, *_: 0.2 + 0.6 * y)
     assert report["headline"]["within_channel_roc_auc"] == 1.0
     assert report["headline"]["skipped_channels"] == {}
     assert report["metadata_baseline"]["within_channel_roc_auc"] == 0.5  # one format per channel
@@ -111,12 +119,13 @@ def test_a_model_that_hears_the_label_gets_no_warning(tmp_path, monkeypatch, cap
 
 
 def test_metrics_json_holds_only_the_compared_numbers_headline_first(tmp_path, monkeypatch):
-    """What `dvc exp show` and `dvc metrics diff` list: a dozen numbers at most, no text, no
-    tables, the within-channel headline and its CI first, each equal to the report's figure."""
-    report, stage = run_evaluate(tmp_path, monkeypatch, lambda y, channel: 0.3 + 0.4 * y)
+    """What `dvc exp show` and `dvc metrics diff` list: ten numbers and one per test source, no
+    text, no tables, the within-channel headline and its CI first, each equal to the report's
+    figure."""
+    report, stage = run_evaluate(tmp_path, monkeypatch, lambda y, *_: 0.3 + 0.4 * y)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics)[:3] == ["wc_auc", "wc_lo", "wc_hi"]
-    assert len(metrics) <= 12
+    assert len(metrics) == len(stage.METRICS_KEYS) + len(report["sources"]["by_source"]) == 11
     assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values())
     assert metrics["wc_auc"] == round(report["headline"]["within_channel_roc_auc"], 4)
     assert metrics["wc_lo"] == round(report["headline"]["within_channel_roc_auc_ci_low"], 4)
@@ -131,7 +140,7 @@ def test_metrics_json_holds_only_the_compared_numbers_headline_first(tmp_path, m
 
 def test_evaluation_json_keeps_what_consumers_read_and_states_the_operating_point(tmp_path,
                                                                                  monkeypatch):
-    report, _ = run_evaluate(tmp_path, monkeypatch, lambda y, channel: 0.3 + 0.4 * y)
+    report, _ = run_evaluate(tmp_path, monkeypatch, lambda y, *_: 0.3 + 0.4 * y)
     # export_lambda (model.json, the model card) and the PR report read these.
     assert 0 < report["threshold"] < 1
     assert {"roc_auc", "pr_auc", "sensitivity", "specificity", "n"} <= set(report["test"])
@@ -181,7 +190,7 @@ def test_a_test_split_too_small_for_its_numbers_says_so(tmp_path, monkeypatch, c
     """6 clips used to print `within-channel ROC-AUC 1.000 [1.000, 1.000]` with no warning."""
     from coughlab.model_card import model_card
 
-    report, stage = run_evaluate(tmp_path, monkeypatch, lambda y, channel: 0.2 + 0.6 * y,
+    report, stage = run_evaluate(tmp_path, monkeypatch, lambda y, *_: 0.2 + 0.6 * y,
                                  subjects=5)
     size = report["test_size"]
     assert size["subjects"] == {"negative": 5, "positive": 5} and not size["sufficient"]
@@ -201,6 +210,99 @@ def test_a_test_split_too_small_for_its_numbers_says_so(tmp_path, monkeypatch, c
 
 
 def test_a_test_split_of_enough_subjects_gets_no_size_warning(tmp_path, monkeypatch, capsys):
-    report, _ = run_evaluate(tmp_path, monkeypatch, lambda y, channel: 0.2 + 0.6 * y)
+    report, _ = run_evaluate(tmp_path, monkeypatch, lambda y, *_: 0.2 + 0.6 * y)
     assert report["test_size"]["sufficient"] and report["test_size"]["warning"] is None
     assert "too small" not in capsys.readouterr().out
+
+
+# Sources cc (two channels) and cs (`web`) are trained on; cv, another `web`, is held out:
+# test clips only, as data.split.held_out_sources puts them.
+HELD_OUT_WEB = (("cc", "phone", 4 / 5, SPLITS), ("cc", "app", 1 / 5, SPLITS),
+                ("cs", "web", 1 / 2, SPLITS), ("cv", "web", 1 / 2, ("test",)))
+
+
+def hears_all_but_cv(y, channel, source):
+    """Ranks every trained source's clips right, and the held-out cv's backwards, higher up."""
+    return 0.95 - 0.05 * y if source == "cv" else 0.2 + 0.6 * y
+
+
+def test_two_sources_web_channels_are_two_channels_in_every_table(tmp_path, monkeypatch):
+    report, _ = run_evaluate(tmp_path, monkeypatch, hears_all_but_cv, cells=HELD_OUT_WEB)
+    channels = {"cc/app", "cc/phone", "cs/web", "cv/web"}
+    assert set(report["headline"]["channels"]) == channels
+    # Subjects-weighted over all channels of all sources: 20 subjects each, cv/web at 0.
+    assert report["headline"]["within_channel_roc_auc"] == 0.75
+    assert report["headline"]["channels"]["cv/web"] == {"roc_auc": 0.0, "subjects": 20}
+    assert set(report["test_by_channel"]) == channels
+    assert set(report["metadata_baseline"]["by_channel"]) == channels
+    by_channel = json.loads((tmp_path / "plots" / "roc_by_channel.json").read_text())
+    assert {r["channel"] for r in by_channel} == channels
+
+
+def test_each_source_has_its_figure_and_a_held_out_one_is_cross_source(tmp_path, monkeypatch,
+                                                                       capsys):
+    report, stage = run_evaluate(tmp_path, monkeypatch, hears_all_but_cv, cells=HELD_OUT_WEB)
+    sources = report["sources"]["by_source"]
+    assert list(sources) == ["cc", "cs", "cv"]
+    cc, cv = sources["cc"], sources["cv"]
+    assert (cc["trained_on"], cc["figure"]) == (True, "within-source")
+    assert (cv["trained_on"], cv["figure"]) == (False, "cross-source")
+    assert cc["within_channel_roc_auc"] == 1.0 and cc["no_roc_auc"] is None
+    assert (cv["within_channel_roc_auc"], cv["within_channel_roc_auc_ci_low"],
+            cv["within_channel_roc_auc_ci_high"]) == (0.0, 0.0, 0.0)
+    assert (cc["subjects"], cc["positive_subjects"]) == (40, 20)  # 16 phone + 4 app
+    assert (cv["subjects"], cv["positive_subjects"]) == (20, 10)
+    assert set(cc["channels"]) == {"app", "phone"}  # inside one source, no prefix
+    assert cc["channel_leakage"]["negative"]["roc_auc_ci_low"] is not None
+    assert cv["channel_leakage"] is None  # one channel: nothing to tell apart
+    # The score sits higher on cv's clips whatever their label: it tells the sources apart.
+    leakage = report["source_leakage"]
+    for label in ("negative", "positive"):
+        assert leakage[label]["roc_auc_ci_low"] <= leakage[label]["roc_auc"]
+        assert leakage[label]["roc_auc"] > 0.7
+    assert "cross-source" in report["sources"]["definition"]
+    rows = {r["figure"]: r for r in
+            json.loads((tmp_path / "plots" / "auc_ci.json").read_text())}
+    assert rows["model, within-channel, source cv (cross-source: not trained on)"]["roc_auc"] == 0
+    assert "source leakage within negative" in rows
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(metrics)[len(stage.METRICS_KEYS):] == ["auc_cc", "auc_cs", "auc_cross_cv"]
+    assert (metrics["auc_cc"], metrics["auc_cross_cv"]) == (1.0, 0.0)
+    assert all(key in json.dumps(report["metrics"]) for key in metrics)  # a legend line each
+    verdict = capsys.readouterr().out
+    assert "source cv (cross-source: not trained on): within-channel ROC-AUC 0.000" in verdict
+
+
+def test_a_source_without_both_labels_in_a_channel_has_no_auc_and_says_why(tmp_path,
+                                                                         monkeypatch):
+    cells = (*ONE_SOURCE, ("neg", "web", 0.0, SPLITS),
+             ("split", "pos-line", 1.0, SPLITS), ("split", "neg-line", 0.0, SPLITS))
+    report, _ = run_evaluate(tmp_path, monkeypatch, lambda y, *_: 0.2 + 0.6 * y, cells=cells)
+    sources = report["sources"]["by_source"]
+    assert sources["src"]["within_channel_roc_auc"] == 1.0
+    for name, why in (("neg", "only negative clips, no ROC-AUC"),
+                      ("split", "no recording channel holds both labels, no within-channel "
+                                "ROC-AUC")):
+        assert sources[name]["within_channel_roc_auc"] is None
+        assert sources[name]["within_channel_roc_auc_ci_low"] is None
+        assert sources[name]["no_roc_auc"] == why
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["auc_neg"] is None and metrics["auc_src"] == 1.0
+
+
+def test_one_source_adds_its_entry_and_nothing_else_and_the_same_bytes_each_run(tmp_path,
+                                                                                 monkeypatch):
+    outputs = []
+    for run in ("first", "second"):
+        (tmp_path / run).mkdir()
+        report, stage = run_evaluate(tmp_path / run, monkeypatch, lambda y, *_: 0.3 + 0.4 * y)
+        outputs.append({p.relative_to(tmp_path / run): p.read_bytes()
+                        for p in sorted((tmp_path / run).rglob("*"))
+                        if p.is_file() and p.suffix == ".json"})
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 7  # 2 reports, 5 plots
+    metrics = json.loads((tmp_path / "first" / "metrics.json").read_text())
+    assert list(metrics) == [key for key, *_ in stage.METRICS_KEYS] + ["auc_src"]
+    assert metrics["auc_src"] == metrics["wc_auc"]
+    assert "source_leakage" not in report  # one source: nothing to tell apart
+    assert report["sources"]["by_source"]["src"]["trained_on"] is True
+    assert set(report["test_by_channel"]) == {"app", "phone"}  # channel names as before

@@ -263,3 +263,46 @@ def test_threshold_needs_both_classes_and_falls_back_when_scores_rank_backwards(
 def test_statistics_name_a_missing_column():
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['channel'\]"):
         M.within_channel_auc(pd.DataFrame({"y": [0, 1], "p": [0.1, 0.9], "subject_id": ["a", "b"]}))
+
+
+def two_web_sources() -> pd.DataFrame:
+    """Sources a and b each record one channel they both call `web`, in different ways: a's
+    scores sit high (0.8/0.9), b's low (0.1/0.2), and inside each the positives score higher.
+    a is mostly negative, b mostly positive, so pooling the two `web`s ranks b's positives
+    below a's negatives."""
+    rows = []
+    for source, base, positives in (("a", 0.8, 1), ("b", 0.1, 7)):
+        for s in range(10):
+            y = int(s < positives)
+            rows.append({"y": y, "p": base + 0.1 * y, "subject_id": f"{source}{s}",
+                         "channel": "web", "source": source})
+    return pd.DataFrame(rows)
+
+
+def test_two_sources_that_both_call_a_channel_web_are_two_channels():
+    frame = two_web_sources()
+    assert M.roc_auc(frame) < 0.5  # pooled, b's low scores drag its positives down
+    assert M.within_channel_auc(frame) == 1.0  # each source's `web` on its own ranks right
+    assert M.within_channel_breakdown(frame)["used"] == {
+        "a/web": {"roc_auc": 1.0, "subjects": 10}, "b/web": {"roc_auc": 1.0, "subjects": 10}}
+    # The score tells a's `web` from b's perfectly within each label: that is channel leakage.
+    assert leakage(frame) == {"negative": 1.0, "positive": 1.0}
+    assert M.subject_bootstrap_ci(frame, M.within_channel_auc) == (1.0, 1.0)
+
+
+def test_channel_names_nest_in_sources_only_where_the_frame_holds_several():
+    frame = two_web_sources()
+    assert sorted(set(M.channel_names(frame))) == ["a/web", "b/web"]
+    assert set(M.channel_names(frame[frame["source"] == "a"])) == {"web"}
+    # A clip without a channel of its own has its source as the channel: named once.
+    assert set(M.channel_names(frame.assign(channel=frame["source"]))) == {"a", "b"}
+    assert set(M.channel_names(frame.drop(columns="source"))) == {"web"}
+
+
+def test_source_leakage_is_how_well_the_score_tells_sources_apart():
+    frame = two_web_sources()
+    assert M.source_auc(frame[frame["y"] == 0]) == 1.0
+    assert M.source_auc(frame.assign(p=0.5)) == 0.5
+    assert np.isnan(M.source_auc(frame[frame["source"] == "a"]))  # one source: undefined
+    low, high = M.subject_bootstrap_ci(frame[frame["y"] == 1], M.source_auc)
+    assert low == high == 1.0

@@ -7,9 +7,11 @@ well the score tells channels apart within a label, and a confidence interval th
 subjects (clips of one subject are not independent evidence).
 
 Frames hold one row per clip with columns y (0/1), p (the score), subject_id, channel, source,
-and `baseline` (the metadata baseline's score) where a margin is asked for.
+and `baseline` (the metadata baseline's score) where a margin is asked for. A channel belongs to
+its source (`channel_names`): two sources that both call a channel `web` are two channels.
 
-The statistics `roc_auc`, `within_channel_auc`, `within_channel_margin` and `channel_auc` take
+The statistics `roc_auc`, `within_channel_auc`, `within_channel_margin`, `channel_auc` and
+`source_auc` take
 `(frame, weights=None)`. Without weights each clip counts once and the result is a float (nan
 where undefined). With a (B, n) matrix of clip weights the result is B values, one per row:
 `subject_bootstrap_ci` scores all its resamples in one vectorised pass that way.
@@ -143,10 +145,11 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
     }
 
 
-def grouped_metrics(frame: pd.DataFrame, column: str, threshold: float) -> dict:
-    """`binary_metrics` per value of `column` (source or channel) in a frame with y and p."""
+def grouped_metrics(frame: pd.DataFrame, by: str | np.ndarray, threshold: float) -> dict:
+    """`binary_metrics` per group of a frame with y and p: `by` is a column (source) or one
+    name per clip (`channel_names`)."""
     return {str(value): binary_metrics(g["y"].to_numpy(), g["p"].to_numpy(), threshold)
-            for value, g in frame.groupby(column)}
+            for value, g in frame.groupby(by)}
 
 
 def require_columns(frame: pd.DataFrame, *columns: str) -> None:
@@ -204,9 +207,21 @@ def roc_auc(frame: pd.DataFrame, weights: np.ndarray | None = None) -> float | n
     return _result(weighted_auc(frame["y"], frame["p"], _weights(frame, weights)), weights)
 
 
+def channel_names(frame: pd.DataFrame) -> np.ndarray:
+    """Each clip's recording channel, nested in its source: `web` in two sources is two ways of
+    recording, so two channels. Named `source/channel` where the frame holds clips of two
+    sources or more (just `source` for clips whose source stands in as their channel), the
+    channel alone otherwise."""
+    channel = frame["channel"].astype(str)
+    if "source" not in frame.columns or frame["source"].nunique() < 2:
+        return channel.to_numpy()
+    source = frame["source"].astype(str)
+    return (source + "/" + channel).where(channel != source, source).to_numpy()
+
+
 def _per_channel(frame: pd.DataFrame, w: np.ndarray):
     """(channel, ROC-AUC, subjects) per channel; subjects counts each drawn subject once."""
-    channel = frame["channel"].astype(str).to_numpy()
+    channel = channel_names(frame)
     y, p = frame["y"].to_numpy(), frame["p"].to_numpy()
     clips_of_subject = frame.groupby(
         [channel, frame["subject_id"].astype(str).to_numpy()])["y"].transform("size").to_numpy()
@@ -234,9 +249,10 @@ def within_channel_breakdown(frame: pd.DataFrame) -> dict:
     """Which channels the within-channel AUC averages, with their weights, and which it skips."""
     require_columns(frame, "y", "p", "subject_id", "channel")
     used, skipped = {}, {}
+    names = channel_names(frame)
     for name, auc, subjects in _per_channel(frame, _weights(frame, None)):
         if np.isnan(auc[0]):
-            present = LABELS[int(frame.loc[frame["channel"].astype(str) == name, "y"].iloc[0])]
+            present = LABELS[int(frame.loc[names == name, "y"].iloc[0])]
             skipped[str(name)] = f"only {present} clips, no ROC-AUC"
         else:
             used[str(name)] = {"roc_auc": float(auc[0]), "subjects": int(round(subjects[0]))}
@@ -268,17 +284,32 @@ def channel_auc(frame: pd.DataFrame, weights: np.ndarray | None = None) -> float
     channel predicts the label.
     """
     require_columns(frame, "p", "channel")
-    w = _weights(frame, weights)
-    channel, p = frame["channel"].astype(str).to_numpy(), frame["p"].to_numpy()
-    names = np.unique(channel)
+    return _separation(frame, channel_names(frame), weights)
+
+
+def source_auc(frame: pd.DataFrame, weights: np.ndarray | None = None) -> float | np.ndarray:
+    """How well p tells the sources apart, as `channel_auc` does channels (0.5 not at all).
+
+    Call it within one label: a score that sits higher on one source's recordings whatever
+    their label has learnt something of how that source records, which another source lacks.
+    """
+    require_columns(frame, "p", "source")
+    return _separation(frame, frame["source"].astype(str).to_numpy(), weights)
+
+
+def _separation(frame: pd.DataFrame, groups: np.ndarray,
+                weights: np.ndarray | None) -> float | np.ndarray:
+    """Folded one-vs-rest macro ROC-AUC of p for `groups` (see `channel_auc`)."""
+    w, p = _weights(frame, weights), frame["p"].to_numpy()
+    names = np.unique(groups)
     if len(names) < 2:
         return _result(np.full(len(w), np.nan), weights)
     if len(names) == 2:
         names = names[:1]  # the other one-vs-rest AUC is its mirror image
     folded = []
     for name in names:
-        direction = np.sign(weighted_auc(channel == name, p, np.ones(len(p)))[0] - 0.5) or 1.0
-        folded.append(0.5 + direction * (weighted_auc(channel == name, p, w) - 0.5))
+        direction = np.sign(weighted_auc(groups == name, p, np.ones(len(p)))[0] - 0.5) or 1.0
+        folded.append(0.5 + direction * (weighted_auc(groups == name, p, w) - 0.5))
     return _result(_weighted_mean(folded, [np.ones(len(w))] * len(folded)), weights)
 
 

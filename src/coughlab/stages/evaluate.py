@@ -2,17 +2,22 @@
 
 A model that learnt the phone line instead of the cough looks good overall, because in
 crowd-sourced cough sets the channel predicts the label. So the report leads with the
-within-channel ROC-AUC (subject-weighted mean of the per-channel AUCs) and sets beside it:
-overall, per source and per channel figures; a metadata-only baseline (source, channel,
-original sample rate and channel count; fit on train) and the model's paired margin over it;
-channel leakage (how well the score tells channels apart within each label); and a 95 %
-bootstrap CI that resamples test subjects for every AUC. The threshold is the balanced-prior
-operating point of a Platt calibration fit on valid (see coughlab.metrics.OPERATING_POINT).
+within-channel ROC-AUC (subject-weighted mean of the per-channel AUCs over every channel of
+every test source; a channel belongs to its source, so two sources' `web` are two channels)
+and sets beside it: overall, per source and per channel figures; a metadata-only baseline
+(source, channel, original sample rate and channel count; fit on train) and the model's paired
+margin over it; channel leakage (how well the score tells channels apart within each label);
+and a 95 % bootstrap CI that resamples test subjects for every AUC. Per source it gives the
+within-channel ROC-AUC over that source's channels alone, and whether combine's manifest
+trained on the source: one with no train clips (held out) is a cross-source figure; with two
+test sources or more, source leakage too. The threshold is the balanced-prior operating point
+of a Platt calibration fit on valid (see coughlab.metrics.OPERATING_POINT).
 
 reports/metrics.json, the DVC metric that `dvc exp show` and `dvc metrics diff` compare,
-holds only the ten numbers of METRICS_KEYS, headline first; reports/evaluation.json holds
-everything (definitions, per-source and per-channel tables, calibration, confusion counts,
-the threshold that export-lambda ships). Plots for `dvc plots`:
+holds only the ten numbers of METRICS_KEYS, headline first, then one per test source
+(`source_metric_key`); reports/evaluation.json holds everything (definitions, per-source and
+per-channel tables, calibration, confusion counts, the threshold that export-lambda ships).
+Plots for `dvc plots`:
 reports/plots/{roc,pr,confusion,roc_by_channel,auc_ci}.json.
 `--verdict` prints the stored verdict again (the last step of `make repro`): a WARNING when
 the margin's CI does not lie above 0, or when the test split is too small (TEST_SIZE_RULE).
@@ -53,12 +58,14 @@ from coughlab.metrics import (  # noqa: E402
     OPERATING_POINT,
     binary_metrics,
     channel_auc,
+    channel_names,
     choose_threshold,
     grouped_metrics,
     margin_warning,
     metadata_baseline_scores,
     platt_calibration,
     roc_auc,
+    source_auc,
     with_ci,
     within_channel_auc,
     within_channel_breakdown,
@@ -78,8 +85,11 @@ TEST_SIZE_RULE = (f"at least {MIN_TEST_SUBJECTS_PER_LABEL} test subjects of each
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0  # fixed: the CI moves only when the scores do
 
-HEADLINE = ("Test ROC-AUC within each recording channel, averaged over channels weighted by "
-            "their number of subjects; channels with one class only are skipped.")
+HEADLINE = ("Test ROC-AUC within each recording channel, averaged over the channels of every "
+            "test source weighted by their number of subjects; channels with one class only "
+            "are skipped. A channel belongs to its source (two sources' `web` are two "
+            "channels), so each source weighs by its test subjects, a source the model was not "
+            "trained on (cross-source) included.")
 BASELINE = ("Scores each clip with the train split's positive rate in its metadata cell "
             "(source x channel x original sample rate x channel count, smoothed towards the "
             "overall train rate). It never hears a cough.")
@@ -90,6 +100,16 @@ MARGIN = ("Model minus metadata baseline within-channel test ROC-AUC, the baseli
 LEAKAGE = ("ROC-AUC of the model's score for the recording channel among clips of one label "
            "(one-vs-rest macro for more than two channels, folded so 0.5 = no leakage and "
            "1.0 = the score identifies the channel).")
+SOURCES = ("Per test source, the headline's figure over that source's channels alone (the "
+           "within-source within-channel ROC-AUC, subject-weighted, with its subject-bootstrap "
+           "CI), its subjects, and its channel leakage where it has two channels or more. "
+           "trained_on: whether combine's manifest has any of its clips in the train split. "
+           "A source it has none of (held out: test only) gives a cross-source figure: how the "
+           "model does on recordings made unlike anything it learnt from.")
+SOURCE_LEAKAGE = ("ROC-AUC of the model's score for the source among test clips of one label "
+                  "(one-vs-rest macro for more than two sources, folded so 0.5 = the score does "
+                  "not tell the sources apart and 1.0 = it identifies the source).")
+CROSS_SOURCE = "cross-source: not trained on"
 
 
 # reports/metrics.json: (key, where in the report, which figure), headline first. Short keys,
@@ -108,12 +128,32 @@ METRICS_KEYS = (
 )
 METRICS_DIGITS = 4
 METRICS_LEGEND = {
-    "wc_auc": "within-channel test ROC-AUC (the headline), wc_lo..wc_hi its 95% CI",
+    "wc_auc": "within-channel test ROC-AUC (the headline: every channel of every test source, "
+              "subjects-weighted), wc_lo..wc_hi its 95% CI",
     "margin": "wc_auc minus the metadata-only baseline's (counted as at least 0.5)",
     "leak_neg/leak_pos": "channel leakage among negatives/positives (0.5 = none)",
     "auc/pr_auc": "overall test ROC-AUC and PR-AUC (a channel confound inflates them)",
     "sens/spec": "test sensitivity and specificity at the threshold chosen on valid",
 }
+
+
+def source_metric_key(source: str, trained_on: bool) -> str:
+    """metrics.json's key for one test source's within-channel ROC-AUC: auc_<source>, or
+    auc_cross_<source> for one the model was not trained on, so that an experiment that holds
+    a source out never compares its cross-source figure with another's within-source one.
+    `make exps` drops keys that start with `auc`."""
+    return f"auc_cross_{source}" if not trained_on else f"auc_{source}"
+
+
+def metrics_legend(report: dict) -> dict[str, str]:
+    """METRICS_LEGEND, and a line for each test source's key."""
+    lines = dict(METRICS_LEGEND)
+    for name, figures in report["sources"]["by_source"].items():
+        trained = figures["trained_on"]
+        lines[source_metric_key(name, trained)] = (
+            f"within-channel test ROC-AUC over source {name}'s channels alone"
+            + ("" if trained else f" ({CROSS_SOURCE})"))
+    return lines
 
 
 def with_channel(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -177,10 +217,10 @@ def ci(frame: pd.DataFrame, statistic, key: str = "roc_auc") -> dict:
     return with_ci(frame, statistic, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, key)
 
 
-def by_group_with_ci(frame: pd.DataFrame, column: str, threshold: float) -> dict:
+def by_group_with_ci(frame: pd.DataFrame, by: str | np.ndarray, threshold: float) -> dict:
     """`grouped_metrics` per source or channel, each with its subjects and ROC-AUC CI."""
-    out = grouped_metrics(frame, column, threshold)
-    for value, group in frame.groupby(column):
+    out = grouped_metrics(frame, by, threshold)
+    for value, group in frame.groupby(by):
         bounds = ci(group, roc_auc)
         out[str(value)].update(subjects=int(group["subject_id"].nunique()),
                                roc_auc_ci_low=bounds["roc_auc_ci_low"],
@@ -201,7 +241,8 @@ def confound_report(test: pd.DataFrame) -> dict:
         "metadata_baseline": {
             "definition": BASELINE, "features": list(METADATA_COLUMNS), "fit_on": "train",
             **ci(baseline, within_channel_auc, "within_channel_roc_auc"), **ci(baseline, roc_auc),
-            "by_channel": {str(c): ci(g, roc_auc) for c, g in baseline.groupby("channel")}},
+            "by_channel": {str(c): ci(g, roc_auc)
+                           for c, g in baseline.groupby(channel_names(baseline))}},
         "margin": {**margin, "ci_above_zero": warning is None, "warning": warning},
         "channel_leakage": {"definition": LEAKAGE,
                             **{name: ci(test[test["y"] == k], channel_auc)
@@ -210,6 +251,56 @@ def confound_report(test: pd.DataFrame) -> dict:
                       "seed": BOOTSTRAP_SEED, "level": 0.95,
                       "test_subjects": int(test["subject_id"].nunique())},
     }
+
+
+def trained_sources(manifest: pd.DataFrame) -> set[str]:
+    """The sources combine put train clips of: what the model learnt from."""
+    return set(manifest.loc[manifest["split"] == "train", "source"].astype(str))
+
+
+def no_roc_auc(source: pd.DataFrame, breakdown: dict) -> str | None:
+    """Why a source has no within-channel ROC-AUC, as the headline says for channels."""
+    if source["y"].nunique() < 2:
+        return f"only {LABELS[int(source['y'].iloc[0])]} clips, no ROC-AUC"
+    if not breakdown["used"]:
+        return "no recording channel holds both labels, no within-channel ROC-AUC"
+    return None
+
+
+def source_figures(source: pd.DataFrame, trained_on: bool) -> dict:
+    """One test source's within-channel ROC-AUC with its CI, size and channel leakage."""
+    breakdown = within_channel_breakdown(source)
+    several_channels = len(np.unique(channel_names(source))) >= 2
+    return {
+        "figure": "within-source" if trained_on else "cross-source",
+        "trained_on": trained_on,
+        **ci(source, within_channel_auc, "within_channel_roc_auc"),
+        "no_roc_auc": no_roc_auc(source, breakdown),
+        "subjects": int(source["subject_id"].nunique()),
+        "positive_subjects": int(source.loc[source["y"] == 1, "subject_id"].nunique()),
+        "clips": int(len(source)), "positive_clips": int(source["y"].sum()),
+        "channels": breakdown["used"], "skipped_channels": breakdown["skipped"],
+        "channel_leakage": ({name: ci(source[source["y"] == k], channel_auc)
+                             for k, name in enumerate(LABELS)} if several_channels else None),
+    }
+
+
+def source_report(test: pd.DataFrame, trained: set[str]) -> dict:
+    """Each test source's figures; with two sources or more, how well the score tells them
+    apart within each label."""
+    report = {"sources": {"definition": SOURCES, "by_source": {
+        str(name): source_figures(group, str(name) in trained)
+        for name, group in test.groupby(test["source"].astype(str))}}}
+    if len(report["sources"]["by_source"]) >= 2:
+        report["source_leakage"] = {"definition": SOURCE_LEAKAGE,
+                                    **{name: ci(test[test["y"] == k], source_auc)
+                                       for k, name in enumerate(LABELS)}}
+    return report
+
+
+def source_label(name: str, figures: dict) -> str:
+    """`source <name>`, marked where it is a cross-source figure."""
+    return f"source {name}" + ("" if figures["trained_on"] else f" ({CROSS_SOURCE})")
 
 
 def auc_ci_rows(report: dict) -> list[dict]:
@@ -223,12 +314,18 @@ def auc_ci_rows(report: dict) -> list[dict]:
                 "within_channel_roc_auc"),
             row(model, "model, overall", report["test"])]
     rows += [row(model, f"model, source {s}", m) for s, m in report["test_by_source"].items()]
+    rows += [row(model, f"model, within-channel, {source_label(s, m)}", m,
+                 "within_channel_roc_auc")
+             for s, m in report["sources"]["by_source"].items()]
     rows += [row(model, f"model, channel {c}", m) for c, m in report["test_by_channel"].items()]
     rows += [row(base, "baseline, within-channel", report["metadata_baseline"],
                  "within_channel_roc_auc"),
              row(base, "baseline, overall", report["metadata_baseline"])]
     rows += [row(leak, f"leakage within {name}", report["channel_leakage"][name])
              for name in LABELS]
+    if "source_leakage" in report:
+        rows += [row("model: source leakage (0.5 = none)", f"source leakage within {name}",
+                     report["source_leakage"][name]) for name in LABELS]
     return [r for r in rows if r["roc_auc"] is not None]
 
 
@@ -249,7 +346,7 @@ def curves(test: pd.DataFrame, threshold: float) -> dict[str, list[dict]]:
 def roc_by_channel(test: pd.DataFrame) -> list[dict]:
     """ROC points of every channel with both classes, in curve order (`point`)."""
     rows = []
-    for channel, group in test.groupby("channel"):
+    for channel, group in test.groupby(channel_names(test)):
         if group["y"].nunique() < 2:
             continue
         fpr, tpr, thr = skm.roc_curve(group["y"], group["p"])
@@ -260,7 +357,8 @@ def roc_by_channel(test: pd.DataFrame) -> list[dict]:
 
 
 def verdict_lines(report: dict) -> list[str]:
-    """The headline and margin in one line, then the warning if there is one."""
+    """The headline and margin in one line, with two test sources or more one line per source,
+    then the warnings if there are any."""
     h, m = report["headline"], report["margin"]
 
     def fig(d, key, sign=""):
@@ -272,18 +370,28 @@ def verdict_lines(report: dict) -> list[str]:
     lines = [f"evaluate: within-channel ROC-AUC {fig(h, 'within_channel_roc_auc')}, margin over "
              f"the metadata-only baseline {fig(m, 'within_channel_roc_auc', '+')} (95% CIs, "
              f"subjects resampled)"]
+    sources = (report.get("sources") or {}).get("by_source") or {}
+    if len(sources) >= 2:
+        lines += [f"evaluate: {source_label(name, s)}: within-channel ROC-AUC "
+                  + (fig(s, "within_channel_roc_auc") if s["no_roc_auc"] is None
+                     else f"n/a ({s['no_roc_auc']})") + f", {s['subjects']} subjects"
+                  for name, s in sources.items()]
     return lines + [w for w in (report["test_size"]["warning"], m["warning"]) if w]
 
 
 def headline_metrics(report: dict) -> dict[str, float | None]:
-    """The numbers a person compares across experiments (METRICS_KEYS), from the full report."""
-    out = {}
+    """The numbers a person compares across experiments, from the full report: METRICS_KEYS,
+    then each test source's within-channel ROC-AUC (`source_metric_key`)."""
+    figures = []
     for key, *where in METRICS_KEYS:
         value = report
         for step in where:
             value = value[step]
-        out[key] = None if value is None else round(value, METRICS_DIGITS)
-    return out
+        figures.append((key, value))
+    figures += [(source_metric_key(name, s["trained_on"]), s["within_channel_roc_auc"])
+                for name, s in report["sources"]["by_source"].items()]
+    return {key: None if value is None else round(value, METRICS_DIGITS)
+            for key, value in figures}
 
 
 def evaluate(graph_dir: Path, model_dir: Path, features: Path, combined: Path,
@@ -306,9 +414,11 @@ def evaluate(graph_dir: Path, model_dir: Path, features: Path, combined: Path,
                  **{k: v for k, v in ci(test, roc_auc).items() if k != "roc_auc"}},
         "valid": binary_metrics(valid["y"], valid["p"], threshold),
         "test_by_source": by_group_with_ci(test, "source", threshold),
-        "test_by_channel": by_group_with_ci(test, "channel", threshold),
+        "test_by_channel": by_group_with_ci(test, channel_names(test), threshold),
         **confound_report(test),
+        **source_report(test, trained_sources(manifest)),
     }
+    report["metrics"] = metrics_legend(report)
     report["test_size"] = test_size(test, report["headline"]["channels"])
     plots = {**curves(test, threshold), "auc_ci": auc_ci_rows(report)}
     atomic_write_text(report_out, json.dumps(report, indent=2) + "\n")
