@@ -10,19 +10,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coughlab.stages.evaluate import METRICS_KEYS
+from coughlab.stages.evaluate import METRICS_KEYS, source_metric_key
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
        "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-# Every metric moves with lr, as a real run's do; the names and order are evaluate's.
+# Every metric moves with lr, as a real run's do; the names and order are evaluate's, with a
+# source trained on and one held out (a cross-source figure).
+SOURCE_KEYS = [source_metric_key("covid19-cough", True), source_metric_key("coswara", False)]
 EVALUATE = f"""
 import json, math, yaml
 lr = yaml.safe_load(open("params.yaml"))["lr"]
 w = 0.9 - abs(math.log10(lr) + 2.5) * 0.05
-names = {[key for key, *_ in METRICS_KEYS]!r}
+names = {[key for key, *_ in METRICS_KEYS] + SOURCE_KEYS!r}
 json.dump({{n: round(w - 0.01 * i + lr, 4) for i, n in enumerate(names)}},
           open("metrics.json", "w"), indent=2)
 """
@@ -78,6 +80,8 @@ def test_make_exps_fits_and_shows_the_changed_param_beside_the_headline(
     header = next(line for line in lines if "Experiment" in line).split()
     assert header[1:] == ["wc_auc", "wc_lo", "wc_hi", "margin", "lr"], shown
     assert "…" not in shown
+    assert json.loads((project_with_an_lr_sweep / "metrics.json").read_text()).keys() >= set(
+        SOURCE_KEYS)  # in dvc exp show, dropped by make exps
     rows = [line for line in lines if "0.001" in line or "0.01" in line or "0.003" in line]
     assert len(rows) >= 3, shown
 
