@@ -74,7 +74,7 @@ def test_training_data_has_size_balance_and_collection(evaluation):
     summary = mc.data_summary(manifest)
     assert summary["splits"]["train"] == {"clips": 4, "positive_clips": 2, "subjects": 3,
                                           "positive_subjects": 2}
-    assert summary["channels"] == {"app": 3, "phone": 2, "sample": 1}  # no channel: the source
+    assert summary["channels"] == {"sample": {"app": 3, "phone": 2, "sample": 1}}  # none: source
     data = section(mc.model_card(meta(), evaluation, summary), "Training and evaluation data")
     assert "| train | 4 | 2 | 3 | 2 |" in data and "SYNTHETIC sample" in data
     assert "Collection: `python -m coughlab.sample data`" in data
@@ -114,8 +114,75 @@ def test_page_sentence_says_synthetic_or_names_the_real_sources():
     assert "SYNTHETIC" in mc.trained_on(meta()["provenance"])
     real = mc.trained_on(meta(["local"], "your-data.dir")["provenance"])
     assert "SYNTHETIC" not in real and "real cough recordings from: local" in real
+    assert "Held out" not in real
+    held_out = mc.trained_on(meta(["covid19-cough", "coswara"], "x.dir")["provenance"],
+                             ["coswara"])
+    assert "recordings from: covid19-cough. Held out of training" in held_out
+    assert held_out.endswith("learnt from: coswara. It is not a medical device and was not "
+                             "validated for diagnosis.")
 
 
 def test_sample_md5_is_the_regenerated_samples(tmp_path):
     generate(tmp_path / "data", n_subjects=48)
     assert dvc_md5(tmp_path / "data") == mc.SAMPLE_DATA_MD5
+
+
+def test_channels_of_the_training_data_are_counted_within_their_source(evaluation):
+    """Two sources that both call a channel `web` record it two ways: two channels."""
+    manifest = pd.DataFrame({"split": ["train"] * 3, "label": ["positive", "negative"] * 1
+                             + ["negative"], "subject_id": ["a", "b", "c"],
+                             "source": ["coswara", "coswara", "coughvid"], "channel": "web"})
+    summary = mc.data_summary(manifest)
+    assert summary["channels"] == {"coughvid": {"web": 1}, "coswara": {"web": 2}}
+    data = section(mc.model_card(meta(["coswara", "coughvid"], "x.dir"), evaluation, summary),
+                   "Training and evaluation data")
+    assert ("Clips per source, and per recording channel within it: `coswara` 2 (`web` 2), "
+            "`coughvid` 1 (`web` 1).") in data
+
+
+def with_sources(evaluation: dict, held_out: bool) -> dict:
+    """evaluation with evaluate's per-source figures: covid19-cough trained on, coswara held
+    out of training (test only) or trained on, and a source whose test clips are negative."""
+    def source(auc, low, high, trained, subjects, positives, why=None):
+        return {"figure": "within-source" if trained else "cross-source", "trained_on": trained,
+                "within_channel_roc_auc": auc, "within_channel_roc_auc_ci_low": low,
+                "within_channel_roc_auc_ci_high": high, "no_roc_auc": why,
+                "subjects": subjects, "positive_subjects": positives}
+    by_source = {"covid19-cough": source(0.71, 0.62, 0.8, True, 120, 40),
+                 "coswara": source(0.52, 0.44, 0.6, not held_out, 80, 20),
+                 "virufy": source(None, None, None, True, 5, 0, "only negative clips, no ROC-AUC")}
+    leakage = {"roc_auc": 0.83, "roc_auc_ci_low": 0.77, "roc_auc_ci_high": 0.88}
+    return {**evaluation, "sources": {"definition": "...", "by_source": by_source},
+            "source_leakage": {"definition": "...", "negative": leakage, "positive": leakage}}
+
+
+def test_metrics_have_a_per_source_table_with_the_cross_source_row_marked(evaluation):
+    sources = ["covid19-cough", "coswara", "virufy"]
+    card = mc.model_card(meta(sources, "x.dir"), with_sources(evaluation, held_out=True))
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section(
+        card, "Metrics (test split, 95 % CIs from a bootstrap over subjects unless stated)")
+        .splitlines() if line.startswith("|")]
+    assert ["`covid19-cough`", "0.710", "[0.620, 0.800]", "120", "40", "yes"] in rows
+    assert ["`coswara` (**cross-source**)", "0.520", "[0.440, 0.600]", "80", "20",
+            "no (held out: test only)"] in rows
+    assert ["`virufy`", "n/a", "only negative clips, no ROC-AUC", "5", "0", "yes"] in rows
+    assert ["source leakage among negative clips (0.5 = none)", "0.830", "[0.770, 0.880]"] \
+        in rows
+    data = section(card, "Training and evaluation data")
+    assert ("trained on real cough recordings from: covid19-cough, virufy. Held out of "
+            "training, to test it on recordings unlike those it learnt from: coswara.") in data
+
+
+def test_a_cross_source_figure_of_the_evaluation_is_stated_in_the_known_limits(evaluation):
+    sources = ["covid19-cough", "coswara", "virufy"]
+    held_out = section(mc.model_card(meta(sources, "x.dir"),
+                                     with_sources(evaluation, held_out=True)), "Known limits")
+    assert ("**Measured on a source it was not trained on:** `coswara` (80 subjects, 20 "
+            "positive): within-channel ROC-AUC 0.520 [0.440, 0.600]") in held_out
+    assert "Not checked on any other source" not in held_out
+    trained = section(mc.model_card(meta(sources, "x.dir"),
+                                    with_sources(evaluation, held_out=False)), "Known limits")
+    assert "Measured on a source" not in trained and "Not checked on any other source" in trained
+    # The hand-written round-1 measurement stays where it belongs, beside a measured one.
+    alone = section(mc.model_card(meta(["covid19-cough"], "x.dir"), evaluation), "Known limits")
+    assert "0.53" in alone and "Measured on a source" not in alone

@@ -4,7 +4,8 @@ What a person needs before trusting a score, in the sections of Mitchell et al.,
 for Model Reporting" (2019) and the Hugging Face card layout (YAML metadata first: licence,
 datasets, metrics): what the model is, what it is for and not for, how to use it, which data
 (size, balance, collection, licences) it was trained on, how good it is on the test split with
-95 % CIs, what the score means (not a calibrated probability; PPV and NPV at stated
+95 % CIs (per source too, a source held out of training marked as the cross-source figure it
+is), what the score means (not a calibrated probability; PPV and NPV at stated
 prevalences), what it is known not to do, and where it came from. Everything comes from
 model.json, evaluate's report and combine's manifest, never from this machine (no dates,
 paths or measured timings), so the card is a function of the stage's inputs like every other
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from typing import Iterable
 
 import yaml
 
@@ -49,16 +51,21 @@ def is_sample(derived: dict) -> bool:
     return derived["data_sources"] == ["local"] and derived["data_md5"] == SAMPLE_DATA_MD5
 
 
-def trained_on(derived: dict) -> str:
-    """One plain sentence on the training data, for the card and the recording page."""
+def trained_on(derived: dict, held_out: Iterable[str] = ()) -> str:
+    """One plain sentence on the training data, for the card and the recording page; a source
+    evaluate found no train clips of (`held_out(evaluation)`) is named as held out, not as
+    trained on."""
     if is_sample(derived):
         return ("This demo model was trained on a SYNTHETIC sample: computer-generated "
                 "cough-like sounds, not recordings of people. Its score says nothing about "
                 "anyone's health.")
-    names = ", ".join(derived["data_sources"])
+    held_out = list(held_out)
+    names = ", ".join(s for s in derived["data_sources"] if s not in held_out)
     own = " (your own labelled recordings in data/)" if "local" in derived["data_sources"] else ""
+    tested = ("" if not held_out else "Held out of training, to test it on recordings unlike "
+              f"those it learnt from: {', '.join(held_out)}. ")
     return (f"This research model was trained on real cough recordings from: {names}{own}. "
-            "It is not a medical device and was not validated for diagnosis.")
+            f"{tested}It is not a medical device and was not validated for diagnosis.")
 
 
 def source_rows(names: list[str]) -> list[str]:
@@ -110,15 +117,43 @@ def predictive_values(sens: float, spec: float, prevalence: float) -> tuple[floa
     return ppv, npv
 
 
+def held_out(evaluation: dict) -> dict[str, dict]:
+    """evaluate's figures of each test source the model was not trained on (cross-source)."""
+    by_source = (evaluation.get("sources") or {}).get("by_source") or {}
+    return {name: s for name, s in by_source.items() if not s["trained_on"]}
+
+
+def source_table(evaluation: dict, shown=markdown_code) -> list[str]:
+    """evaluate's per-source figures as a Markdown table, a held-out source's row marked
+    cross-source; `shown` renders a source's name (the PR report escapes it as text). Empty
+    for an evaluation from before evaluate measured per source."""
+    by_source = (evaluation.get("sources") or {}).get("by_source") or {}
+    if not by_source:
+        return []
+    rows = ["| Source | Within-channel ROC-AUC | 95 % CI | Subjects | Positive subjects | "
+            "Trained on |", "|---|---|---|---|---|---|"]
+    for name, s in by_source.items():
+        value, bounds = figure(s, "within_channel_roc_auc", no_ci=s.get("no_roc_auc") or "n/a")
+        label = shown(name) + ("" if s["trained_on"] else " (**cross-source**)")
+        trained = "yes" if s["trained_on"] else "no (held out: test only)"
+        rows.append(f"| {label} | {value} | {bounds} | {s['subjects']} | "
+                    f"{s['positive_subjects']} | {trained} |")
+    return rows
+
+
 def metric_rows(evaluation: dict) -> list[str]:
     test, head = evaluation["test"], evaluation["headline"]
     leakage = evaluation.get("channel_leakage", {})
+    sources = evaluation.get("source_leakage") or {}
     rows = [("**within-channel ROC-AUC** (headline)", figure(head, "within_channel_roc_auc")),
             ("margin over the metadata-only baseline",
              figure(evaluation.get("margin"), "within_channel_roc_auc", "+")),
             *((f"channel leakage among {label} clips (0.5 = none)",
                figure(leakage[label], "roc_auc"))
               for label in ("negative", "positive") if isinstance(leakage.get(label), dict)),
+            *((f"source leakage among {label} clips (0.5 = none)",
+               figure(sources[label], "roc_auc"))
+              for label in ("negative", "positive") if isinstance(sources.get(label), dict)),
             ("overall ROC-AUC", figure(test, "roc_auc")),
             ("PR-AUC", figure(test, "pr_auc", no_ci="not computed by evaluate"))]
     threshold = evaluation["threshold"]
@@ -135,6 +170,17 @@ def metric_rows(evaluation: dict) -> list[str]:
     rows += [(f"ROC-AUC, channel {markdown_code(name)}", figure(m, "roc_auc"))
              for name, m in evaluation.get("test_by_channel", {}).items()]
     return [f"| {name} | {value} | {bounds} |" for name, (value, bounds) in rows]
+
+
+def per_source(evaluation: dict) -> list[str]:
+    """The per-source table under the metrics, with what its figure is."""
+    table = source_table(evaluation)
+    if not table:
+        return []
+    return ["Per source: the headline's figure over each source's own channels (subjects, "
+            "positive subjects of its test split). A source the model was not trained on "
+            "(combine put none of its clips in train) gives a **cross-source** figure.", "",
+            *table, ""]
 
 
 def prevalence_rows(evaluation: dict) -> list[str]:
@@ -157,8 +203,9 @@ def prevalence_rows(evaluation: dict) -> list[str]:
 
 
 def data_summary(manifest) -> dict:
-    """Clips, subjects and positives per split, and clips per source and channel, from combine's
-    manifest (a DataFrame): the training data's size, balance and make-up for the card."""
+    """Clips, subjects and positives per split, and clips per source and per channel within
+    each source (two sources' `web` are two ways of recording), from combine's manifest (a
+    DataFrame): the training data's size, balance and make-up for the card."""
     channel = (manifest["channel"].fillna(manifest["source"]) if "channel" in manifest.columns
                else manifest["source"])
     splits = {}
@@ -171,7 +218,9 @@ def data_summary(manifest) -> dict:
     def counts(column) -> dict[str, int]:
         return {str(k): int(v) for k, v in column.value_counts().sort_index().items()}
 
-    return {"splits": splits, "sources": counts(manifest["source"]), "channels": counts(channel)}
+    return {"splits": splits, "sources": counts(manifest["source"]),
+            "channels": {str(source): counts(channel[manifest["source"] == source])
+                         for source in sorted(manifest["source"].unique())}}
 
 
 def metadata(meta: dict, evaluation: dict) -> str:
@@ -279,7 +328,7 @@ def training_data(meta: dict, evaluation: dict, summary: dict | None) -> list[st
     test = evaluation["test"]
     size = evaluation.get("test_size") or {}
     subjects = size.get("subjects") or {}
-    lines = ["## Training and evaluation data", "", trained_on(derived), ""]
+    lines = ["## Training and evaluation data", "", trained_on(derived, held_out(evaluation)), ""]
     if is_sample(derived):
         lines += ["Collection: `python -m coughlab.sample data` generates it bit-exactly (noise "
                   "bursts shaped like coughs; positives add a faint harmonic wheeze, some "
@@ -293,9 +342,10 @@ def training_data(meta: dict, evaluation: dict, summary: dict | None) -> list[st
                   "|---|---|---|---|---|"]
         lines += [f"| {name} | {s['clips']} | {s['positive_clips']} | {s['subjects']} | "
                   f"{s['positive_subjects']} |" for name, s in summary["splits"].items()]
-        lines += ["", "Clips per source: " + ", ".join(
-            f"`{k}` {v}" for k, v in summary["sources"].items()) + "; per recording channel: "
-            + ", ".join(f"`{k}` {v}" for k, v in summary["channels"].items()) + ".", ""]
+        lines += ["", "Clips per source, and per recording channel within it: " + ", ".join(
+            f"`{source}` {clips} ("
+            + ", ".join(f"`{k}` {v}" for k, v in summary["channels"][source].items()) + ")"
+            for source, clips in summary["sources"].items()) + ".", ""]
     lines += [
         "Subjects are split disjointly into train, valid (threshold) and test (the figures "
         f"below): {test['n']} test clips, {test['positives']} positive, "
@@ -334,24 +384,42 @@ def score_meaning(evaluation: dict) -> list[str]:
     ]
 
 
+def measured_transfer(evaluation: dict) -> str | None:
+    """What this evaluation measured on the sources the model was not trained on, if any."""
+    figures = []
+    for name, s in held_out(evaluation).items():
+        value, bounds = figure(s, "within_channel_roc_auc")
+        measured = (f"within-channel ROC-AUC {value} {bounds}".strip()
+                    if s["within_channel_roc_auc"] is not None else s["no_roc_auc"])
+        figures.append(f"{markdown_code(name, in_table=False)} ({s['subjects']} subjects, "
+                       f"{s['positive_subjects']} positive): {measured}")
+    if not figures:
+        return None
+    return ("**Measured on a source it was not trained on:** " + "; ".join(figures)
+            + ". This is the cross-source figure: expect such numbers, not the within-source "
+            "ones, on recordings made unlike the training data.")
+
+
 def known_limits(meta: dict, evaluation: dict) -> list[str]:
     derived = meta["provenance"]
     warning = (evaluation.get("margin") or {}).get("warning")
     too_small = (evaluation.get("test_size") or {}).get("warning")
     sources, cross_source = CROSS_SOURCE
+    measured = measured_transfer(evaluation)
     if is_sample(derived):
-        transfer = ("**Synthetic data only.** It has never heard a real cough: its score on "
-                    "one means nothing, and the figures above say only that the pipeline runs.")
-    elif tuple(derived["data_sources"]) == sources:
-        transfer = cross_source
+        transfer = ["**Synthetic data only.** It has never heard a real cough: its score on "
+                    "one means nothing, and the figures above say only that the pipeline runs."]
     else:
-        transfer = ("**Not checked on any other source.** Nothing is known about recordings "
+        transfer = [*([measured] if measured else []),
+                    *([cross_source] if tuple(derived["data_sources"]) == sources else [])]
+    if not transfer:
+        transfer = ["**Not checked on any other source.** Nothing is known about recordings "
                     "made unlike the training data; hold a source out as the test set to find "
-                    "out.")
+                    "out."]
     return [
         "## Known limits",
         "",
-        f"- {transfer}",
+        *(f"- {line}" for line in transfer),
         "- **The recording channel predicts the label** in crowd-sourced cough sets (phone "
         "line vs app, sample rate, channel count). A model that learnt the channel looks good "
         "overall; that is why the headline is the ROC-AUC within each channel, set against a "
@@ -408,6 +476,7 @@ def model_card(meta: dict, evaluation: dict, summary: dict | None = None) -> str
         "|---|---|---|",
         *metric_rows(evaluation),
         "",
+        *per_source(evaluation),
         *score_meaning(evaluation),
         *known_limits(meta, evaluation),
         *provenance_lines(meta),

@@ -48,7 +48,13 @@ from coughlab.config import PARAMS_FILE, QualityConfig  # noqa: E402
 from coughlab.determinism import reproducible_cpu_kernels  # noqa: E402
 from coughlab.digest import model_version  # noqa: E402
 from coughlab.export import GRAPH_FILE, INPUT_NAME, OUTPUT_NAME  # noqa: E402
-from coughlab.model_card import MODEL_CARD, data_summary, model_card, trained_on  # noqa: E402
+from coughlab.model_card import (  # noqa: E402
+    MODEL_CARD,
+    data_summary,
+    held_out,
+    model_card,
+    trained_on,
+)
 from coughlab.nets import MODEL_FILE, load_model, load_split, predict_proba  # noqa: E402
 from coughlab.provenance import provenance, write_record  # noqa: E402
 from coughlab.stages.cli import path_option, stage_parser  # noqa: E402
@@ -141,8 +147,9 @@ def export_lambda(graph_dir: Path, model_dir: Path, evaluation_json: Path, combi
             "threshold": evaluation["threshold"],
             "test_metrics": {k: evaluation["test"][k] for k in TEST_METRICS},
             "model_card": MODEL_CARD,
-            # One sentence the recording page shows: synthetic sample or which real sources.
-            "trained_on": trained_on(derived_from),
+            # One sentence the recording page shows: synthetic sample or which real sources
+            # (a source evaluate found no train clips of named as held out).
+            "trained_on": trained_on(derived_from, held_out(evaluation)),
             "provenance": derived_from,
         }
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
