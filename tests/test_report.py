@@ -339,3 +339,27 @@ def test_a_delta_inside_the_bases_ci_is_called_so():
                        "inside the base's CI: not a measurable change at this test size"]
     assert rows[4][3:] == ["-0.200", "**outside the base's CI**"]
     assert rows[3][3:] == ["n/a", "n/a"]  # no margin on either side
+
+
+def test_report_shows_each_source_and_marks_the_cross_source_one():
+    def source(auc, trained, subjects, positives, why=None):
+        return {"trained_on": trained, "within_channel_roc_auc": auc,
+                "within_channel_roc_auc_ci_low": auc and auc - 0.1,
+                "within_channel_roc_auc_ci_high": auc and auc + 0.1, "no_roc_auc": why,
+                "subjects": subjects, "positive_subjects": positives}
+    evaluation = {**CONFOUNDED, "sources": {"by_source": {
+        "covid19-cough": source(0.66, True, 120, 40),
+        "coswara": source(0.51, False, 80, 20),
+        "local": source(None, True, 4, 0, "only negative clips, no ROC-AUC")}},
+        "source_leakage": {"negative": {"roc_auc": 0.9, "roc_auc_ci_low": 0.85,
+                                        "roc_auc_ci_high": 0.95}}}
+    markdown = report.confound_section(evaluation)
+    rows = table_rows(markdown)
+    assert ["covid19-cough", "0.660", "[0.560, 0.760]", "120", "40", "yes"] in rows
+    assert ["coswara (**cross-source**)", "0.510", "[0.410, 0.610]", "80", "20",
+            "no (held out: test only)"] in rows
+    assert ["local", "n/a", "only negative clips, no ROC-AUC", "4", "0", "yes"] in rows
+    assert ["source leakage within negative (0.5 = none)", "0.900", "[0.850, 0.950]"] in rows
+    assert "a held-out source counts like any other" in markdown  # how the headline combines
+    # A report from before evaluate measured per source has no such table.
+    assert "cross-source" not in report.confound_section(CONFOUNDED)

@@ -9,8 +9,9 @@ The revision is the workspace by default, or any git revision or DVC experiment 
 It opens with the headline figures of both sides with their 95 % CIs and, for each delta,
 whether it leaves the base's CI (a delta inside it is what another test split could give
 anyway), then the revision's confound check from reports/evaluation.json: the within-channel
-ROC-AUC headline, the margin over the metadata-only baseline with its CI, channel leakage, and
-the warning when the margin's CI does not lie above 0.
+ROC-AUC headline, the margin over the metadata-only baseline with its CI, channel leakage (and
+source leakage), the warning when the margin's CI does not lie above 0, and each test source's
+within-channel ROC-AUC, a source the model was not trained on marked cross-source.
 
 CI posts it as a pull-request comment (.github/workflows/pr.yml, after `dvc repro`). The
 metric table is `dvc metrics diff`'s, in reports/metrics.json's order (the headline first,
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from coughlab.atomic import atomic_dir, atomic_write_text
 from coughlab.escape import markdown_text
-from coughlab.model_card import figure
+from coughlab.model_card import figure, source_table
 
 OUT = Path("build/pr-report.md")
 METRICS_FILE = Path("reports/metrics.json")  # the numbers `dvc metrics diff` compares
@@ -244,6 +245,12 @@ def images_section(images: dict[str, list[str]], base: str, rev_name: str = WORK
                         for plot, names in images.items())
 
 
+PER_SOURCE = ("Per test source, the within-channel ROC-AUC over its own channels. The headline "
+              "averages every channel of every test source by subjects, so each source weighs "
+              "by its test subjects and a held-out source counts like any other; a held-out "
+              "source's row is its **cross-source** figure (trained on: no).")
+
+
 def figure_row(name: str, d: dict, key: str, sign: str = "") -> str:
     shown, bounds = figure(d, key, sign, no_ci="n/a")
     return f"| {name} | {shown} | {bounds} |"
@@ -266,6 +273,9 @@ def confound_section(metrics: dict) -> str:
                          "counted as at least 0.5)", margin, "within_channel_roc_auc", "+")]
     lines += [figure_row(f"channel leakage within {label} (0.5 = none)", leakage[label], "roc_auc")
               for label in leakage if isinstance(leakage[label], dict)]
+    sources = metrics.get("source_leakage") or {}
+    lines += [figure_row(f"source leakage within {label} (0.5 = none)", sources[label], "roc_auc")
+              for label in sources if isinstance(sources[label], dict)]
     skipped = head.get("skipped_channels") or {}
     left_out = "; ".join(f"{markdown_text(c)} ({markdown_text(why)})" for c, why in skipped.items())
     notes = [f"Channels left out of the headline: {left_out}"] if skipped else []
@@ -274,6 +284,9 @@ def confound_section(metrics: dict) -> str:
     verdict = (f"> **{margin['warning']}**" if margin.get("warning") else
                "The margin's CI lies above 0: within channels the model beats what the "
                "recording metadata alone gives away.")
+    per_source = source_table(metrics, markdown_text)
+    if per_source:
+        notes.append(PER_SOURCE + "\n\n" + "\n".join(per_source))
     return "\n".join(lines) + "\n\n" + "\n\n".join([verdict, *notes])
 
 
