@@ -142,13 +142,13 @@ def source_metric_key(source: str, trained_on: bool) -> str:
     auc_cross_<source> for one the model was not trained on, so that an experiment that holds
     a source out never compares its cross-source figure with another's within-source one.
     `make exps` drops keys that start with `auc`."""
-    return f"auc_cross_{source}" if not trained_on else f"auc_{source}"
+    return f"auc_{source}" if trained_on else f"auc_cross_{source}"
 
 
-def metrics_legend(report: dict) -> dict[str, str]:
-    """METRICS_LEGEND, and a line for each test source's key."""
+def metrics_legend(by_source: dict) -> dict[str, str]:
+    """METRICS_LEGEND, and a line for each test source's key (`source_report`'s figures)."""
     lines = dict(METRICS_LEGEND)
-    for name, figures in report["sources"]["by_source"].items():
+    for name, figures in by_source.items():
         trained = figures["trained_on"]
         lines[source_metric_key(name, trained)] = (
             f"within-channel test ROC-AUC over source {name}'s channels alone"
@@ -404,8 +404,9 @@ def evaluate(graph_dir: Path, model_dir: Path, features: Path, combined: Path,
     graph = check_graph(graph_dir / GRAPH_FILE, combined / "clips", pd.concat([valid, test]))
     slope, intercept = platt_calibration(valid["y"].to_numpy(), valid["p"].to_numpy())
     threshold = choose_threshold(valid["y"].to_numpy(), valid["p"].to_numpy())
+    per_source = source_report(test, trained_sources(manifest))
     report = {
-        "metrics": METRICS_LEGEND,
+        "metrics": metrics_legend(per_source["sources"]["by_source"]),
         "graph": graph,
         "threshold": threshold,
         "operating_point": {"definition": OPERATING_POINT, "fit_on": "valid",
@@ -416,9 +417,8 @@ def evaluate(graph_dir: Path, model_dir: Path, features: Path, combined: Path,
         "test_by_source": by_group_with_ci(test, "source", threshold),
         "test_by_channel": by_group_with_ci(test, channel_names(test), threshold),
         **confound_report(test),
-        **source_report(test, trained_sources(manifest)),
+        **per_source,
     }
-    report["metrics"] = metrics_legend(report)
     report["test_size"] = test_size(test, report["headline"]["channels"])
     plots = {**curves(test, threshold), "auc_ci": auc_ci_rows(report)}
     atomic_write_text(report_out, json.dumps(report, indent=2) + "\n")
