@@ -168,6 +168,7 @@ def test_metrics_have_a_per_source_table_with_the_cross_source_row_marked(evalua
     assert ["`virufy`", "n/a", "only negative clips, no ROC-AUC", "5", "0", "yes"] in rows
     assert ["source leakage among negative clips (0.5 = none)", "0.830", "[0.770, 0.880]"] \
         in rows
+    assert "a held-out source counts like any other" in card  # how the headline combines
     data = section(card, "Training and evaluation data")
     assert ("trained on real cough recordings from: covid19-cough, virufy. Held out of "
             "training, to test it on recordings unlike those it learnt from: coswara.") in data

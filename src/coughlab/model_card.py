@@ -46,6 +46,14 @@ CROSS_SOURCE = (("covid19-cough",),
                 "for recordings made like the training data.")
 
 
+# What the per-source table shows, and how the headline combines the sources (card and PR report).
+PER_SOURCE = ("Per test source, the within-channel ROC-AUC over its own channels, with its test "
+              "subjects and positive subjects. The headline averages every channel of every test "
+              "source by subjects, so each source weighs by its test subjects and a held-out "
+              "source counts like any other. A source the model was not trained on (combine put "
+              "none of its clips in train) gives a **cross-source** figure.")
+
+
 def is_sample(derived: dict) -> bool:
     """Whether the model was trained on the embedded synthetic sample (and nothing else)."""
     return derived["data_sources"] == ["local"] and derived["data_md5"] == SAMPLE_DATA_MD5
@@ -177,10 +185,7 @@ def per_source(evaluation: dict) -> list[str]:
     table = source_table(evaluation)
     if not table:
         return []
-    return ["Per source: the headline's figure over each source's own channels (subjects, "
-            "positive subjects of its test split). A source the model was not trained on "
-            "(combine put none of its clips in train) gives a **cross-source** figure.", "",
-            *table, ""]
+    return [PER_SOURCE, "", *table, ""]
 
 
 def prevalence_rows(evaluation: dict) -> list[str]:

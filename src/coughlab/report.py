@@ -36,7 +36,7 @@ from pathlib import Path
 
 from coughlab.atomic import atomic_dir, atomic_write_text
 from coughlab.escape import markdown_text
-from coughlab.model_card import figure, source_table
+from coughlab.model_card import PER_SOURCE, figure, source_table
 
 OUT = Path("build/pr-report.md")
 METRICS_FILE = Path("reports/metrics.json")  # the numbers `dvc metrics diff` compares
@@ -243,12 +243,6 @@ def images_section(images: dict[str, list[str]], base: str, rev_name: str = WORK
     return "\n\n".join(f"**{plot}** ({base} and {rev_name})\n\n"
                         + "\n".join(f"![{plot}]({IMAGES}/{name})" for name in names)
                         for plot, names in images.items())
-
-
-PER_SOURCE = ("Per test source, the within-channel ROC-AUC over its own channels. The headline "
-              "averages every channel of every test source by subjects, so each source weighs "
-              "by its test subjects and a held-out source counts like any other; a held-out "
-              "source's row is its **cross-source** figure (trained on: no).")
 
 
 def figure_row(name: str, d: dict, key: str, sign: str = "") -> str:
