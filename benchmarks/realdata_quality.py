@@ -68,9 +68,20 @@ from coughlab.training import train_model
 from machine import machine_info, repo_relative
 
 REPO = Path(__file__).resolve().parents[1]
-REALDATA = REPO.parent / "shared" / "realdata" / "dev"
+SHARED = REPO.parent / "shared" / "realdata"
+# The real sources we have: two recording set-ups each in covid19-cough, many in Coswara.
+SOURCES = {"covid19-cough": SHARED / "dev", "coswara": SHARED / "dev-coswara"}
+REALDATA = SOURCES["covid19-cough"]
 RESULTS = REPO / "benchmarks" / "results"
 OOF_DIR = RESULTS / "realdata_oof"
+# What each design trains on and scores; every clip of its sources is scored exactly once.
+DESIGNS = {
+    "cv": "round 2: covid19-cough alone, 5-fold cross-validation",
+    "transfer": "leave one source out: train on one source (15 % of its subjects the valid "
+                "split), score every clip of the other; both directions",
+    "joint": "both sources, 5-fold cross-validation grouped by subject across sources, "
+             "stratified by source x channel x label, scored per source",
+}
 TELEPHONE = ["audio.sample_rate=8000", "audio.n_fft=512", "audio.hop_length=128",
              "audio.n_mels=40", "audio.f_min=300", "audio.f_max=3400",
              "audio.band_mean_norm=true"]
@@ -84,6 +95,7 @@ ONE = ["train.members=1", "train.epochs=10", "train.channel_augment.gain=0",
 BALANCED, CLASS_WEIGHTED = ["train.balance=channel_label"], ["train.balance=label"]
 CENTRE, WINDOWS = ["audio.windows=1"], ["audio.windows=5", "audio.max_seconds=30"]
 CHANNEL = ["train.channel_augment.gain=1.0", "train.channel_augment.tilt=0.5"]
+CMN = ["audio.band_mean_norm=true"]
 OPTIONS = {
     "baseline": ONE + CENTRE + CLASS_WEIGHTED,
     "telephone": ONE + CENTRE + TELEPHONE + CLASS_WEIGHTED,
@@ -91,7 +103,19 @@ OPTIONS = {
     "telephone+balanced": ONE + CENTRE + TELEPHONE + BALANCED,
     "balanced+windows": ONE + WINDOWS + BALANCED,
     "balanced+windows+channel-aug": ONE + WINDOWS + BALANCED + CHANNEL,
+    # Round 3, for a change of recording set-up: per-recording spectral normalisation; the
+    # bandwidth every set-up shares (call-center is 8 kHz) with it; both with channel
+    # augmentation.
+    "balanced+windows+cmn": ONE + WINDOWS + BALANCED + CMN,
+    "balanced+windows+narrowband": ONE + WINDOWS + BALANCED + TELEPHONE,
+    "balanced+windows+cmn+channel-aug": ONE + WINDOWS + BALANCED + CMN + CHANNEL,
+    # Only the loud events of each recording (its coughs), silence and quiet speech between
+    # them cut out before the windows are taken: a probe here (cough_events), not in the graph.
+    "balanced+windows+events": ONE + WINDOWS + BALANCED,
 }
+# Options that change the waveform before featurize, beyond what conf/ can say.
+EVENT_OPTIONS = {"balanced+windows+events"}
+EVENT_FRAME_S, EVENT_BELOW_PEAK_DB, EVENT_PAD_S, EVENT_MIN_S = 0.02, 20.0, 0.15, 0.5
 # What conf/ configures (audio.windows, train.balance, train.channel_augment).
 DEFAULT_OPTION = "balanced+windows"
 # The folds and valid splits: fixed, whatever the model seed (see the module docstring).
@@ -105,8 +129,15 @@ TARGETS = {"within_channel": 0.76, "within_channel_sd": 0.01, "leakage": 0.62,
            "threshold_sd": 0.03}
 
 
-def load_clips(data_dir: Path, quality) -> pd.DataFrame:
+def load_clips(data_dirs: list[Path], quality) -> pd.DataFrame:
     """Decode and quality-gate every clip as combine does; one row per kept clip, with `wave`."""
+    rows = []
+    for data_dir in data_dirs:
+        rows += load_folder(data_dir, quality)
+    return pd.DataFrame(rows)
+
+
+def load_folder(data_dir: Path, quality) -> list[dict]:
     labels = pd.read_csv(data_dir / "labels.csv", dtype=str, keep_default_na=False)
     rows = []
     for row in labels.to_dict("records"):
@@ -117,7 +148,7 @@ def load_clips(data_dir: Path, quality) -> pd.DataFrame:
         mono = to_mono(wave)
         if quality_problem(mono, sr, quality) is None:
             rows.append({**row, "orig_sr": sr, "orig_channels": wave.shape[0], "wave": mono})
-    return pd.DataFrame(rows)
+    return rows
 
 
 def duplicate_groups(clips: pd.DataFrame) -> pd.Series:
@@ -130,44 +161,73 @@ def duplicate_groups(clips: pd.DataFrame) -> pd.Series:
     return pd.Series(clips["subject_id"].to_numpy()[group], index=clips.index)
 
 
+def cough_events(wave: np.ndarray, sr: int) -> np.ndarray:
+    """The wave's loud events (frames within EVENT_BELOW_PEAK_DB of its loudest, padded by
+    EVENT_PAD_S each side) joined end to end; the whole wave if they last under EVENT_MIN_S."""
+    hop = max(1, int(EVENT_FRAME_S * sr))
+    frames = len(wave) // hop
+    if frames == 0:
+        return wave
+    power = np.square(wave[:frames * hop].reshape(frames, hop)).mean(axis=1)
+    level = 10 * np.log10(power + 1e-12)
+    loud = level >= level.max() - EVENT_BELOW_PEAK_DB
+    pad = int(EVENT_PAD_S / EVENT_FRAME_S)
+    keep = np.convolve(loud, np.ones(2 * pad + 1), mode="same") > 0
+    samples = np.repeat(keep, hop)
+    events = wave[:frames * hop][samples]
+    return events if len(events) >= EVENT_MIN_S * sr else wave
+
+
+def strata(clips: pd.DataFrame) -> pd.Series:
+    return clips["source"] + "/" + clips["channel"] + "/" + clips["label"]
+
+
 def folds(clips: pd.DataFrame, seed: int = CV_SEED) -> np.ndarray:
-    """Fold number per clip: grouped by subject group, stratified by channel x label."""
-    strata = clips["channel"] + "/" + clips["label"]
+    """Fold number per clip: grouped by subject group, stratified by source x channel x label."""
     fold = np.empty(len(clips), dtype=int)
     splitter = StratifiedGroupKFold(n_splits=FOLDS, shuffle=True, random_state=seed)
-    for k, (_, test) in enumerate(splitter.split(clips, strata, clips["group"])):
+    for k, (_, test) in enumerate(splitter.split(clips, strata(clips), clips["group"])):
         fold[test] = k
     return fold
 
 
 def hold_out_valid(clips: pd.DataFrame, seed: int = CV_SEED) -> np.ndarray:
     """True for the ~15 % of subject groups (stratified like the folds): the valid split."""
-    strata = clips["channel"] + "/" + clips["label"]
     splitter = StratifiedGroupKFold(n_splits=round(1 / VALID_FRACTION), shuffle=True,
                                     random_state=seed)
-    _, valid = next(splitter.split(clips, strata, clips["group"]))
+    _, valid = next(splitter.split(clips, strata(clips), clips["group"]))
     mask = np.zeros(len(clips), dtype=bool)
     mask[valid] = True
     return mask
 
 
 def write_split(path: Path, x: np.ndarray, clips: pd.DataFrame) -> None:
-    """A featurize-layout split (x `[clips, windows, 1, mels, frames]`) for train_model."""
+    """A featurize-layout split (x `[clips, windows, 1, mels, frames]`) for train_model; its
+    `channel` is source/channel, so balancing draws evenly from source x channel x label."""
     np.savez(path, x=x, y=clips["label"].map(LABELS.index).to_numpy(np.int8),
-             path=clips["path"].to_numpy(str), channel=clips["channel"].to_numpy(str))
+             path=clips["path"].to_numpy(str),
+             channel=(clips["source"] + "/" + clips["channel"]).to_numpy(str))
 
 
-def run_option(clips: pd.DataFrame, overrides: list[str], seed: int) -> pd.DataFrame:
-    """Out-of-fold P(positive) for every clip, plus each fold's valid-split predictions."""
-    params = params_from(compose(REPO / "conf", overrides + [f"seed={seed}"]))
+def test_masks(clips: pd.DataFrame, design: str) -> list[np.ndarray]:
+    """The clips each model of `design` scores (every clip once); it trains on the others."""
+    if design == "transfer":
+        return [(clips["source"] != source).to_numpy() for source in SOURCES]
+    fold = folds(clips)
+    return [fold == k for k in range(FOLDS)]
+
+
+def run_option(clips: pd.DataFrame, option: str, seed: int, design: str = "cv") -> pd.DataFrame:
+    """Out-of-fold P(positive) for every clip, plus each model's valid-split predictions."""
+    params = params_from(compose(REPO / "conf", OPTIONS[option] + [f"seed={seed}"]))
     audio = params.audio
     waves = [resample(w, sr, audio.sample_rate) for w, sr in zip(clips["wave"], clips["orig_sr"])]
+    if option in EVENT_OPTIONS:
+        waves = [cough_events(w, audio.sample_rate) for w in waves]
     x = featurize_waves(waves, audio, desc=f"featurize {audio.sample_rate} Hz")
-    fold = folds(clips)
     scored = []
-    for k in range(FOLDS):
+    for k, test in enumerate(test_masks(clips, design)):
         start = time.perf_counter()
-        test = fold == k
         rest = clips[~test].reset_index(drop=True)
         valid = hold_out_valid(rest)
         x_rest = x[~test]
@@ -177,27 +237,38 @@ def run_option(clips: pd.DataFrame, overrides: list[str], seed: int) -> pd.DataF
             write_split(tmp / "valid.npz", x_rest[valid], rest[valid])
             train_model(params, tmp, tmp / "model", tmp / "checkpoints")
             net, _ = load_model(tmp / "model" / "model.pt")
+        trained_on = "+".join(sorted(rest["source"].unique()))
         for part, mask_x, frame in (("test", x[test], clips[test]),
                                     ("valid", x_rest[valid], rest[valid])):
             scored.append(frame.drop(columns="wave").assign(
-                fold=k, part=part, seed=seed, p=predict_proba(net, mask_x)))
-        print(f"seed {seed} fold {k}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+                fold=k, part=part, seed=seed, trained_on=trained_on,
+                p=predict_proba(net, mask_x)))
+        print(f"{design} seed {seed} model {k} (trained on {trained_on}, {int((~test).sum())} "
+              f"clips): {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return pd.concat(scored, ignore_index=True)
 
 
-def run(options: list[str], seeds: list[int]) -> None:
+def design_sources(design: str) -> list[str]:
+    return ["covid19-cough"] if design == "cv" else list(SOURCES)
+
+
+def oof_file(design: str, option: str, seed: int) -> Path:
+    return OOF_DIR / design / f"{option}-seed{seed}.csv"
+
+
+def run(options: list[str], seeds: list[int], design: str = "cv") -> None:
     params = params_from(compose(REPO / "conf"))
-    clips = load_clips(REALDATA, params.data.quality)
+    clips = load_clips([SOURCES[s] for s in design_sources(design)], params.data.quality)
     print(f"{len(clips)} clips decoded", file=sys.stderr)
     clips["group"] = duplicate_groups(clips)
-    OOF_DIR.mkdir(parents=True, exist_ok=True)
     for name in options:
         for seed in seeds:
-            out = OOF_DIR / f"{name}-seed{seed}.csv"
+            out = oof_file(design, name, seed)
             if out.exists():
                 print(f"{out.name}: done already", file=sys.stderr)
                 continue
-            frame = run_option(clips, OPTIONS[name], seed)
+            frame = run_option(clips, name, seed, design)
+            out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_suffix(".tmp")
             frame.to_csv(tmp, index=False)
             tmp.replace(out)
@@ -412,7 +483,7 @@ def ensemble_results(name: str, frames: dict[int, pd.DataFrame], single_sd: floa
 
 def predictions(option: str, seeds: list[int]) -> dict[int, pd.DataFrame]:
     """The out-of-fold predictions `run` wrote for each of the seeds that has them."""
-    files = {seed: OOF_DIR / f"{option}-seed{seed}.csv" for seed in seeds}
+    files = {seed: oof_file("cv", option, seed) for seed in seeds}
     return {seed: pd.read_csv(f, dtype={"subject_id": str}) for seed, f in files.items()
             if f.exists()}
 
@@ -459,22 +530,218 @@ def report(options: list[str], seeds: list[int]) -> None:
     print(table(results))
 
 
+def source_rows(oof: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The test rows of one source, and the valid rows of the models that scored them."""
+    test = oof[(oof["part"] == "test") & (oof["source"] == source)]
+    valid = oof[(oof["part"] == "valid") & oof["fold"].isin(test["fold"].unique())]
+    return pd.concat([test, valid], ignore_index=True)
+
+
+def operating_point(oof: pd.DataFrame) -> dict[str, float]:
+    """Sensitivity and specificity on the test clips at each model's own threshold (the
+    pipeline's rule on that model's valid split): does the threshold carry over?"""
+    hits = {"tp": 0, "fn": 0, "tn": 0, "fp": 0}
+    for k, test in test_clips(oof).groupby("fold"):
+        valid = oof[(oof["part"] == "valid") & (oof["fold"] == k)]
+        threshold = choose_threshold((valid["label"] == LABELS[1]).astype(int), valid["p"])
+        predicted = test["p"] >= threshold
+        hits["tp"] += int((predicted & (test["y"] == 1)).sum())
+        hits["fn"] += int((~predicted & (test["y"] == 1)).sum())
+        hits["tn"] += int((~predicted & (test["y"] == 0)).sum())
+        hits["fp"] += int((predicted & (test["y"] == 0)).sum())
+    return {"sensitivity": hits["tp"] / max(hits["tp"] + hits["fn"], 1),
+            "specificity": hits["tn"] / max(hits["tn"] + hits["fp"], 1)}
+
+
+def source_figures(oof: pd.DataFrame, source: str, design: str) -> dict:
+    """One source's figures from one run: within-channel and overall ROC-AUC with subject
+    CIs, per channel, leakage where the source has two channels, the operating point, and
+    (where the models saw this source's set-ups) the margin over the metadata baseline."""
+    rows = source_rows(oof, source)
+    test = test_clips(rows)
+    figures = {"within_channel": with_ci(test, within_channel_auc, BOOTSTRAP),
+               "overall": with_ci(test, roc_auc, BOOTSTRAP), **operating_point(rows),
+               "clips": len(test), "positives": int(test["y"].sum()),
+               "subjects": int(test["subject_id"].nunique())}
+    for channel, frame in test.groupby("channel"):
+        figures[f"channel {channel}"] = with_ci(frame, roc_auc, BOOTSTRAP)
+    if test["channel"].nunique() > 1:
+        for k, label in enumerate(LABELS):
+            figures[f"leakage_{label}"] = with_ci(test[test["y"] == k], channel_auc, BOOTSTRAP)
+    if design != "transfer":
+        test = test.assign(baseline=fold_baseline(rows))
+        figures["margin"] = with_ci(test, within_channel_margin, BOOTSTRAP)
+    return figures
+
+
+def cross_source_figures(oof: pd.DataFrame) -> dict:
+    """Over both sources' clips: overall ROC-AUC, and how well the score tells the sources
+    apart within each label (0.5: not at all)."""
+    test = test_clips(oof)
+    figures = {"overall, both sources": with_ci(test, roc_auc, BOOTSTRAP)}
+    for k, label in enumerate(LABELS):
+        figures[f"source leakage, {label}"] = with_ci(
+            test[test["y"] == k].assign(channel=lambda f: f["source"]), channel_auc, BOOTSTRAP)
+    return figures
+
+
+def mean_over_runs(runs: list[dict]) -> dict:
+    """Mean (and sd over runs) of each figure; AUC-like figures with their mean CI bounds."""
+    out = {}
+    for name, first in runs[0].items():
+        if isinstance(first, dict):
+            values = [r[name]["roc_auc"] for r in runs if r[name]["roc_auc"] is not None]
+            if not values:
+                continue
+            out[name] = {"mean": statistics.mean(values),
+                         "sd": statistics.stdev(values) if len(values) > 1 else None,
+                         "ci_low": statistics.mean(r[name]["roc_auc_ci_low"] for r in runs),
+                         "ci_high": statistics.mean(r[name]["roc_auc_ci_high"] for r in runs)}
+        else:
+            out[name] = statistics.mean(r[name] for r in runs)
+    return out
+
+
+def source_gain(oof: pd.DataFrame, reference: pd.DataFrame, source: str) -> dict:
+    """Paired within-channel gain on one source's clips (both sides, same subject resamples)."""
+    return paired_gain(source_rows(oof, source), [source_rows(reference, source)])
+
+
+def mean_gain(gains: list[dict]) -> dict | None:
+    if not gains:
+        return None
+    return {"mean": statistics.mean(g["gain"] for g in gains),
+            "ci_low": statistics.mean(g["gain_ci_low"] for g in gains),
+            "ci_high": statistics.mean(g["gain_ci_high"] for g in gains), "runs": len(gains)}
+
+
+def option_by_source(frames: dict[int, pd.DataFrame], default: dict[int, pd.DataFrame],
+                     design: str, is_default: bool) -> dict:
+    """Per source: the mean over seeds of single models, and the ensemble of all seeds (xK);
+    each with its paired gain over the default option (singles: seed by seed; xK: against
+    the default's xK of the same seeds; the default's own xK: against its single models)."""
+    seeds = sorted(frames)
+    ensemble = ensemble_of([frames[s] for s in seeds])
+    shared = [s for s in seeds if s in default]
+    out = {}
+    for source in design_sources(design):
+        single = mean_over_runs([source_figures(frames[s], source, design) for s in seeds])
+        single["gain"] = None if is_default else mean_gain(
+            [source_gain(frames[s], default[s], source) for s in shared])
+        out[source] = {"single": single}
+        if len(seeds) > 1:
+            figures = mean_over_runs([source_figures(ensemble, source, design)])
+            if is_default:
+                figures["gain"] = mean_gain([paired_gain(source_rows(ensemble, source),
+                                                         [source_rows(frames[s], source)
+                                                          for s in seeds])])
+            elif shared == seeds:
+                figures["gain"] = mean_gain([source_gain(
+                    ensemble, ensemble_of([default[s] for s in seeds]), source)])
+            out[source][f"x{len(seeds)}"] = figures
+    if design != "cv":
+        out["cross-source"] = {"single": mean_over_runs([cross_source_figures(frames[s])
+                                                         for s in seeds])}
+        if len(seeds) > 1:
+            out["cross-source"][f"x{len(seeds)}"] = mean_over_runs(
+                [cross_source_figures(ensemble)])
+    return out
+
+
+def sources_table(design: str, results: dict) -> str:
+    def auc(f: dict | None) -> str:
+        if f is None:
+            return ""
+        sd = f" ± {f['sd']:.3f}" if f.get("sd") is not None else ""
+        return f"{f['mean']:.3f}{sd} [{f['ci_low']:.2f}, {f['ci_high']:.2f}]"
+
+    def gain(g: dict | None) -> str:
+        return "" if g is None else f"{g['mean']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]"
+
+    lines = [f"design {design}: {DESIGNS[design]}", "",
+             "| option | scored on | models | within-channel | overall | per channel | "
+             "leakage neg / pos | margin over metadata | within-channel gain, paired | "
+             "sens / spec at own threshold |", "|---" * 10 + "|"]
+    for option, by_source in results.items():
+        for source, kinds in by_source.items():
+            for kind, f in kinds.items():
+                name = option if kind == "single" else f"{option} {kind}"
+                if source == "cross-source":
+                    lines.append(f"| {name} | both (cross-source) | {kind} | | "
+                                 f"{auc(f.get('overall, both sources'))} | | "
+                                 f"{auc(f.get('source leakage, negative'))} / "
+                                 f"{auc(f.get('source leakage, positive'))} (source) | | | |")
+                    continue
+                channels = "; ".join(f"{k[8:]} {auc(v)}" for k, v in f.items()
+                                     if k.startswith("channel "))
+                leak = (f"{auc(f['leakage_negative'])} / {auc(f['leakage_positive'])}"
+                        if "leakage_negative" in f else "")
+                lines.append(
+                    f"| {name} | {source} ({f['clips']:.0f} clips, {f['positives']:.0f} pos) "
+                    f"| {kind} | {auc(f['within_channel'])} | {auc(f['overall'])} | "
+                    f"{channels} | {leak} | {auc(f.get('margin'))} | {gain(f.get('gain'))} | "
+                    f"{f['sensitivity']:.2f} / {f['specificity']:.2f} |")
+    return "\n".join(lines)
+
+
+def report_sources(design: str, options: list[str], seeds: list[int]) -> None:
+    """Score one design's out-of-fold predictions per source into realdata_sources.json
+    (each design keeps its own entry; a design or option without predictions here keeps
+    the committed figures)."""
+    result_file = RESULTS / "realdata_sources.json"
+    payload = json.loads(result_file.read_text()) if result_file.exists() else {
+        "benchmark": "realdata_sources", "designs": {}}
+    previous = payload["designs"].get(design, {}).get("options", {})
+    load = lambda option: {s: pd.read_csv(oof_file(design, option, s),  # noqa: E731
+                                          dtype={"subject_id": str, "group": str})
+                           for s in seeds if oof_file(design, option, s).exists()}
+    default = load(DEFAULT_OPTION)
+    results = {}
+    for option in options:
+        frames = load(option)
+        if not frames:
+            print(f"{option}: no predictions for design {design}; kept what was committed",
+                  file=sys.stderr)
+            if option in previous:
+                results[option] = previous[option]
+            continue
+        results[option] = option_by_source(frames, default, design, option == DEFAULT_OPTION)
+        results[option]["seeds"] = sorted(frames)
+    payload["designs"][design] = {
+        "description": DESIGNS[design],
+        "datasets": {s: repo_relative(SOURCES[s]) for s in design_sources(design)},
+        "protocol": f"folds and valid splits fixed by CV_SEED={CV_SEED}, grouped by subject "
+                    "group across sources, stratified by source x channel x label; "
+                    f"{BOOTSTRAP} subject-bootstrap resamples; 'xK': per-clip mean of K seeds",
+        "overrides": {o: OPTIONS[o] for o in results}, "options": results,
+        "machine": machine_info()}
+    atomic_write_text(result_file, json.dumps(payload, indent=2) + "\n")
+    print(sources_table(design, {o: {k: v for k, v in r.items() if k != "seeds"}
+                                 for o, r in results.items()}))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     parser.add_argument("phase", choices=["run", "report"])
+    parser.add_argument("--design", choices=list(DESIGNS), default="cv",
+                        help="; ".join(f"{k}: {v}" for k, v in DESIGNS.items()))
     parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44],
                         help="report: seeds missing for an option are left out, with a note")
     args = parser.parse_args(argv)
-    if not (REALDATA / "labels.csv").exists():
-        print(f"no real data at {REALDATA}; nothing to benchmark")
+    missing = [str(SOURCES[s]) for s in design_sources(args.design)
+               if not (SOURCES[s] / "labels.csv").exists()]
+    if missing:
+        print(f"no real data at {', '.join(missing)}; nothing to benchmark")
         return
     if args.phase == "run":
-        run(args.options, args.seeds)
-    else:
+        run(args.options, args.seeds, args.design)
+    elif args.design == "cv":
         report(args.options, args.seeds)
+    else:
+        report_sources(args.design, args.options, args.seeds)
 
 
 if __name__ == "__main__":
