@@ -120,6 +120,42 @@ def test_every_source_is_in_every_split_with_both_labels_where_it_can_be(seed):
     assert df.groupby("source")["split"].nunique().to_dict() == {"big": 3, "small": 3}
 
 
+def channel_cells_frame() -> pd.DataFrame:
+    """One source of two channels whose labels lean opposite ways (covid19-cough's call-center
+    and telegram), beside a source that names no channel; one clip per subject."""
+    cells = [("c19", "call", "positive", 30), ("c19", "call", "negative", 10),
+             ("c19", "tele", "positive", 8), ("c19", "tele", "negative", 32),
+             ("web", None, "positive", 10), ("web", None, "negative", 20)]
+    rows = [{"subject_id": f"{source}-{channel}-{label}-{i}", "source": source,
+             "channel": channel, "label": label, "path": f"{source}/{channel}/{label}/{i}.wav"}
+            for source, channel, label, n in cells for i in range(n)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_every_source_channel_label_cell_is_split_by_the_fractions(seed):
+    """Stratified by source x label only, the c19 positives were shuffled as one: seed 6 left
+    test without a telegram positive, seed 3 valid."""
+    df = channel_cells_frame()
+    fractions = {"valid": 0.15, "test": 0.15, "train": 0.7}
+    df["split"] = split_subjects(df, SplitConfig(valid=0.15, test=0.15), seed)
+    cell = [df["source"], df["channel"].fillna(df["source"]), df["label"]]
+    for key, part in df.groupby(cell):
+        for split, fraction in fractions.items():
+            count = int((part["split"] == split).sum())
+            assert abs(count - len(part) * fraction) <= 1, (key, split, count, len(part))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_three_subjects_of_a_label_reach_every_split_whatever_their_channels(seed):
+    """Cells of fewer than 3 groups are pooled per label: cut one by one, the 2 + 1 subjects
+    of each label here all stayed in train."""
+    df = labelled(["negative", "negative", "positive", "positive", "negative", "positive"])
+    df["channel"] = ["phone", "phone", "app", "app", "app", "phone"]
+    split = split_subjects(df, SplitConfig(valid=0.15, test=0.15), seed)
+    assert df.groupby(split)["label"].nunique().to_dict() == {"test": 2, "train": 2, "valid": 2}
+
+
 @pytest.mark.parametrize("n_subjects", [4, 5])
 def test_a_source_with_few_subjects_still_reaches_every_split(n_subjects):
     df = pd.concat([subjects_frame(40), subjects_frame(n_subjects, 1, "tiny", positive_every=3)],
@@ -163,10 +199,12 @@ def test_sample_data_still_splits_sensibly(tmp_path):
     assert subjects["valid"] >= 6 and subjects["test"] >= 6 and subjects["train"] >= 30
     for split, part in df.groupby("split"):
         assert set(part["label"]) == {"positive", "negative"}
-    # The same split as before combine checked its labels (build/combined is unchanged).
+    cells = df.groupby(["channel", "label"])["split"].nunique()
+    assert (cells == 3).all(), cells  # stratified by channel too: each cell in every split
+    # The split build/combined holds (since combine stratifies by channel as well, issue 26).
     assert df.groupby(["split", "label"]).size().to_dict() == {
-        ("test", "negative"): 19, ("test", "positive"): 18, ("train", "negative"): 84,
-        ("train", "positive"): 84, ("valid", "negative"): 16, ("valid", "positive"): 22}
+        ("test", "negative"): 23, ("test", "positive"): 22, ("train", "negative"): 80,
+        ("train", "positive"): 83, ("valid", "negative"): 16, ("valid", "positive"): 19}
 
 
 def labelled(labels: list[str], source: str = "own") -> pd.DataFrame:

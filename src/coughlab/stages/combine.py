@@ -17,7 +17,8 @@ data.quality.max_quarantine_fraction, which signals a broken source rather than 
 Splits are subject-disjoint (no person in two splits; possible duplicates of one person, by
 `person_fingerprint`, stay together; so do near-duplicate recordings, the same audio re-sent
 under another id, re-trimmed, re-encoded or rescaled, found across all sources by
-coughlab.duplicates) and stratified by source x label, from `seed`.
+coughlab.duplicates) and stratified by source x channel x label, from `seed` (a clip without a
+channel counts as its source's one channel).
 """
 from __future__ import annotations
 
@@ -87,21 +88,31 @@ def _majority(values: pd.Series) -> str:
     return values.value_counts().sort_index().idxmax()
 
 
+def recording_channels(df: pd.DataFrame) -> pd.Series:
+    """Each clip's channel; a clip without one counts as its source's one channel (as evaluate
+    and featurize count it)."""
+    channel = (df["channel"].fillna("").astype(str) if "channel" in df.columns
+               else pd.Series("", index=df.index))
+    return channel.where(channel != "", df["source"])
+
+
 def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int,
                    linked: list[tuple[str, str]] = ()) -> pd.Series:
     """Assign each row the split of its subject, seeded.
 
     Subject-disjoint, and possible duplicates of one person (equal person_fingerprint) and
     `linked` subject pairs (near-duplicate recordings) stay together. Stratified by source x
-    label: within each source, each label's groups are shuffled and cut by the split
-    fractions; then every source is made to appear in every split with a non-zero fraction,
-    or SplitError names the source with too few subjects.
-    A group's source and label are the majority of its clips. Every split in use must hold
-    clips of both labels (`check_labels`).
+    channel x label: within each source, each channel x label cell's groups are shuffled and
+    cut by the split fractions (`_cells`), so a channel whose labels lean one way is in every
+    split with both; then every source is made to appear in every split with a non-zero
+    fraction, or SplitError names the source with too few subjects.
+    A group's source, channel and label are the majority of its clips. Every split in use must
+    hold clips of both labels (`check_labels`).
     """
     groups = subject_groups(df, linked)
     row_group = df["subject_id"].map(groups)
-    strata = df.groupby(row_group).agg(source=("source", _majority), label=("label", _majority))
+    strata = df.assign(channel=recording_channels(df)).groupby(row_group).agg(
+        source=("source", _majority), channel=("channel", _majority), label=("label", _majority))
     fractions = {"test": split.test, "valid": split.valid}
     needed = ["train", *(name for name, f in fractions.items() if f > 0)]
     rng = np.random.default_rng(seed)
@@ -114,12 +125,11 @@ def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int,
                 f"duplicates of one person counted once); {len(needed)} are needed to put it in "
                 f"{', '.join(needed)}. Add recordings, leave it out of data.sources, or set "
                 "data.split.valid / data.split.test to 0.")
-        for label in sorted(in_source["label"].unique()):
-            members = sorted(in_source.index[in_source["label"] == label])
+        for members in _cells(in_source):
             members = [members[i] for i in rng.permutation(len(members))]
             n = len(members)
             counts = {name: int(round(n * f)) for name, f in fractions.items()}
-            if n >= 3:  # every split gets each label when there are enough people
+            if n >= 3:  # every split gets each cell when there are enough people
                 counts = {name: max(c, 1) if fractions[name] > 0 else 0
                           for name, c in counts.items()}
             for i, group in enumerate(members):
@@ -129,6 +139,19 @@ def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int,
     split_of_row = row_group.map(assignment)
     check_labels(df["label"], split_of_row, needed)
     return split_of_row
+
+
+def _cells(strata: pd.DataFrame) -> list[list[str]]:
+    """One source's groups by label, then channel: each channel x label cell of at least 3
+    groups is cut on its own, the smaller cells of a label pooled into one, so 3 independent
+    subjects of a label still reach every split however their channels spread them."""
+    cells = []
+    for _, in_label in strata.groupby("label", sort=True):
+        by_channel = [sorted(cell.index) for _, cell in in_label.groupby("channel", sort=True)]
+        cells += [members for members in by_channel if len(members) >= 3]
+        pooled = sorted(group for members in by_channel if len(members) < 3 for group in members)
+        cells += [pooled] if pooled else []
+    return cells
 
 
 def check_labels(labels: pd.Series, split_of_row: pd.Series, needed: list[str]) -> None:
