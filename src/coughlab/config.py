@@ -24,6 +24,8 @@ CONF_DIR = Path("conf")
 class SplitConfig:
     valid: float
     test: float
+    # Sources whose every clip goes to test (leave-one-source-out): train and valid never hear them.
+    held_out_sources: list[str]
 
 
 @dataclass

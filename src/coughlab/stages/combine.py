@@ -6,8 +6,9 @@ Outputs (build/combined/):
 - manifest.csv      one row per kept clip: labels.csv columns (path -> the wav, fetched_path the
                     original) + split, orig_sr, orig_channels, seconds
 - quarantine.csv    one row per rejected clip with its reason (unreadable, empty, silent, ...)
-- summary.json      counts per split x label x source, quarantine counts per reason, and the
-                    near-duplicate groups (re-sent recordings) that were made one subject
+- summary.json      counts per split x label x source, quarantine counts per reason, the
+                    near-duplicate groups (re-sent recordings) that were made one subject, and
+                    the sources held out (data.split.held_out_sources: in test only)
 
 Text starting like a spreadsheet formula (= + - @ tab CR) is written with a leading quote
 (coughlab.escape.csv_cell), so no spreadsheet opening these runs it.
@@ -18,7 +19,9 @@ Splits are subject-disjoint (no person in two splits; possible duplicates of one
 `person_fingerprint`, stay together; so do near-duplicate recordings, the same audio re-sent
 under another id, re-trimmed, re-encoded or rescaled, found across all sources by
 coughlab.duplicates) and stratified by source x channel x label, from `seed` (a clip without a
-channel counts as its source's one channel).
+channel counts as its source's one channel). Every clip of a source named in
+data.split.held_out_sources goes to test (a leave-one-source-out run), and so does any subject
+grouped with one of its clips.
 """
 from __future__ import annotations
 
@@ -105,7 +108,8 @@ def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int,
     channel x label: within each source, each channel x label cell's groups are shuffled and
     cut by the split fractions (`_cells`), so a channel whose labels lean one way is in every
     split with both; then every source is made to appear in every split with a non-zero
-    fraction, or SplitError names the source with too few subjects.
+    fraction, or SplitError names the source with too few subjects. Groups with a clip of a
+    source in `split.held_out_sources` go to test whole before any of that (`held_out_groups`).
     A group's source, channel and label are the majority of its clips. Every split in use must
     hold clips of both labels (`check_labels`).
     """
@@ -116,7 +120,9 @@ def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int,
     fractions = {"test": split.test, "valid": split.valid}
     needed = ["train", *(name for name, f in fractions.items() if f > 0)]
     rng = np.random.default_rng(seed)
-    assignment: dict[str, str] = {}
+    held_out = held_out_groups(df, row_group, split.held_out_sources)
+    assignment = {group: "test" for group in held_out}
+    strata = strata.drop(index=held_out)
     for source in sorted(strata["source"].unique()):
         in_source = strata[strata["source"] == source]
         if len(in_source) < len(needed):
@@ -137,8 +143,24 @@ def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int,
                                      "valid" if i < counts["test"] + counts["valid"] else "train")
         _cover_every_split(list(in_source.index), needed, assignment)
     split_of_row = row_group.map(assignment)
-    check_labels(df["label"], split_of_row, needed)
+    check_labels(df["label"], split_of_row, [*needed, *(["test"] if held_out else [])])
     return split_of_row
+
+
+def held_out_groups(df: pd.DataFrame, row_group: pd.Series, held_out: list[str]) -> list[str]:
+    """The groups with a clip of a held-out source: all of them go to test, so no recording
+    of those sources (nor a near-duplicate of one) is trained on; SplitError for a name that is
+    no source of the data, or for holding out every source."""
+    sources = sorted(df["source"].unique())
+    unknown = [name for name in held_out if name not in sources]
+    if unknown:
+        raise SplitError(f"data.split.held_out_sources names {', '.join(map(repr, unknown))}, "
+                         f"which is not a source in the data (sources: {', '.join(sources)})")
+    if sources and set(sources) <= set(held_out):
+        raise SplitError(f"data.split.held_out_sources holds out every source "
+                         f"({', '.join(sources)}): none is left to train on")
+    touches = df["source"].isin(held_out).groupby(row_group).any()
+    return sorted(touches.index[touches])
 
 
 def _cells(strata: pd.DataFrame) -> list[list[str]]:
@@ -280,6 +302,7 @@ def combine(src_dir: Path, out: Path, sample_rate: int, quality: QualityConfig,
                                   columns=["path", "label", "source", "reason", "detail"])
         write_csv(quarantine, tmp / "quarantine.csv")
         summary = {**summarize(manifest, quarantine, sample_rate),
+                   "held_out_sources": sorted(split.held_out_sources),
                    "near_duplicates": duplicate_report(manifest, pairs)}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"combine: kept {len(manifest)} clips, quarantined {len(quarantine)} "
