@@ -106,12 +106,12 @@ def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int,
     Subject-disjoint, and possible duplicates of one person (equal person_fingerprint) and
     `linked` subject pairs (near-duplicate recordings) stay together. Stratified by source x
     channel x label: within each source, each channel x label cell's groups are shuffled and
-    cut by the split fractions (`_cells`), so a channel whose labels lean one way is in every
-    split with both; then every source is made to appear in every split with a non-zero
-    fraction, or SplitError names the source with too few subjects. Groups with a clip of a
-    source in `split.held_out_sources` go to test whole before any of that (`held_out_groups`).
-    A group's source, channel and label are the majority of its clips. Every split in use must
-    hold clips of both labels (`check_labels`).
+    cut by the split fractions (`_cells`) from a stream seeded by `seed` and the source, so a
+    channel whose labels lean one way is in every split with both; then every source is made
+    to appear in every split with a non-zero fraction, or SplitError names the source with too
+    few subjects. Groups with a clip of a source in `split.held_out_sources` go to test whole
+    before any of that (`held_out_groups`). A group's source, channel and label are the
+    majority of its clips. Every split in use must hold clips of both labels (`check_labels`).
     """
     groups = subject_groups(df, linked)
     row_group = df["subject_id"].map(groups)
@@ -119,7 +119,6 @@ def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int,
         source=("source", _majority), channel=("channel", _majority), label=("label", _majority))
     fractions = {"test": split.test, "valid": split.valid}
     needed = ["train", *(name for name, f in fractions.items() if f > 0)]
-    rng = np.random.default_rng(seed)
     held_out = held_out_groups(df, row_group, split.held_out_sources)
     assignment = {group: "test" for group in held_out}
     strata = strata.drop(index=held_out)
@@ -131,6 +130,9 @@ def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int,
                 f"duplicates of one person counted once); {len(needed)} are needed to put it in "
                 f"{', '.join(needed)}. Add recordings, leave it out of data.sources, or set "
                 "data.split.valid / data.split.test to 0.")
+        # Each source its own stream: adding, dropping or holding out another source leaves
+        # this one's split as it was, so runs over different sources compare on it.
+        rng = np.random.default_rng([seed, *source.encode()])
         for members in _cells(in_source):
             members = [members[i] for i in rng.permutation(len(members))]
             n = len(members)
