@@ -35,6 +35,7 @@ def make_features(out: Path, n_per_split=(48, 16, 16), n_mels=64, frames=48, see
         x[y == 1, :, :, 20:28, :] += 1.5
         np.savez_compressed(out / f"{split}.npz", x=x, y=y.astype(np.int8),
                             path=np.array([f"{split}/{i}.wav" for i in range(n)]),
+                            source=np.full(n, "sample"),
                             channel=np.where(np.arange(n) % 3 == 0, "phone", "app"))
     return out
 

@@ -124,7 +124,7 @@ def test_combine_puts_resent_recordings_in_one_split_and_reports_the_group(tmp_p
     clips["b/resent.ogg"] = (0.3 * original[800:-400], "second", "negative")  # other source, too
     src = write_fetched(tmp_path / "fetched", clips)
     summary = combine(src, tmp_path / "out", 16000, conf().data.quality,
-                      SplitConfig(0.3, 0.3), seed)
+                      SplitConfig(0.3, 0.3, []), seed)
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
     split = dict(zip(manifest["subject_id"], manifest["split"]))
     assert split["first"] == split["second"]

@@ -31,6 +31,7 @@ def test_windows_over_the_whole_clip_per_split(tmp_path):
         assert npz["x"].shape == (2, 3, 1, cfg.n_mels, 188)
         assert list(npz["y"]) == [0, 1] and list(npz["path"]) == ["s/0.wav", "s/1.wav"]
         assert list(npz["channel"]) == ["phone", "phone"]
+        assert list(npz["source"]) == ["s", "s"]  # train balances over source x channel x label
         # a 1 s clip in 3 s windows: left-aligned, centred (signal in the middle, silence at
         # both ends: fit_length's window), right-aligned
         loud = npz["x"][0, :, 0].astype(np.float32).max(axis=1) > -5  # [windows, frames]

@@ -421,3 +421,138 @@ def test_any_text_in_labels_csv_lands_inert_and_reads_back_exactly(tmp_path_fact
     back = read_csv_cells(tmp_path / "out" / "labels.csv")
     for column in labels.columns:
         assert list(back[column]) == list(labels[column]), column
+
+
+# --- several labelled folders in one zone ---------------------------------------------------
+
+REALDATA = ROOT.parent / "shared" / "realdata"
+REAL_FOLDERS = ("dev", "dev-coswara")
+
+
+def two_folder_zone(zone: Path) -> DataConfig:
+    """A zone of two labelled sub-folders (no labels.csv of its own), each its own source,
+    one with the licence files a public source comes with."""
+    make_zone(zone / "theirs", [["clips/1.wav", "positive", "t1", "public", "web"],
+                                ["clips/2.wav", "negative", "t2", "public", "web"]])
+    make_zone(zone / "mine", [["1.wav", "negative", "m1", "own", "web"]])
+    (zone / "theirs" / "ATTRIBUTION.txt").write_text("Audio: someone, CC BY 4.0\n")
+    (zone / "theirs" / "LICENSE").write_text("CC BY 4.0\n")
+    (zone / "theirs" / "README.md").write_text("# theirs\n")
+    (zone / "theirs" / "notes.txt").write_text("not a licence\n")
+    (zone / "theirs" / "clips" / "LICENSE").write_text("not at the top\n")
+    return dataclasses.replace(DATA, local_dir=str(zone))
+
+
+def test_every_labelled_sub_folder_is_read_in_name_order_keeping_its_sources(tmp_path):
+    labels = fetch(["local"], two_folder_zone(tmp_path / "zone"), tmp_path / "out")
+    assert list(labels["path"]) == ["local/mine/1.wav", "local/theirs/clips/1.wav",
+                                    "local/theirs/clips/2.wav"]
+    assert list(labels["source"]) == ["own", "public", "public"]
+    assert ((tmp_path / "out/local/theirs/clips/2.wav").read_bytes()
+            == (tmp_path / "zone/theirs/clips/2.wav").read_bytes())
+
+
+def test_licence_files_at_the_top_of_a_labelled_folder_travel_with_its_clips(tmp_path):
+    fetch(["local"], two_folder_zone(tmp_path / "zone"), tmp_path / "out")
+    theirs = tmp_path / "out" / "local" / "theirs"
+    assert (theirs / "ATTRIBUTION.txt").read_text() == "Audio: someone, CC BY 4.0\n"
+    assert sorted(p.name for p in theirs.iterdir() if p.is_file()) == [
+        "ATTRIBUTION.txt", "LICENSE", "README.md"]
+    assert not (theirs / "clips" / "LICENSE").exists()
+
+
+def test_licence_files_of_a_single_labelled_folder_travel_too(tmp_path):
+    cfg = make_zone(tmp_path / "zone", GOOD)
+    (tmp_path / "zone" / "ATTRIBUTION.md").write_text("credit\n")
+    fetch(["local"], cfg, tmp_path / "out")
+    assert (tmp_path / "out" / "local" / "ATTRIBUTION.md").read_text() == "credit\n"
+
+
+def test_a_licence_file_linking_outside_its_folder_is_refused(tmp_path):
+    cfg = two_folder_zone(tmp_path / "zone")
+    (tmp_path / "secret").write_text("not data\n")
+    (tmp_path / "zone" / "theirs" / "README.md").unlink()
+    (tmp_path / "zone" / "theirs" / "README.md").symlink_to(tmp_path / "secret")
+    with pytest.raises(LabelsError, match="'README.md' points outside the data folder"):
+        fetch(["local"], cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_labels_csv_at_the_top_is_the_one_labelled_folder(tmp_path):
+    cfg = two_folder_zone(tmp_path / "zone")
+    make_zone(tmp_path / "zone", [["mine/1.wav", "positive", "m1", "own", "web"]], [])
+    labels = fetch(["local"], cfg, tmp_path / "out")
+    assert list(labels["path"]) == ["local/mine/1.wav"]
+
+
+def test_a_zone_with_neither_layout_names_both(tmp_path):
+    zone = tmp_path / "zone"
+    (zone / "unlabelled").mkdir(parents=True)
+    (zone / "unlabelled" / "a.wav").write_bytes(wav_bytes(tone(), 16000))
+    with pytest.raises(LabelsError) as caught:
+        fetch(["local"], dataclasses.replace(DATA, local_dir=str(zone)), tmp_path / "out")
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1, message
+    assert f"{zone}/labels.csv not found" in message
+    assert "no sub-folder of it holds a labels.csv" in message
+
+
+@pytest.mark.parametrize("row,reason", [
+    (["clips/3.wav", "maybe", "t3", "public", "web"], "label 'maybe' is not one of"),
+    (["../mine/1.wav", "positive", "t3", "public", "web"], "without '..'"),
+    (["link.wav", "positive", "t3", "public", "web"], "points outside the data folder"),
+])
+def test_a_mistake_in_one_labelled_folder_names_its_labels_csv_and_line(tmp_path, row, reason):
+    """Each folder is checked as a zone of its own: no path reaches into a sibling folder."""
+    zone = tmp_path / "zone"
+    cfg = two_folder_zone(zone)
+    (zone / "theirs" / "link.wav").symlink_to(zone / "mine" / "1.wav")
+    (zone / "theirs" / "clips" / "3.wav").write_bytes(wav_bytes(tone(), 16000))
+    with open(zone / "theirs" / "labels.csv", "a", newline="") as fh:
+        csv.writer(fh).writerow(row)
+    with pytest.raises(LabelsError) as caught:
+        fetch(["local"], cfg, tmp_path / "out")
+    problem = str(caught.value).splitlines()[-1]
+    assert f"{zone}/theirs/labels.csv line 4: " in problem and reason in problem, problem
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_file_hard_linked_into_two_labelled_folders_is_a_duplicate(tmp_path):
+    zone = tmp_path / "zone"
+    cfg = two_folder_zone(zone)
+    os.link(zone / "mine" / "1.wav", zone / "theirs" / "copy.wav")
+    with open(zone / "theirs" / "labels.csv", "a", newline="") as fh:
+        csv.writer(fh).writerow(["copy.wav", "negative", "t3", "public", "web"])
+    with pytest.raises(LabelsError, match=rf"{zone}/theirs/labels.csv line 4: 'copy.wav' is the "
+                                          rf"same file as 'mine/1.wav' \({zone}/mine/labels.csv "
+                                          r"line 2\)"):
+        fetch(["local"], cfg, tmp_path / "out")
+
+
+def test_unlisted_audio_is_named_per_labelled_folder_and_outside_them(tmp_path, capsys):
+    zone = tmp_path / "zone"
+    cfg = two_folder_zone(zone)
+    for extra in ("theirs/clips/9.wav", "mine/8.wav", "loose/7.wav"):
+        (zone / extra).parent.mkdir(parents=True, exist_ok=True)
+        (zone / extra).write_bytes(wav_bytes(tone(), 16000))
+    fetch(["local"], cfg, tmp_path / "out")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "WARNING" in line]
+    assert len(warnings) == 3, warnings
+    mine, theirs, loose = warnings
+    assert f"not in {zone}/mine/labels.csv" in mine and mine.endswith("left out: 8.wav; add a "
+                                                                     "row for each to use it")
+    assert f"not in {zone}/theirs/labels.csv" in theirs and "left out: clips/9.wav;" in theirs
+    assert "in no labelled folder" in loose and "left out: loose/7.wav;" in loose
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all((REALDATA / name / "labels.csv").is_file() for name in REAL_FOLDERS),
+                    reason="the shared real-data folders are not on this machine")
+def test_the_shared_real_data_zone_is_two_sources_with_coswaras_attribution(tmp_path):
+    """`-S data.local_dir=../shared/realdata -S 'data.sources=[local]'`: covid19-cough and
+    Coswara in one run, Coswara's attribution beside its clips."""
+    labels = fetch(["local"], dataclasses.replace(DATA, local_dir=str(REALDATA)), tmp_path / "out")
+    assert sorted(labels["source"].unique()) == ["coswara", "covid19-cough"]
+    assert set(labels["path"].str.split("/").str[1]) == set(REAL_FOLDERS)
+    assert ((tmp_path / "out/local/dev-coswara/ATTRIBUTION.txt").read_bytes()
+            == (REALDATA / "dev-coswara" / "ATTRIBUTION.txt").read_bytes())

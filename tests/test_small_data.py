@@ -108,6 +108,6 @@ def test_all_positive_recordings_stop_at_combine_in_one_line(tmp_path, monkeypat
         combine_stage.main(["--in", "data", "--out", "combined"])
     message = str(stopped.value)
     assert message.startswith("combine: every split in use needs clips of both labels")
-    assert message.endswith("train: 0 negative, 14 positive; valid: 0 negative, 3 positive; "
-                            "test: 0 negative, 3 positive")
+    assert message.endswith("train: 0 negative, 12 positive; valid: 0 negative, 4 positive; "
+                            "test: 0 negative, 4 positive")  # 2 of each channel's 10 apiece
     assert not (tmp_path / "combined").exists()

@@ -326,6 +326,22 @@ def test_channel_label_balance_draws_batches_evenly_from_each_cell(tmp_path):
     assert sorted(np.round(plain_shares, 2)) == [0.17, 0.17, 0.33, 0.33]  # as in the data
 
 
+def test_channel_label_balance_counts_one_channel_name_of_two_sources_as_two_cells(tmp_path):
+    """Coswara's and another source's "web" are two recording channels: pooled as one, the
+    small source's clips were drawn 4 times less often than the large one's."""
+    features = make_features(tmp_path / "features", n_per_split=(100, 8, 8))
+    with np.load(features / "train.npz") as npz:
+        arrays = dict(npz)
+    arrays["channel"] = np.full(100, "web")
+    arrays["source"] = np.where(np.arange(100) < 80, "coswara", "mine")
+    np.savez_compressed(features / "train.npz", **arrays)
+    dls, _ = training.dataloaders(features, 8, seed=0, balance="channel_label")
+    drawn = np.concatenate([dls.train.get_idxs() for _ in range(200)])
+    cells = [f"{s}|{label}" for s, label in zip(arrays["source"][drawn], arrays["y"][drawn])]
+    shares = np.unique(cells, return_counts=True)[1] / len(cells)
+    assert len(shares) == 4 and np.abs(shares - 0.25).max() < 0.01, shares
+
+
 def test_unknown_balance_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="train.balance='source'.*label or channel_label"):
         training.dataloaders(make_features(tmp_path / "f", n_per_split=(4, 2, 2)), 2, 0, "source")

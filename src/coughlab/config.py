@@ -24,6 +24,8 @@ CONF_DIR = Path("conf")
 class SplitConfig:
     valid: float
     test: float
+    # Sources whose every clip goes to test (leave-one-source-out): train and valid never hear them.
+    held_out_sources: list[str]
 
 
 @dataclass
@@ -174,7 +176,7 @@ class TrainConfig:
     # Networks trained (seeds seed, seed + 1, ...) and shipped as one averaged ensemble.
     members: int
     # label: class-weighted loss. channel_label: batches drawn evenly from every
-    # channel x label cell, so the recording channel predicts nothing about the label.
+    # source x channel x label cell, so the recording channel predicts nothing about the label.
     balance: str
     # See conf/train/sagemaker.yaml.
     sagemaker: SageMakerConfig

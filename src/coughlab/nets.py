@@ -68,7 +68,7 @@ class Ensemble(nn.Module):
 
 def load_split(features_dir: Path, split: str) -> dict[str, np.ndarray]:
     """A featurized split: `x` float32 `[clips, windows, 1, mels, frames]`, `y`, `path`,
-    `channel`."""
+    `source`, `channel`."""
     with np.load(Path(features_dir) / f"{split}.npz") as npz:
         return {k: npz[k] for k in npz.files}
 

@@ -80,8 +80,9 @@ def dataloaders(features_dir: Path, batch_size: int, seed: int, balance: str = "
     """fastai DataLoaders over the featurized train and valid splits, and the loss's class weights.
 
     balance="label" weights the loss by inverse class frequency. balance="channel_label" draws
-    training batches evenly from every channel x label cell instead: in the data the model
-    sees, the recording channel then says nothing about the label, so learning it cannot pay.
+    training batches evenly from every source x channel x label cell instead: in the data the
+    model sees, the recording channel then says nothing about the label, so learning it cannot
+    pay. Channels are told apart by source too: two sources' "web" are two ways of recording.
     Training batches hold `training_batch_size` clips; validation batches `batch_size`.
     """
     train, valid = load_split(features_dir, "train"), load_split(features_dir, "valid")
@@ -112,7 +113,7 @@ def dataloaders(features_dir: Path, batch_size: int, seed: int, balance: str = "
         class_weights = counts.sum() / (len(LABELS) * np.maximum(counts, 1))
         dls = block.dataloaders(items, num_workers=0, **sizes)
     elif balance == "channel_label":
-        wgts = np.concatenate([cell_weights([train["channel"], train["y"]]),
+        wgts = np.concatenate([cell_weights([train["source"], train["channel"], train["y"]]),
                                np.ones(len(valid["y"]))])
         class_weights = np.ones(len(LABELS), np.float32)
         dls = block.weighted_dataloaders(items, wgts, num_workers=0, **sizes)

@@ -6,8 +6,9 @@ Outputs (build/combined/):
 - manifest.csv      one row per kept clip: labels.csv columns (path -> the wav, fetched_path the
                     original) + split, orig_sr, orig_channels, seconds
 - quarantine.csv    one row per rejected clip with its reason (unreadable, empty, silent, ...)
-- summary.json      counts per split x label x source, quarantine counts per reason, and the
-                    near-duplicate groups (re-sent recordings) that were made one subject
+- summary.json      counts per split x label x source, quarantine counts per reason, the
+                    near-duplicate groups (re-sent recordings) that were made one subject, and
+                    the sources held out (data.split.held_out_sources: in test only)
 
 Text starting like a spreadsheet formula (= + - @ tab CR) is written with a leading quote
 (coughlab.escape.csv_cell), so no spreadsheet opening these runs it.
@@ -17,7 +18,10 @@ data.quality.max_quarantine_fraction, which signals a broken source rather than 
 Splits are subject-disjoint (no person in two splits; possible duplicates of one person, by
 `person_fingerprint`, stay together; so do near-duplicate recordings, the same audio re-sent
 under another id, re-trimmed, re-encoded or rescaled, found across all sources by
-coughlab.duplicates) and stratified by source x label, from `seed`.
+coughlab.duplicates) and stratified by source x channel x label, from `seed` (a clip without a
+channel counts as its source's one channel). Every clip of a source named in
+data.split.held_out_sources goes to test (a leave-one-source-out run), and so does any subject
+grouped with one of its clips.
 """
 from __future__ import annotations
 
@@ -87,25 +91,37 @@ def _majority(values: pd.Series) -> str:
     return values.value_counts().sort_index().idxmax()
 
 
+def recording_channels(df: pd.DataFrame) -> pd.Series:
+    """Each clip's channel; a clip without one counts as its source's one channel (as evaluate
+    and featurize count it)."""
+    channel = (df["channel"].fillna("").astype(str) if "channel" in df.columns
+               else pd.Series("", index=df.index))
+    return channel.where(channel != "", df["source"])
+
+
 def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int,
                    linked: list[tuple[str, str]] = ()) -> pd.Series:
     """Assign each row the split of its subject, seeded.
 
     Subject-disjoint, and possible duplicates of one person (equal person_fingerprint) and
     `linked` subject pairs (near-duplicate recordings) stay together. Stratified by source x
-    label: within each source, each label's groups are shuffled and cut by the split
-    fractions; then every source is made to appear in every split with a non-zero fraction,
-    or SplitError names the source with too few subjects.
-    A group's source and label are the majority of its clips. Every split in use must hold
-    clips of both labels (`check_labels`).
+    channel x label: within each source, each channel x label cell's groups are shuffled and
+    cut by the split fractions (`_cells`) from a stream seeded by `seed` and the source, so a
+    channel whose labels lean one way is in every split with both; then every source is made
+    to appear in every split with a non-zero fraction, or SplitError names the source with too
+    few subjects. Groups with a clip of a source in `split.held_out_sources` go to test whole
+    before any of that (`held_out_groups`). A group's source, channel and label are the
+    majority of its clips. Every split in use must hold clips of both labels (`check_labels`).
     """
     groups = subject_groups(df, linked)
     row_group = df["subject_id"].map(groups)
-    strata = df.groupby(row_group).agg(source=("source", _majority), label=("label", _majority))
+    strata = df.assign(channel=recording_channels(df)).groupby(row_group).agg(
+        source=("source", _majority), channel=("channel", _majority), label=("label", _majority))
     fractions = {"test": split.test, "valid": split.valid}
     needed = ["train", *(name for name, f in fractions.items() if f > 0)]
-    rng = np.random.default_rng(seed)
-    assignment: dict[str, str] = {}
+    held_out = held_out_groups(df, row_group, split.held_out_sources)
+    assignment = {group: "test" for group in held_out}
+    strata = strata.drop(index=held_out)
     for source in sorted(strata["source"].unique()):
         in_source = strata[strata["source"] == source]
         if len(in_source) < len(needed):
@@ -114,12 +130,14 @@ def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int,
                 f"duplicates of one person counted once); {len(needed)} are needed to put it in "
                 f"{', '.join(needed)}. Add recordings, leave it out of data.sources, or set "
                 "data.split.valid / data.split.test to 0.")
-        for label in sorted(in_source["label"].unique()):
-            members = sorted(in_source.index[in_source["label"] == label])
+        # Each source its own stream: adding, dropping or holding out another source leaves
+        # this one's split as it was, so runs over different sources compare on it.
+        rng = np.random.default_rng([seed, *source.encode()])
+        for members in _cells(in_source):
             members = [members[i] for i in rng.permutation(len(members))]
             n = len(members)
             counts = {name: int(round(n * f)) for name, f in fractions.items()}
-            if n >= 3:  # every split gets each label when there are enough people
+            if n >= 3:  # every split gets each cell when there are enough people
                 counts = {name: max(c, 1) if fractions[name] > 0 else 0
                           for name, c in counts.items()}
             for i, group in enumerate(members):
@@ -127,8 +145,37 @@ def split_subjects(df: pd.DataFrame, split: SplitConfig, seed: int,
                                      "valid" if i < counts["test"] + counts["valid"] else "train")
         _cover_every_split(list(in_source.index), needed, assignment)
     split_of_row = row_group.map(assignment)
-    check_labels(df["label"], split_of_row, needed)
+    check_labels(df["label"], split_of_row, [*needed, *(["test"] if held_out else [])])
     return split_of_row
+
+
+def held_out_groups(df: pd.DataFrame, row_group: pd.Series, held_out: list[str]) -> list[str]:
+    """The groups with a clip of a held-out source: all of them go to test, so no recording
+    of those sources (nor a near-duplicate of one) is trained on; SplitError for a name that is
+    no source of the data, or for holding out every source."""
+    sources = sorted(df["source"].unique())
+    unknown = [name for name in held_out if name not in sources]
+    if unknown:
+        raise SplitError(f"data.split.held_out_sources names {', '.join(map(repr, unknown))}, "
+                         f"which is not a source in the data (sources: {', '.join(sources)})")
+    if sources and set(sources) <= set(held_out):
+        raise SplitError(f"data.split.held_out_sources holds out every source "
+                         f"({', '.join(sources)}): none is left to train on")
+    touches = df["source"].isin(held_out).groupby(row_group).any()
+    return sorted(touches.index[touches])
+
+
+def _cells(strata: pd.DataFrame) -> list[list[str]]:
+    """One source's groups by label, then channel: each channel x label cell of at least 3
+    groups is cut on its own, the smaller cells of a label pooled into one, so 3 independent
+    subjects of a label still reach every split however their channels spread them."""
+    cells = []
+    for _, in_label in strata.groupby("label", sort=True):
+        by_channel = [sorted(cell.index) for _, cell in in_label.groupby("channel", sort=True)]
+        cells += [members for members in by_channel if len(members) >= 3]
+        pooled = sorted(group for members in by_channel if len(members) < 3 for group in members)
+        cells += [pooled] if pooled else []
+    return cells
 
 
 def check_labels(labels: pd.Series, split_of_row: pd.Series, needed: list[str]) -> None:
@@ -257,6 +304,7 @@ def combine(src_dir: Path, out: Path, sample_rate: int, quality: QualityConfig,
                                   columns=["path", "label", "source", "reason", "detail"])
         write_csv(quarantine, tmp / "quarantine.csv")
         summary = {**summarize(manifest, quarantine, sample_rate),
+                   "held_out_sources": sorted(split.held_out_sources),
                    "near_duplicates": duplicate_report(manifest, pairs)}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"combine: kept {len(manifest)} clips, quarantined {len(quarantine)} "

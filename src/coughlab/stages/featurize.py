@@ -4,8 +4,9 @@ Writes build/features/{train,valid,test}.npz with `x` (float32 [n, audio.windows
 frames]: audio.windows windows of audio.clip_seconds evenly spaced over the clip's centred
 audio.max_seconds; float16 would move P(positive) by more than the Lambda parity gate
 allows), `y` (0 = negative,
-1 = positive), `path` (the manifest path, to join back source/channel) and `channel` (the
-recording channel, or the source where there is none: train can balance over it).
+1 = positive), `path` (the manifest path, to join back the manifest's columns), `source` and
+`channel` (the recording channel, or the source where there is none): train balances over
+source x channel x label, so two sources' channels of one name (both "web") stay two.
 The windows are those the exported graph cuts (coughlab.features.WindowedFeaturizer), so
 offline metrics are the metrics of the deployed graph.
 
@@ -80,6 +81,7 @@ def featurize(src: Path, out: Path, cfg: AudioConfig) -> dict[str, int]:
                                 f"featurize {split}")
             y = rows["label"].map(LABELS.index).to_numpy(np.int8)
             np.savez_compressed(tmp / f"{split}.npz", x=x, y=y, path=rows["path"].to_numpy(str),
+                                source=rows["source"].to_numpy(str),
                                 channel=rows["channel"].to_numpy(str))
             counts[split] = len(rows)
     print(f"featurize: {counts}")
