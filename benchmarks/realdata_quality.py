@@ -115,7 +115,7 @@ OPTIONS = {
 }
 # Options that change the waveform before featurize, beyond what conf/ can say.
 EVENT_OPTIONS = {"balanced+windows+events"}
-EVENT_FRAME_S, EVENT_BELOW_PEAK_DB, EVENT_PAD_S, EVENT_MIN_S = 0.02, 20.0, 0.15, 0.5
+EVENT_FRAME_S, EVENT_BELOW_PEAK_DB, EVENT_PAD_S, EVENT_MIN_S = 0.02, 20.0, 0.14, 0.5
 # What conf/ configures (audio.windows, train.balance, train.channel_augment).
 DEFAULT_OPTION = "balanced+windows"
 # The folds and valid splits: fixed, whatever the model seed (see the module docstring).
@@ -172,7 +172,7 @@ def cough_events(wave: np.ndarray, sr: int) -> np.ndarray:
     level = 10 * np.log10(power + 1e-12)
     loud = level >= level.max() - EVENT_BELOW_PEAK_DB
     pad = int(EVENT_PAD_S / EVENT_FRAME_S)
-    keep = np.convolve(loud, np.ones(2 * pad + 1), mode="same") > 0
+    keep = np.convolve(loud, np.ones(2 * pad + 1))[pad:pad + frames] > 0
     samples = np.repeat(keep, hop)
     events = wave[:frames * hop][samples]
     return events if len(events) >= EVENT_MIN_S * sr else wave
