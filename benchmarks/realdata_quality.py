@@ -202,11 +202,11 @@ def hold_out_valid(clips: pd.DataFrame, seed: int = CV_SEED) -> np.ndarray:
 
 
 def write_split(path: Path, x: np.ndarray, clips: pd.DataFrame) -> None:
-    """A featurize-layout split (x `[clips, windows, 1, mels, frames]`) for train_model; its
-    `channel` is source/channel, so balancing draws evenly from source x channel x label."""
+    """A featurize-layout split (x `[clips, windows, 1, mels, frames]`) for train_model, which
+    balances its batches over source x channel x label."""
     np.savez(path, x=x, y=clips["label"].map(LABELS.index).to_numpy(np.int8),
-             path=clips["path"].to_numpy(str),
-             channel=(clips["source"] + "/" + clips["channel"]).to_numpy(str))
+             path=clips["path"].to_numpy(str), source=clips["source"].to_numpy(str),
+             channel=clips["channel"].to_numpy(str))
 
 
 def test_masks(clips: pd.DataFrame, design: str) -> list[np.ndarray]:
@@ -713,6 +713,8 @@ def report_sources(design: str, options: list[str], seeds: list[int]) -> None:
         "protocol": f"folds and valid splits fixed by CV_SEED={CV_SEED}, grouped by subject "
                     "group across sources, stratified by source x channel x label; "
                     f"{BOOTSTRAP} subject-bootstrap resamples; 'xK': per-clip mean of K seeds",
+        "default": DEFAULT_OPTION,
+        "default_members": params_from(compose(REPO / "conf", ["ensemble=full"])).train.members,
         "overrides": {o: OPTIONS[o] for o in results}, "options": results,
         "machine": machine_info()}
     atomic_write_text(result_file, json.dumps(payload, indent=2) + "\n")

@@ -306,3 +306,15 @@ def test_one_source_adds_its_entry_and_nothing_else_and_the_same_bytes_each_run(
     assert "source_leakage" not in report  # one source: nothing to tell apart
     assert report["sources"]["by_source"]["src"]["trained_on"] is True
     assert set(report["test_by_channel"]) == {"app", "phone"}  # channel names as before
+
+
+def test_a_source_with_too_few_test_subjects_of_a_label_says_so(tmp_path, monkeypatch, capsys):
+    cells = (*ONE_SOURCE, ("few", "web", 1 / 10, SPLITS))
+    report, _ = run_evaluate(tmp_path, monkeypatch, lambda y, *_: 0.2 + 0.6 * y, cells=cells)
+    sources = report["sources"]["by_source"]
+    few = sources["few"]["test_size"]
+    assert (few["sufficient"], few["subjects"]) == (False, {"negative": 18, "positive": 2})
+    assert few["warning"].startswith("WARNING: source few's test clips are too small")
+    assert sources["src"]["test_size"]["warning"] is None
+    assert report["test_size"]["warning"] is None  # the split as a whole is big enough
+    assert few["warning"] in capsys.readouterr().out

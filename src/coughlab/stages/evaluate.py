@@ -199,14 +199,16 @@ def check_graph(graph: Path, clips: Path, scored: pd.DataFrame) -> dict:
             "tolerance": GRAPH_TOLERANCE, "compared": GRAPH_COMPARED}
 
 
-def test_size(test: pd.DataFrame, headline_channels: dict) -> dict:
-    """Whether the test split can support its numbers (TEST_SIZE_RULE), and a warning if not."""
+def test_size(test: pd.DataFrame, headline_channels: dict,
+              what: str = "the test split is") -> dict:
+    """Whether the test split, or one source's test clips (`what`, with its verb), can support
+    its numbers (TEST_SIZE_RULE), and a warning if not."""
     subjects = {name: int(test.loc[test["y"] == k, "subject_id"].nunique())
                 for k, name in enumerate(LABELS)}
     sufficient = (min(subjects.values()) >= MIN_TEST_SUBJECTS_PER_LABEL
                   and bool(headline_channels))
     warning = None if sufficient else (
-        f"WARNING: the test split is too small to support these numbers: "
+        f"WARNING: {what} too small to support these numbers: "
         f"{subjects['negative']} negative and {subjects['positive']} positive subjects "
         f"(rule: {TEST_SIZE_RULE}); treat every figure and CI here as anecdotal.")
     return {"rule": TEST_SIZE_RULE, "subjects": subjects, "sufficient": sufficient,
@@ -282,6 +284,8 @@ def source_figures(source: pd.DataFrame, trained_on: bool) -> dict:
         "channels": breakdown["used"], "skipped_channels": breakdown["skipped"],
         "channel_leakage": ({name: ci(source[source["y"] == k], channel_auc)
                              for k, name in enumerate(LABELS)} if several_channels else None),
+        "test_size": test_size(source, breakdown["used"],
+                               f"source {source['source'].iloc[0]}'s test clips are"),
     }
 
 
@@ -376,7 +380,10 @@ def verdict_lines(report: dict) -> list[str]:
                   + (fig(s, "within_channel_roc_auc") if s["no_roc_auc"] is None
                      else f"n/a ({s['no_roc_auc']})") + f", {s['subjects']} subjects"
                   for name, s in sources.items()]
-    return lines + [w for w in (report["test_size"]["warning"], m["warning"]) if w]
+    source_warnings = [s["test_size"]["warning"] for s in sources.values()
+                       if len(sources) >= 2 and s["test_size"]["warning"]]
+    return lines + [w for w in (report["test_size"]["warning"], m["warning"]) if w] + \
+        source_warnings
 
 
 def headline_metrics(report: dict) -> dict[str, float | None]:

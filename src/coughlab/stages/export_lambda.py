@@ -51,7 +51,6 @@ from coughlab.export import GRAPH_FILE, INPUT_NAME, OUTPUT_NAME  # noqa: E402
 from coughlab.model_card import (  # noqa: E402
     MODEL_CARD,
     data_summary,
-    held_out,
     model_card,
     trained_on,
 )
@@ -149,7 +148,7 @@ def export_lambda(graph_dir: Path, model_dir: Path, evaluation_json: Path, combi
             "model_card": MODEL_CARD,
             # One sentence the recording page shows: synthetic sample or which real sources
             # (a source evaluate found no train clips of named as held out).
-            "trained_on": trained_on(derived_from, held_out(evaluation)),
+            "trained_on": trained_on(derived_from, evaluation),
             "provenance": derived_from,
         }
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
