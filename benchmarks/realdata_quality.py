@@ -590,13 +590,14 @@ def mean_over_runs(runs: list[dict]) -> dict:
     out = {}
     for name, first in runs[0].items():
         if isinstance(first, dict):
-            values = [r[name]["roc_auc"] for r in runs if r[name]["roc_auc"] is not None]
-            if not values:
+            defined = [r[name] for r in runs if r[name]["roc_auc_ci_low"] is not None]
+            if not defined:
                 continue
+            values = [f["roc_auc"] for f in defined]
             out[name] = {"mean": statistics.mean(values),
                          "sd": statistics.stdev(values) if len(values) > 1 else None,
-                         "ci_low": statistics.mean(r[name]["roc_auc_ci_low"] for r in runs),
-                         "ci_high": statistics.mean(r[name]["roc_auc_ci_high"] for r in runs)}
+                         "ci_low": statistics.mean(f["roc_auc_ci_low"] for f in defined),
+                         "ci_high": statistics.mean(f["roc_auc_ci_high"] for f in defined)}
         else:
             out[name] = statistics.mean(r[name] for r in runs)
     return out
@@ -613,6 +614,15 @@ def mean_gain(gains: list[dict]) -> dict | None:
     return {"mean": statistics.mean(g["gain"] for g in gains),
             "ci_low": statistics.mean(g["gain_ci_low"] for g in gains),
             "ci_high": statistics.mean(g["gain_ci_high"] for g in gains), "runs": len(gains)}
+
+
+def gain_over_one_source(frames: dict[int, pd.DataFrame], option: str) -> dict | None:
+    """joint only: on covid19-cough's clips, the paired within-channel gain of training on
+    both sources over training on covid19-cough alone (design cv), same option and seeds."""
+    alone = {s: pd.read_csv(oof_file("cv", option, s), dtype={"subject_id": str, "group": str})
+             for s in frames if oof_file("cv", option, s).exists()}
+    return mean_gain([paired_gain(source_rows(frames[s], "covid19-cough"), [alone[s]])
+                      for s in alone])
 
 
 def option_by_source(frames: dict[int, pd.DataFrame], default: dict[int, pd.DataFrame],
@@ -679,7 +689,10 @@ def sources_table(design: str, results: dict) -> str:
                 lines.append(
                     f"| {name} | {source} ({f['clips']:.0f} clips, {f['positives']:.0f} pos) "
                     f"| {kind} | {auc(f['within_channel'])} | {auc(f['overall'])} | "
-                    f"{channels} | {leak} | {auc(f.get('margin'))} | {gain(f.get('gain'))} | "
+                    f"{channels} | {leak} | {auc(f.get('margin'))} | {gain(f.get('gain'))}"
+                    + (f" (both sources over covid19-cough alone: "
+                       f"{gain(f['gain_over_covid19_cough_alone'])})"
+                       if f.get("gain_over_covid19_cough_alone") else "") + " | "
                     f"{f['sensitivity']:.2f} / {f['specificity']:.2f} |")
     return "\n".join(lines)
 
@@ -706,6 +719,9 @@ def report_sources(design: str, options: list[str], seeds: list[int]) -> None:
                 results[option] = previous[option]
             continue
         results[option] = option_by_source(frames, default, design, option == DEFAULT_OPTION)
+        if design == "joint":
+            results[option]["covid19-cough"]["single"]["gain_over_covid19_cough_alone"] = (
+                gain_over_one_source(frames, option))
         results[option]["seeds"] = sorted(frames)
     payload["designs"][design] = {
         "description": DESIGNS[design],

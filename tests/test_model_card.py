@@ -220,7 +220,10 @@ def test_a_cross_source_figure_of_the_evaluation_is_stated_in_the_known_limits(e
     assert "Not checked on any other source" not in held_out
     trained = section(mc.model_card(meta(sources, "x.dir"),
                                     with_sources(evaluation, held_out=False)), "Known limits")
-    assert "Measured on a source" not in trained and "Not checked on any other source" in trained
-    # The hand-written round-1 measurement stays where it belongs, beside a measured one.
+    # Nothing held out: what the benchmark measured for models trained on covid19-cough.
+    assert "Measured on a source" not in trained and "Not checked on any other source" not in \
+        trained and "Another source scores at chance or below" in trained
+    # The benchmark's measurement stays where it belongs, beside a measured one.
     alone = section(mc.model_card(meta(["covid19-cough"], "x.dir"), evaluation), "Known limits")
-    assert "0.53" in alone and "Measured on a source" not in alone
+    assert "chance or below" in alone and "Measured on a source" not in alone
+    assert "chance or below" in held_out
