@@ -1,30 +1,39 @@
-"""Real-data quality: which modelling option hears coughs rather than phone lines.
+"""Real-data quality: which option hears coughs, not phone lines; does it carry to a new source?
 
-On ../shared/realdata/dev (888 real covid19-cough clips: call-center 8 kHz stereo, mostly
-positive; telegram 48 kHz mono, mostly negative) every option is scored by subject-grouped,
-channel x label stratified 5-fold cross-validation: each clip is scored once, by a model that
-never saw its subject. Subjects are grouped as combine groups them: re-sent recordings (the
-same audio under two ids, coughlab.duplicates) count as one subject, so a pair never straddles
-train and test. Each fold trains with the pipeline's own code (combine's decode, quality gate
-and resampler, featurize's windows, train_model) on the other folds, of which 15 % of subjects
-are held out as the valid split that picks the threshold, as evaluate does.
+Two real sources: ../shared/realdata/dev (888 covid19-cough clips: call-center 8 kHz stereo,
+mostly positive; telegram 48 kHz mono, mostly negative) and ../shared/realdata/dev-coswara
+(366 Coswara clips recorded on participants' own devices, channel web). Three designs
+(`--design`), every clip of their sources scored once, by a model that never saw its subject:
+  cv        covid19-cough alone, 5-fold cross-validation (rounds 1 and 2)
+  transfer  leave one source out: train on one source, score every clip of the other; both
+            directions
+  joint     both sources in one 5-fold cross-validation, figures per source
+Folds are grouped by subject as combine groups them (re-sent recordings, the same audio under
+two ids, coughlab.duplicates, count as one subject, across sources) and stratified by source x
+channel x label; training batches are balanced over source x channel x label. Each model
+trains with the pipeline's own code (combine's decode, quality gate and resampler, featurize's
+windows, train_model), 15 % of its training subjects held out as the valid split that picks
+the threshold, as evaluate does.
 
 The folds and valid splits are fixed (CV_SEED); the seed changes only the model's
 initialisation, batch order and augmentation. So the sd over seeds is that of the shipped
 model for one data set, and averaging K seeds' predictions per clip is exactly what a K-seed
 ensemble trained on the same folds would predict (each member's P(positive), meaned): `report`
-scores ensembles of every size from the single-seed runs without training them again.
+scores ensembles from the single-seed runs without training them again.
 
 Two phases, so the expensive one runs once:
-  run     trains every option x seed x fold; writes out-of-fold predictions to
-          benchmarks/results/realdata_oof/<option>-seed<seed>.csv (git-ignored: they carry
-          the dev set's labels, which stay outside the repository)
-  report  reads them and writes benchmarks/results/realdata_quality.json and a table:
-          within-channel ROC-AUC, per-channel AUCs with subject-bootstrap CIs, channel
-          leakage per label, the metadata-only baseline and the threshold's sd across seeds;
-          and `option xK` for every ensemble size K the seeds allow, over every K-seed set.
+  run     trains every option x seed x model of the design; writes the predictions to
+          benchmarks/results/realdata_oof/<design>/<option>-seed<seed>.csv (git-ignored: they
+          carry the dev sets' labels, which stay outside the repository)
+  report  cv: writes benchmarks/results/realdata_quality.json and a table: within-channel
+          ROC-AUC, per-channel AUCs with subject-bootstrap CIs, channel leakage per label, the
+          metadata-only baseline and the threshold's sd across seeds; `option xK` for every
+          ensemble size K the seeds allow, over every K-seed set.
+          transfer, joint: writes the design's entry of benchmarks/results/realdata_sources.json
+          and a table per source (single models and the ensemble of all seeds), with paired
+          gains over the default option, and the cross-source figures.
 
-Exits 0 with a message when the data folder is absent.
+Exits 0 with a message when a data folder is absent.
 """
 from __future__ import annotations
 
