@@ -753,7 +753,8 @@ def main(argv: list[str] | None = None) -> None:
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     parser.add_argument("phase", choices=["run", "report"])
     parser.add_argument("--design", choices=list(DESIGNS), default="cv",
-                        help="; ".join(f"{k}: {v}" for k, v in DESIGNS.items()))
+                        help="; ".join(f"{k}: {v}" for k, v in DESIGNS.items())
+                        .replace("%", "%%"))  # argparse %-formats help
     parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44],
                         help="report: seeds missing for an option are left out, with a note")

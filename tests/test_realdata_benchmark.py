@@ -282,3 +282,11 @@ def test_ensemble_of_means_each_clip_over_seeds(rq):
     nudged = tuple(first.loc[0, keys])
     assert ensemble.loc[nudged, "p"] == pytest.approx(0.6)
     assert np.allclose(ensemble.drop(index=[nudged])["p"], 0.5)
+
+
+def test_help_explains_every_design(rq, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        rq.main(["--help"])
+    assert exit_.value.code == 0
+    out = "".join(capsys.readouterr().out.split())  # argparse wraps lines, even at hyphens
+    assert all("".join(f"{name}: {text}".split()) in out for name, text in rq.DESIGNS.items())
