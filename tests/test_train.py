@@ -30,8 +30,11 @@ def run_train(workdir: Path, features: Path, tag: str, threads: int = 1,
            "--model-dir", f"model-{tag}", "--checkpoint-dir", f"ckpt-{tag}",
            "--live-dir", f"live-{tag}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), **(env or {})}
+    # SIGINT as a terminal gives it (Ctrl-C): a shell's background job (`make test &`, nohup)
+    # passes SIGINT on ignored, and the interruption test would then interrupt nothing.
     return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finish(proc: subprocess.Popen) -> None:
