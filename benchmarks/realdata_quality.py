@@ -45,6 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from coughlab.determinism import pin_cpu_kernels
@@ -62,6 +63,7 @@ from coughlab.baselines import youden_threshold
 from coughlab.config import compose, params_from
 from coughlab.duplicates import clip_groups, find_near_duplicates, to_rate
 from coughlab.metrics import (
+    binary_metrics,
     channel_auc,
     choose_threshold,
     metadata_baseline_scores,
@@ -549,15 +551,11 @@ def source_rows(oof: pd.DataFrame, source: str) -> pd.DataFrame:
 def operating_point(oof: pd.DataFrame) -> dict[str, float]:
     """Sensitivity and specificity on the test clips at each model's own threshold (the
     pipeline's rule on that model's valid split): does the threshold carry over?"""
-    hits = {"tp": 0, "fn": 0, "tn": 0, "fp": 0}
+    hits = Counter()
     for k, test in test_clips(oof).groupby("fold"):
         valid = oof[(oof["part"] == "valid") & (oof["fold"] == k)]
         threshold = choose_threshold((valid["label"] == LABELS[1]).astype(int), valid["p"])
-        predicted = test["p"] >= threshold
-        hits["tp"] += int((predicted & (test["y"] == 1)).sum())
-        hits["fn"] += int((~predicted & (test["y"] == 1)).sum())
-        hits["tn"] += int((~predicted & (test["y"] == 0)).sum())
-        hits["fp"] += int((predicted & (test["y"] == 0)).sum())
+        hits.update(binary_metrics(test["y"], test["p"], threshold)["confusion"])
     return {"sensitivity": hits["tp"] / max(hits["tp"] + hits["fn"], 1),
             "specificity": hits["tn"] / max(hits["tn"] + hits["fp"], 1)}
 
