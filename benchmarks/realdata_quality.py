@@ -492,11 +492,11 @@ def ensemble_results(name: str, frames: dict[int, pd.DataFrame], single_sd: floa
     return out
 
 
-def predictions(option: str, seeds: list[int]) -> dict[int, pd.DataFrame]:
-    """The out-of-fold predictions `run` wrote for each of the seeds that has them."""
-    files = {seed: oof_file("cv", option, seed) for seed in seeds}
-    return {seed: pd.read_csv(f, dtype={"subject_id": str}) for seed, f in files.items()
-            if f.exists()}
+def predictions(option: str, seeds: list[int], design: str = "cv") -> dict[int, pd.DataFrame]:
+    """The predictions `run` wrote for each of the seeds that has them."""
+    files = {seed: oof_file(design, option, seed) for seed in seeds}
+    return {seed: pd.read_csv(f, dtype={"subject_id": str, "group": str})
+            for seed, f in files.items() if f.exists()}
 
 
 def report(options: list[str], seeds: list[int]) -> None:
@@ -626,8 +626,7 @@ def mean_gain(gains: list[dict]) -> dict | None:
 def gain_over_one_source(frames: dict[int, pd.DataFrame], option: str) -> dict | None:
     """joint only: on covid19-cough's clips, the paired within-channel gain of training on
     both sources over training on covid19-cough alone (design cv), same option and seeds."""
-    alone = {s: pd.read_csv(oof_file("cv", option, s), dtype={"subject_id": str, "group": str})
-             for s in frames if oof_file("cv", option, s).exists()}
+    alone = predictions(option, list(frames))
     return mean_gain([paired_gain(source_rows(frames[s], "covid19-cough"), [alone[s]])
                       for s in alone])
 
@@ -712,13 +711,10 @@ def report_sources(design: str, options: list[str], seeds: list[int]) -> None:
     payload = json.loads(result_file.read_text()) if result_file.exists() else {
         "benchmark": "realdata_sources", "designs": {}}
     previous = payload["designs"].get(design, {}).get("options", {})
-    load = lambda option: {s: pd.read_csv(oof_file(design, option, s),  # noqa: E731
-                                          dtype={"subject_id": str, "group": str})
-                           for s in seeds if oof_file(design, option, s).exists()}
-    default = load(DEFAULT_OPTION)
+    default = predictions(DEFAULT_OPTION, seeds, design)
     results = {}
     for option in options:
-        frames = load(option)
+        frames = predictions(option, seeds, design)
         if not frames:
             print(f"{option}: no predictions for design {design}; kept what was committed",
                   file=sys.stderr)
