@@ -74,6 +74,9 @@ QUALITY = QualityConfig(min_seconds=0.3, silence_dbfs=-60.0, max_quarantine_frac
 @pytest.mark.parametrize("wave,reason", [
     (np.zeros(0, np.float32), "empty"),
     (np.array([0.1, np.nan] * 8000, np.float32), "non_finite"),
+    (np.array([0.1, np.inf] * 8000, np.float32), "non_finite"),
+    (np.array([-np.inf, 0.1] * 8000, np.float32), "non_finite"),
+    (-np.abs(tone()), None),  # the peak of a clip below zero throughout is its lowest sample
     (tone(16000, 0.1), "too_short"),
     (np.zeros(16000, np.float32), "silent"),
     (tone() * 1e-4, "silent"),
@@ -81,6 +84,20 @@ QUALITY = QualityConfig(min_seconds=0.3, silence_dbfs=-60.0, max_quarantine_frac
 ])
 def test_quality_problem(wave, reason):
     assert quality_problem(wave, 16000, QUALITY) == reason
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC", "AIFF", "W64"])
+def test_16_bit_pcm_decodes_to_libsndfiles_own_floats(tmp_path, fmt):
+    """The integer read of 16-bit PCM, scaled, is bit for bit what libsndfile's float read
+    gives, over the whole int16 range, in every container soundfile writes it in."""
+    every_value = np.arange(-32768, 32768, dtype=np.int16)
+    stereo = np.stack([every_value, np.random.default_rng(0).permutation(every_value)], axis=1)
+    path = tmp_path / f"clip.{fmt.lower()}"
+    sf.write(path, stereo, 16000, format=fmt, subtype="PCM_16")
+    wave, sr = load_audio(path)
+    floats, _ = sf.read(path, dtype="float32", always_2d=True)
+    assert sr == 16000 and wave.dtype == np.float32
+    assert np.array_equal(wave, floats.T) and not np.shares_memory(wave, floats)
 
 
 def test_featurizer_shape():

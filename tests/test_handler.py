@@ -582,6 +582,22 @@ def test_multichannel_pcm_decodes_to_the_same_samples_by_either_decoder(handler,
     assert np.array_equal(via_pyav, via_soundfile)
 
 
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC", "AIFF"])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_16_bit_pcm_decodes_to_the_pipelines_floats(handler, tmp_path, fmt, channels):
+    """The handler's integer read of 16-bit PCM gives, bit for bit, the mono floats combine
+    decodes from the same file (every int16 value, blocks of DECODE_BLOCK_FRAMES and a rest)."""
+    every_value = np.arange(-32768, 32768, dtype=np.int16)
+    samples = np.stack([np.random.default_rng(c).permutation(every_value)
+                        for c in range(channels)], axis=1)
+    path = tmp_path / f"clip.{fmt.lower()}"
+    sf.write(path, samples, 16000, format=fmt, subtype="PCM_16")
+    wave, sr = handler.decode(path.read_bytes())
+    pipeline, pipeline_sr = load_audio(path)
+    assert sr == pipeline_sr == 16000 and wave.dtype == np.float32
+    assert np.array_equal(wave, to_mono(pipeline))
+
+
 # --- only decoded samples are scored; same bytes, same answer; strict JSON --------------------
 
 def truncated_mp3() -> bytes:
