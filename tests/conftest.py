@@ -67,6 +67,15 @@ def post_json(url: str, payload: dict) -> None:
     urllib.request.urlopen(request, timeout=10).close()
 
 
+@pytest.fixture
+def deploy_compiles_no_bytecode(monkeypatch):
+    """deploy's CLI on fake dependencies (test_deploy.write_deps), with which the real handler
+    cannot import: it zips them without bytecode. test_deploy's bytecode tests compile it."""
+    from coughlab.aws.deploy import __main__ as cli
+
+    monkeypatch.setattr(cli, "runtime_python", lambda: None)
+
+
 def queue_lambda_results(moto_server: str, *responses: dict, region: str = "us-east-1") -> None:
     """What moto's next Lambda invocations answer, in order: each a handler's return value."""
     post_json(f"{moto_server}/moto-api/static/lambda-simple/response",

@@ -34,6 +34,7 @@ from coughlab.aws.deploy import access, gate, package, release
 
 from conftest import queue_lambda_results
 
+pytestmark = pytest.mark.usefixtures("deploy_compiles_no_bytecode")  # fake dependencies
 ROOT = Path(__file__).resolve().parents[1]
 HANDLER = ROOT / "lambda" / "handler.py"
 LAMBDA_TRUST = {"Version": "2012-10-17", "Statement": [{
@@ -196,8 +197,8 @@ def test_refused_model_never_reaches_aws(aws_env, tmp_path, capsys):
 def test_zip_layout_is_lambda_ready_and_reproducible(tmp_path):
     deps = write_deps(tmp_path / "deps")
     model_dir = write_model(tmp_path / "lambda")
-    first = package.build_zip(deps, HANDLER, model_dir, tmp_path / "a.zip")
-    second = package.build_zip(deps, HANDLER, model_dir, tmp_path / "b.zip")
+    first = package.build_zip(deps, HANDLER, model_dir, tmp_path / "a.zip", python=None)
+    second = package.build_zip(deps, HANDLER, model_dir, tmp_path / "b.zip", python=None)
     assert first.sha256 == second.sha256
     assert first.code_sha256 == base64.b64encode(hashlib.sha256((tmp_path / "a.zip").read_bytes())
                                                  .digest()).decode()
@@ -218,7 +219,7 @@ def test_zip_over_the_unzipped_limit_is_refused_and_not_written(tmp_path):
     model_dir = write_model(tmp_path / "lambda")
     with pytest.raises(deploy.DeployError, match="over Lambda's 0.0 MiB limit"):
         package.build_zip(write_deps(tmp_path / "deps"), HANDLER, model_dir, tmp_path / "f.zip",
-                         max_unzipped_bytes=1000)
+                          python=None, max_unzipped_bytes=1000)
     assert list(tmp_path.glob("*.zip")) == [] and list(tmp_path.glob(".f.zip*")) == []
 
 
@@ -226,14 +227,15 @@ def test_dependency_named_like_the_handler_is_refused(tmp_path):
     deps = write_deps(tmp_path / "deps")
     (deps / "handler.py").write_text("print('shadow')\n")
     with pytest.raises(deploy.DeployError, match="shadow the handler"):
-        package.build_zip(deps, HANDLER, write_model(tmp_path / "lambda"), tmp_path / "f.zip")
+        package.build_zip(deps, HANDLER, write_model(tmp_path / "lambda"), tmp_path / "f.zip",
+                          python=None)
 
 
 def test_unzipped_package_serves_requests(exported_model, tmp_path, monkeypatch):
     """The zip's layout is what the handler expects: model/ next to handler.py, no MODEL_DIR."""
     (tmp_path / "deps").mkdir()
     built = package.build_zip(tmp_path / "deps", HANDLER, exported_model["lambda_dir"],
-                              tmp_path / "function.zip")
+                              tmp_path / "function.zip", python=None)
     task_root = tmp_path / "var-task"
     with zipfile.ZipFile(built.path) as zf:
         zf.extractall(task_root)
@@ -254,6 +256,64 @@ def test_unzipped_package_serves_requests(exported_model, tmp_path, monkeypatch)
     card = handler.handler({"requestContext": {"http": {"method": "GET"}},  # the page links it
                             "rawQueryString": "model_card"})
     assert card["statusCode"] == 200 and "\n# Model card" in card["body"]  # after its metadata
+
+
+@pytest.fixture(scope="module")
+def runtime_python():
+    python = package.find_python()
+    if python is None:
+        pytest.skip(f"no CPython {package.PYTHON_VERSION} here (the Lambda runtime's): "
+                    f"install one, e.g. `pyenv install {package.PYTHON_VERSION}`")
+    return python
+
+
+def handler_importing(tmp_path: Path, at_load: str, lazily: str) -> Path:
+    handler = tmp_path / "src" / "handler.py"
+    handler.parent.mkdir()
+    handler.write_text(f"import json\nimport {at_load}\n\n\ndef handler(event, context=None):"
+                       f"\n    import {lazily}\n    return {{}}\n")
+    (handler.parent / "page.html").write_text("<!doctype html>\n")  # zipped beside it
+    return handler
+
+
+def test_the_zip_carries_runtime_bytecode_of_what_the_handler_imports(tmp_path,
+                                                                      runtime_python):
+    """Lambda's task root is read-only, so shipped .py files are compiled at every cold start:
+    the zip holds CPython 3.12 bytecode (unchecked-hash: valid whatever the unzipped files'
+    dates) of handler.py and of every dependency module it imports, at load or lazily, and
+    none of what it never imports or of this machine's bytecode."""
+    deps = write_deps(tmp_path / "deps")
+    for name in ("lazydep", "unused"):
+        (deps / name).mkdir()
+        (deps / name / "__init__.py").write_text("from . import part\n")
+        (deps / name / "part.py").write_text("VALUE = 2\n")
+    handler = handler_importing(tmp_path, at_load="fakenp", lazily="lazydep")
+    model_dir = write_model(tmp_path / "lambda")
+    first = package.build_zip(deps, handler, model_dir, tmp_path / "a.zip", python=runtime_python)
+    second = package.build_zip(deps, handler, model_dir, tmp_path / "b.zip",
+                               python=runtime_python)
+    assert first.sha256 == second.sha256
+    with zipfile.ZipFile(first.path) as zf:
+        bytecode = {name: zf.read(name) for name in zf.namelist() if name.endswith(".pyc")}
+    assert set(bytecode) == {"__pycache__/handler.cpython-312.pyc",
+                             "fakenp/__pycache__/__init__.cpython-312.pyc",
+                             "lazydep/__pycache__/__init__.cpython-312.pyc",
+                             "lazydep/__pycache__/part.cpython-312.pyc"}
+    magic = subprocess.run([runtime_python, "-c", "import importlib.util, sys; "
+                            "sys.stdout.write(importlib.util.MAGIC_NUMBER.hex())"],
+                           capture_output=True, text=True, check=True).stdout
+    for pyc in bytecode.values():
+        assert pyc[:4].hex() == magic and int.from_bytes(pyc[4:8], "little") == 0b01
+    assert b"/tmp" not in b"".join(bytecode.values())  # no path of the building machine
+
+
+def test_dependencies_the_handler_cannot_import_with_are_refused(tmp_path, runtime_python):
+    handler = handler_importing(tmp_path, at_load="numpy_not_shipped", lazily="json")
+    with pytest.raises(deploy.DeployError, match="handler.py does not import under python3.12.*"
+                       "numpy_not_shipped"):
+        package.build_zip(write_deps(tmp_path / "deps"), handler, write_model(tmp_path / "lambda"),
+                          tmp_path / "f.zip", python=runtime_python)
+    assert not (tmp_path / "f.zip").exists()
 
 
 def test_dependencies_are_cross_built_for_the_lambda_platform_and_cached(tmp_path):

@@ -25,6 +25,8 @@ from test_deploy import (  # noqa: F401
 from coughlab.aws.deploy import DeployError, gate, package, release
 from coughlab.aws.deploy import __main__ as cli
 
+pytestmark = pytest.mark.usefixtures("deploy_compiles_no_bytecode")  # fake dependencies
+
 
 def refusal(argv: list[str]) -> str:
     """The one message the CLI exits with."""
@@ -104,7 +106,8 @@ def test_the_zip_never_packs_a_file_outside_the_model_folder(tmp_path, name):
     (tmp_path / "secret.txt").write_text("not for the zip\n")
     model_dir = with_field(write_model(tmp_path / "lambda"), "model_card", name)
     with pytest.raises(DeployError, match="is not a file name in"):
-        package.build_zip(write_deps(tmp_path / "deps"), HANDLER, model_dir, tmp_path / "f.zip")
+        package.build_zip(write_deps(tmp_path / "deps"), HANDLER, model_dir, tmp_path / "f.zip",
+                          python=None)
     assert not (tmp_path / "f.zip").exists()
 
 
@@ -113,7 +116,8 @@ def test_a_model_card_linking_outside_the_folder_is_refused(tmp_path):
     model_dir = with_field(write_model(tmp_path / "lambda"), "model_card", "model_card.md")
     (model_dir / "model_card.md").symlink_to(tmp_path / "secret.txt")
     with pytest.raises(DeployError, match="is a link, not a file of"):
-        package.build_zip(write_deps(tmp_path / "deps"), HANDLER, model_dir, tmp_path / "f.zip")
+        package.build_zip(write_deps(tmp_path / "deps"), HANDLER, model_dir, tmp_path / "f.zip",
+                          python=None)
     assert not (tmp_path / "f.zip").exists()
 
 

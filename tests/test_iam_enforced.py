@@ -221,6 +221,7 @@ def deploy_scenario(aws: Engine, monkeypatch, tmp_path: Path, without: str | Non
                                      CreateBucketConfiguration={"LocationConstraint": REGION})
     keys = user_with("deployer", "deployer", without)
     repo, deps = committed_repo(tmp_path / "repo"), write_deps(tmp_path / "deps")
+    monkeypatch.setattr(cli, "runtime_python", lambda: None)  # fake dependencies: no bytecode
     model_dir = model_in(repo, onnx=b"graph one")
     session = boto3.session.Session()
     session.events.register("before-call.lambda.GetAccountSettings", lambda **_: (

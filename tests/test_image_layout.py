@@ -8,7 +8,8 @@ folder that stands for the image's root file system, with the rules BuildKit doc
   (BuildKit >= 0.21: tonistiigi/fsutil copy.MkdirAll with CopyInfo.Mode, moby/buildkit#5943);
   a symbolic --chmod leaves created folders at 0755 (CopyInfo.ModeStr, not Mode).
 - WORKDIR creates its folder 0755; RUN runs with umask 022: its `mkdir [-p] [-m M]` and
-  `install -d [-m M]` make folders so, and `pip install --target DIR` makes DIR. Other RUN
+  `install -d [-m M]` make folders so, `pip install --target DIR` makes DIR, and
+  `python -m compileall DIR` writes its bytecode (this venv's CPython compiles). Other RUN
   commands are not replayed (the Python packages the handler needs are this venv's).
 
 The build context is given private modes (files 0600, as export-lambda once wrote them), so the
@@ -161,6 +162,9 @@ class ImageTree:
             words = shlex.split(command)
             if not words:
                 continue
+            if words[:3] == ["python", "-m", "compileall"]:
+                self.compile_all(self.absolute(words[-1]))
+                continue
             mode = int(words[words.index("-m") + 1], 8) if "-m" in words else None
             paths = [w for i, w in enumerate(words[1:], 1)
                      if not w.startswith("-") and words[i - 1] != "-m"]
@@ -175,6 +179,12 @@ class ImageTree:
             elif "--target" in words:
                 self.make_folders(self.absolute(words[words.index("--target") + 1]),
                                   DIRECTORY_MODE)
+
+    def compile_all(self, folder: str) -> None:
+        """`python -m compileall FOLDER` under RUN's umask (this venv's CPython standing for
+        the image's): the __pycache__ folders and .pyc files it makes."""
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(self.host(folder))],
+                       check=True, preexec_fn=lambda: os.umask(0o022))
 
     def apply(self, keyword: str, arguments: str) -> None:
         if keyword == "ARG":

@@ -13,6 +13,7 @@ unwritable to that uid), and the runtime's own boto3 (only S3 events need it).
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -53,6 +54,9 @@ class RunningFunction:
     pid: int
     uid: int
     python_version: str
+    python: Path
+    env: dict[str, str]
+    task_root: Path
 
 
 class CreatedFunction:
@@ -77,20 +81,6 @@ def deployed_settings() -> dict:
     lam = CreatedFunction()
     release.install_code(lam, FUNCTION, {"S3Bucket": "bucket", "S3Key": "key"}, exists=False)
     return lam.settings
-
-
-def find_python(version: str) -> Path | None:
-    """A CPython `version` that runs here: on PATH, else the newest one pyenv installed."""
-    versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    installed = sorted(versions.glob(f"{version}.*/bin/python{version}"),
-                       key=lambda p: [int(n) for n in p.parts[-3].split(".") if n.isdigit()])
-    on_path = shutil.which(f"python{version}")
-    for candidate in [*([Path(on_path)] if on_path else []), *reversed(installed)]:
-        found = subprocess.run([candidate, "-c", "import sys; print(*sys.version_info[:2])"],
-                               capture_output=True, text=True)  # a pyenv shim may refuse
-        if found.returncode == 0 and found.stdout.split() == version.split("."):
-            return candidate
-    return None
 
 
 def link_or_copy(source: str, target: str) -> None:
@@ -142,7 +132,7 @@ def lambda_runtime(exported_model):
     require_root_and_setpriv()
     settings = deployed_settings()
     version = settings["Runtime"].removeprefix("python")
-    python = find_python(version)
+    python = package.find_python(version)
     if python is None:
         pytest.skip(f"no CPython {version} here (the {settings['Runtime']} runtime's): "
                     f"install one, e.g. `pyenv install {version}`")
@@ -156,7 +146,8 @@ def lambda_runtime(exported_model):
         runtime_dir, task_root = machine / "var" / "runtime", machine / "var" / "task"
         shutil.copytree(ric, runtime_dir, copy_function=link_or_copy)
         built = package.build_zip(deps, HANDLER, exported_model["lambda_dir"],
-                                  machine / "function.zip", git_commit=GIT_COMMIT)
+                                  machine / "function.zip", python=python,
+                                  git_commit=GIT_COMMIT)
         task_root.mkdir(mode=0o755)
         unzip_like_lambda(built.path, task_root)
         built.path.unlink()
@@ -189,7 +180,8 @@ def lambda_runtime(exported_model):
         try:
             client = RuntimeLambda(api, lambda: runtime.poll() is None, INVOKE_WAIT_S)
             model = json.loads((exported_model["lambda_dir"] / "model.json").read_text())
-            yield RunningFunction(client, model["version"], log_path, runtime.pid, uid, version)
+            yield RunningFunction(client, model["version"], log_path, runtime.pid, uid, version,
+                                  python, env, task_root)
         finally:
             runtime.terminate()
             try:
@@ -231,6 +223,30 @@ def test_the_runtime_serves_the_page_and_scores_a_wav_as_in_production(lambda_ru
                                else "negative")
     assert (result["model_version"], result["git_commit"]) == (model_version, GIT_COMMIT)
     assert result["seconds"] == 1.5  # smoke_clip's length
+
+
+def test_the_handler_and_all_it_imports_load_from_the_zips_bytecode(lambda_runtime):
+    """Lambda's task root is read-only: a module shipped without its bytecode is compiled again
+    at every cold start. Importing the handler and every package it imports (lazily too), as
+    the runtime's uid, compiles nothing from the task root."""
+    imported = {alias.name.split(".")[0] for node in ast.walk(ast.parse(HANDLER.read_text()))
+                if isinstance(node, ast.Import) for alias in node.names}
+    shipped = sorted(name for name in imported
+                     if (lambda_runtime.task_root / name / "__init__.py").is_file())
+    assert {"numpy", "onnxruntime", "av"} <= set(shipped)
+    probe = subprocess.run(
+        [*as_user(lambda_runtime.uid), str(lambda_runtime.python), "-v", "-c",
+         f"import handler, {', '.join(shipped)}"], cwd=lambda_runtime.task_root,
+        env={**lambda_runtime.env, "PYTHONPATH": str(lambda_runtime.task_root)},
+        capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    root = str(lambda_runtime.task_root)
+    from_source = [line for line in probe.stderr.splitlines()
+                   if line.startswith(f"# code object from {root}/")]
+    from_bytecode = [line for line in probe.stderr.splitlines()
+                     if line.startswith(f"# code object from '{root}/")]
+    assert from_source == [], from_source[:5]
+    assert any("/numpy/__pycache__/" in line for line in from_bytecode), probe.stderr[-3000:]
 
 
 def test_deploys_smoke_test_passes_through_the_runtime(lambda_runtime):

@@ -69,6 +69,7 @@ from coughlab.aws.deploy.package import (
     UNZIPPED_LIMIT,
     build_zip,
     ensure_dependencies,
+    runtime_python,
 )
 from coughlab.aws.deploy.release import FunctionSettings, deploy_image, deploy_zip, rollback
 from coughlab.aws.errors import explain
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace, fn: FunctionSettings) -> str | None:
         return deploy_image(args.image_uri, meta, fn, args.region)
     deps = args.deps_dir or ensure_dependencies(args.requirements, args.build_dir)
     package = build_zip(deps, args.handler, args.model_dir, args.build_dir / "function.zip",
-                        git_commit=meta["git_commit"])
+                        python=runtime_python(), git_commit=meta["git_commit"])
     print(f"deploy: {package.path} {package.zipped_bytes / MIB:.1f} MiB zipped, "
           f"{package.unzipped_bytes / MIB:.1f} MiB unzipped (limit {UNZIPPED_LIMIT / MIB:.0f} MiB)")
     if args.zip_only:

@@ -6,15 +6,26 @@ handler.py at the root + model/{model.onnx,model.json} (model.json with the depl
 `git_commit` added, which every response names), byte-for-byte reproducible, refused if it
 would unzip past Lambda's 250 MB (it goes up via S3, so the 50 MB direct-upload cap does not
 apply).
+
+Bytecode: Lambda's task root is read-only, so a module shipped without its .pyc is compiled
+again at every cold start (numpy, soundfile and onnxruntime: about 0.2 s more on CPython 3.12,
+docs/benchmarks.md). The zip therefore carries the CPython 3.12 bytecode of the handler and of
+every module it imports from the dependencies (found by importing them, not listed by hand),
+compiled by a CPython 3.12 here as unchecked-hash .pyc files: valid whatever the files' dates
+after unzipping, and the same bytes on every build. Not all of it: the whole tree's bytecode
+(19 MB) would not fit under the 250 MB limit.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import os
 import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +45,8 @@ PYTHON_VERSION = "3.12"
 # glibc-2.28 target can load (the python3.12 runtime, Amazon Linux 2023, has glibc 2.34).
 WHEEL_PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1)] + [
     "manylinux2014_x86_64"]
-# Console scripts (their shebangs name this machine's python) and bytecode are useless there.
+# Console scripts (their shebangs name this machine's python) and this machine's bytecode are
+# useless there (the runtime's is compiled for it: compile_bytecode).
 SKIPPED_DEPENDENCY_PARTS = {"bin", "__pycache__"}
 MIB = 2**20
 UNZIPPED_LIMIT = 250 * MIB  # Lambda's "250 MB" cap on the unzipped deployment package
@@ -85,6 +97,85 @@ def ensure_dependencies(requirements: Path, cache_root: Path) -> Path:
     return target
 
 
+def find_python(version: str = PYTHON_VERSION) -> Path | None:
+    """A CPython `version` that runs here: on PATH, else the newest one pyenv installed."""
+    versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    installed = sorted(versions.glob(f"{version}.*/bin/python{version}"),
+                       key=lambda p: [int(n) for n in p.parts[-3].split(".") if n.isdigit()])
+    on_path = shutil.which(f"python{version}")
+    for candidate in [*([Path(on_path)] if on_path else []), *reversed(installed)]:
+        found = subprocess.run([candidate, "-c", "import sys; print(*sys.version_info[:2])"],
+                               capture_output=True, text=True)  # a pyenv shim may refuse
+        if found.returncode == 0 and found.stdout.split() == version.split("."):
+            return candidate
+    return None
+
+
+def runtime_python() -> Path:
+    """The CPython of the Lambda runtime's version, which compiles the package's bytecode."""
+    python = find_python(PYTHON_VERSION)
+    if python is None:
+        raise DeployError(f"no CPython {PYTHON_VERSION} here ({RUNTIME}'s): the zip ships "
+                          "bytecode compiled by it (without, every cold start compiles numpy "
+                          f"again). Install one, e.g. `pyenv install {PYTHON_VERSION}`")
+    return python
+
+
+# Run by the runtime's CPython, isolated (-I -S -B: nothing of this machine's site-packages,
+# no bytecode written into the dependency cache): import the handler and every top-level
+# package it imports anywhere (the lazy ones too) that the dependencies hold; print the
+# dependency sources then loaded.
+IMPORT_PROBE = """
+import ast, importlib, importlib.util, json, sys
+from pathlib import Path
+handler, deps = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
+sys.path[:0] = [str(handler.parent), str(deps)]
+tree = ast.parse(handler.read_text())
+names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+          and not n.level}
+importlib.import_module(handler.stem)
+for name in sorted({name.split(".")[0] for name in names}):
+    spec = importlib.util.find_spec(name)
+    if spec and spec.origin and deps in Path(spec.origin).resolve().parents:
+        importlib.import_module(name)
+files = {Path(m.__file__).resolve() for m in list(sys.modules.values())
+         if getattr(m, "__file__", None) and m.__file__.endswith(".py")}
+print(json.dumps(sorted(str(f.relative_to(deps)) for f in files if deps in f.parents)))
+"""
+# Run by the runtime's CPython in a fresh process (no module of the sources imported, so the
+# bytes depend on the sources alone): compile (source, archive name) pairs to .pyc files.
+COMPILE = """
+import importlib.util, json, py_compile, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+for source, name in json.load(sys.stdin):
+    cfile = out / importlib.util.cache_from_source(name)
+    py_compile.compile(source, cfile=str(cfile), dfile=name, doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    print(cfile.relative_to(out).as_posix())
+"""
+
+
+def compile_bytecode(python: Path, deps_dir: Path, handler: Path, out: Path) -> dict[str, Path]:
+    """Archive name -> .pyc in `out`: the runtime's bytecode of handler.py and of what it
+    imports from `deps_dir`. Refuses dependencies the handler cannot import with."""
+    probe = subprocess.run([python, "-I", "-S", "-B", "-c", IMPORT_PROBE, handler, deps_dir],
+                           capture_output=True, text=True, env={"MODEL_DIR": str(out)})
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DeployError(f"{handler.name} does not import under {RUNTIME} with the "
+                          f"dependencies in {deps_dir}: {last}")
+    sources = [(str(deps_dir / name), Path(name).as_posix()) for name in json.loads(probe.stdout)]
+    sources.append((str(handler), "handler.py"))
+    compiled = subprocess.run([python, "-I", "-S", "-B", "-c", COMPILE, out],
+                              input=json.dumps(sources), capture_output=True, text=True)
+    if compiled.returncode != 0:
+        raise DeployError(f"{RUNTIME} could not compile the package's modules: "
+                          f"{compiled.stderr.strip()[-500:]}")
+    return {name: out / name for name in compiled.stdout.split()}
+
+
 def package_entries(deps_dir: Path, handler: Path, model_dir: Path, meta: dict) -> dict[str, Path]:
     """Archive name -> source file: the dependencies, then handler.py and model/ at the root."""
     entries = {p.relative_to(deps_dir).as_posix(): p for p in sorted(deps_dir.rglob("*"))
@@ -101,17 +192,27 @@ def package_entries(deps_dir: Path, handler: Path, model_dir: Path, meta: dict) 
     return entries | ours
 
 
-def build_zip(deps_dir: Path, handler: Path, model_dir: Path, out: Path,
-              max_unzipped_bytes: int = UNZIPPED_LIMIT, git_commit: str | None = None) -> Package:
+def build_zip(deps_dir: Path, handler: Path, model_dir: Path, out: Path, *,
+              python: Path | None, max_unzipped_bytes: int = UNZIPPED_LIMIT,
+              git_commit: str | None = None) -> Package:
     """Write the deployment zip (atomically, reproducibly); refuse one Lambda would reject.
 
-    With `git_commit` (the CLI always passes it, after the gate) the shipped model.json names it.
+    `python`: the runtime's CPython (runtime_python()), which compiles the bytecode the zip
+    carries; None ships none (only for packages never run as a Lambda). With `git_commit` (the
+    CLI always passes it, after the gate) the shipped model.json names it.
     """
     meta = read_model_meta(model_dir)
     entries = package_entries(deps_dir, handler, model_dir, meta)
-    if git_commit is not None:
-        entries["model/model.json"] = stamp_git_commit(
-            model_dir / "model.json", git_commit, out.with_name(f"{out.stem}.model.json"))
+    with tempfile.TemporaryDirectory() as bytecode:
+        if python is not None:
+            entries |= compile_bytecode(python, deps_dir, handler, Path(bytecode))
+        if git_commit is not None:
+            entries["model/model.json"] = stamp_git_commit(
+                model_dir / "model.json", git_commit, out.with_name(f"{out.stem}.model.json"))
+        return write_zip(entries, out, max_unzipped_bytes)
+
+
+def write_zip(entries: dict[str, Path], out: Path, max_unzipped_bytes: int) -> Package:
     unzipped = sum(path.stat().st_size for path in entries.values())
     if unzipped > max_unzipped_bytes:
         raise DeployError(f"the package would unzip to {unzipped / MIB:.1f} MiB, over Lambda's "
