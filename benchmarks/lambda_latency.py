@@ -9,11 +9,16 @@ them: the timing needs the shapes, not a trained ensemble), saved with nets.save
 graph is served with build/lambda/model.json.
 
 Cold start = a NEW Python process, from spawn to the first prediction on a 10 s clip:
-- onnx:  import lambda/handler.py (MODEL_DIR = the graph's folder) and call handler.handler()
-         with the clip as a base64 body, as the Lambda runtime does; the first call loads the
-         session;
+- onnx:  as Lambda runs the zip: the deployment package (coughlab.aws.deploy's build_zip, the
+         code `make deploy-lambda` uses) unpacked into a task root, CPython 3.12 (the runtime's)
+         writing no bytecode there (Lambda's task root is read-only); import its handler.py
+         (MODEL_DIR = the graph's folder) and call handler.handler() with the clip as a base64
+         body, as the Lambda runtime does; the first call loads the session. Also the same
+         package zipped without its bytecode (`onnx-no-bytecode`, cold start only: what
+         shipped before the zip carried it);
 - torch: import torch + coughlab, load the graph's model.pt into coughlab.export.ServingModel
-         (same featurizer + network), decode and resample the same body, predict.
+         (same featurizer + network), decode (as combine does: coughlab.audio) and resample
+         the same body, predict.
 Warm latency = the same call repeated in that process. Where warm time goes (median per
 call): decode (base64 + audio decode + mono mixdown), resample (the handler: only the span the
 graph reads, when model.json gives input_seconds; torch: the whole clip, as the pipeline does)
@@ -21,9 +26,8 @@ and graph (onnxruntime session / torch model), in wall time and in the thread's 
 inside the onnx graph, from onnxruntime's profiler, the share of the featurizer's and the
 network's kernels.
 
-Package size: lambda/requirements.txt installed for manylinux x86_64 / CPython 3.12 and zipped
-with handler.py and build/lambda by coughlab.aws.deploy (the code `make deploy-lambda` uses), so
-the size measured is the size shipped.
+Package size: that package's, lambda/requirements.txt installed for manylinux x86_64 / CPython
+3.12 and zipped with handler.py and build/lambda: the size measured is the size shipped.
 
 Targets (issue 28), each graph: onnx cold <= 0.3 s and >= 20x faster than torch, warm >= 2.5x
 faster than torch, |p_onnx - p_torch| <= 1e-5, every answer to the same request the same
@@ -32,10 +36,7 @@ bytes; the x3 graph <= 1.3x the decode + resample of the same call. Unzipped pac
 """
 from __future__ import annotations
 
-# Only the standard library at module level: this file is also the measured child process,
-# and its own imports must not count towards either path's cold start.
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -57,157 +58,18 @@ HANDLER = REPO / "lambda" / "handler.py"
 REQUIREMENTS = REPO / "lambda" / "requirements.txt"
 DEPS_CACHE = REPO / "build" / "deploy"  # shared with `python -m coughlab.aws.deploy`
 RESULT = REPO / "benchmarks" / "results" / "lambda_latency.json"
+CHILD = Path(__file__).with_name("latency_child.py")  # the measured process
 GRAPHS = {"x1": 1, "x3": 3}  # graph name: networks in it
 TARGETS = {"onnx_cold_s": 0.3, "cold_speedup": 20.0, "warm_speedup": 2.5,
            "abs_dp": 1e-5, "x3_graph_per_decode_resample": 1.3, "unzipped_mb": 250.0}
 MB = 1024 * 1024  # MiB, the unit of Lambda's size limits
-# Warm phases on two clocks: wall time, what Lambda bills, and this thread's CPU time, which a
-# busy shared machine inflates far less (time the process waits for a core is not in it).
-CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 PERTURBATION = 0.05  # of each weight tensor's sd: the x3 members differ, as trained ones do
-# onnxruntime kernels of the network (after its NCHWc rewrite); all others are the featurizer's
-NETWORK_OPS = {"Conv", "FusedConv", "MaxPool", "BatchNormalization", "Relu", "Gemm", "Softmax",
-               "ReorderInput", "ReorderOutput", "ReduceMean", "GlobalAveragePool"}
 
 
-def child_onnx(clip: Path, spawned_at: float, n_warm: int, n_profile: int) -> dict:
-    """What a Lambda container does: import the handler, then serve requests."""
-    import base64
-
-    t0 = time.perf_counter()
-    sys.path.insert(0, str(HANDLER.parent))
-    import handler
-
-    t1 = time.perf_counter()
-    event = {"body": base64.b64encode(clip.read_bytes()).decode(), "isBase64Encoded": True,
-             "headers": {"content-type": "application/octet-stream"}}
-    first = handler.handler(event)
-    first_done = time.time()
-    t2 = time.perf_counter()
-    if first["statusCode"] != 200:
-        raise RuntimeError(f"handler answered {first}")
-    answers = {digest(first["body"])}
-    warm = []
-    for _ in range(n_warm):
-        start = time.perf_counter()
-        answer = handler.handler(event)
-        warm.append(time.perf_counter() - start)
-        answers.add(digest(answer["body"]))
-    session, meta = handler.load_model()
-    phases = {clock: {"decode": [], "resample": [], "graph": []} for clock in CLOCKS}
-    for _ in range(n_warm):  # the steps of handler.predict, timed one by one
-        marks = [now()]
-        wave, sr = handler.decode(base64.b64decode(event["body"]))
-        marks.append(now())
-        x = handler.graph_input(wave, sr, meta["sample_rate"], meta.get("input_seconds"))
-        marks.append(now())
-        session.run([meta["output"]], {meta["input"]: x[None, :]})
-        marks.append(now())
-        record(phases, marks)
-    return {"cold_s": first_done - spawned_at, "import_s": t1 - t0,
-            "load_and_first_call_s": t2 - t1,
-            "p_positive": json.loads(first["body"])["p_positive"], "warm_s": warm,
-            "warm_phases": phases, "answer_digests": sorted(answers),
-            "graph_kernels": kernel_shares(handler, x[None, :], n_profile)}
-
-
-def now() -> dict[str, float]:
-    return {clock: read() for clock, read in CLOCKS.items()}
-
-
-def record(phases: dict, marks: list[dict[str, float]]) -> None:
-    """Append the time between consecutive `marks` to each phase, on every clock."""
-    for clock, named in phases.items():
-        for (name, values), start, end in zip(named.items(), marks, marks[1:]):
-            values.append(end[clock] - start[clock])
-
-
-def digest(body: str) -> str:
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
-def kernel_shares(handler, x, runs: int) -> dict:
-    """Share of the graph's kernel time per onnxruntime op type, and the featurizer's and
-    the network's: `runs` calls of a profiling session set up as the handler's."""
-    import onnxruntime as ort
-
-    _, meta = handler.load_model()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(os.environ.get("ORT_THREADS", 1))
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_profiling = True
-    with tempfile.TemporaryDirectory() as tmp:
-        options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(str(handler.MODEL_DIR / meta["onnx_file"]), options,
-                                       providers=["CPUExecutionProvider"])
-        for _ in range(runs):
-            session.run([meta["output"]], {meta["input"]: x})
-        events = json.loads(Path(session.end_profiling()).read_text())
-    by_op: dict[str, float] = {}
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            op = event["args"]["op_name"]
-            by_op[op] = by_op.get(op, 0.0) + event["dur"]
-    total = sum(by_op.values())
-    network = sum(v for k, v in by_op.items() if k in NETWORK_OPS)
-    return {"network": network / total, "featurizer": 1 - network / total,
-            "by_op": {k: v / total for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])}}
-
-
-def timed(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
-
-
-def child_torch(clip: Path, model: Path, spawned_at: float, n_warm: int, threads: int) -> dict:
-    """The same request served from the PyTorch checkpoint with coughlab."""
-    import base64
-    import io
-
-    t0 = time.perf_counter()
-    import soundfile as sf
-    import torch
-
-    from coughlab.audio import resample, to_mono
-    from coughlab.export import ServingModel
-    from coughlab.nets import load_model
-
-    torch.set_num_threads(threads)
-    t1 = time.perf_counter()
-    net, audio = load_model(model)
-    serving = ServingModel(net, audio)
-    t2 = time.perf_counter()
-    body = base64.b64encode(clip.read_bytes()).decode()
-    phases = {clock: {"decode": [], "resample": [], "graph": []} for clock in CLOCKS}
-
-    def predict() -> float:
-        marks = [now()]
-        data, sr = sf.read(io.BytesIO(base64.b64decode(body)), dtype="float32", always_2d=True)
-        mono = to_mono(data.T)
-        marks.append(now())
-        wave = resample(mono, sr, audio.sample_rate)
-        marks.append(now())
-        with torch.inference_mode():
-            p = float(serving(torch.from_numpy(wave)[None, :])[0])
-        marks.append(now())
-        record(phases, marks)
-        return p
-
-    p = predict()
-    first_done = time.time()
-    t3 = time.perf_counter()
-    warm = [timed(predict) for _ in range(n_warm)]
-    return {"cold_s": first_done - spawned_at, "import_s": t1 - t0, "load_s": t2 - t1,
-            "first_call_s": t3 - t2, "p_positive": p, "warm_s": warm,
-            "warm_phases": {clock: {k: v[1:] for k, v in named.items()}
-                            for clock, named in phases.items()}}
-
-
-def export_graphs(model: Path, lambda_dir: Path, out: Path) -> dict[str, dict[str, Path]]:
-    """Per graph name: its serving folder (model.onnx + model.json) and its model.pt."""
+def export_graphs(model: Path, lambda_dir: Path, out: Path,
+                  windows: int | None = None) -> dict[str, dict[str, Path]]:
+    """Per graph name: its serving folder (model.onnx + model.json) and its model.pt; with
+    `windows`, graphs of that many windows per clip instead of the model's (timing only)."""
     import dataclasses
     import shutil
 
@@ -218,6 +80,7 @@ def export_graphs(model: Path, lambda_dir: Path, out: Path) -> dict[str, dict[st
     from coughlab.nets import MODEL_FILE, Ensemble, build_net, load_model, save_model
 
     net, audio = load_model(model)
+    audio = dataclasses.replace(audio, windows=windows or audio.windows)
     saved = torch.load(model, map_location="cpu", weights_only=True)
     params = dataclasses.replace(load_params(REPO / "params.yaml"), audio=audio,
                                  model=ModelConfig(**saved["model"]))
@@ -233,6 +96,12 @@ def export_graphs(model: Path, lambda_dir: Path, out: Path) -> dict[str, dict[st
     return graphs
 
 
+def load_windows(model: Path) -> int:
+    from coughlab.nets import load_model
+
+    return load_model(model)[1].windows
+
+
 def perturbed(net, blank, seed: int):
     """`blank` with `net`'s weights, each conv and linear weight moved by seeded noise."""
     import torch
@@ -245,15 +114,28 @@ def perturbed(net, blank, seed: int):
     return blank.eval()
 
 
-def run_child(kind: str, graph: dict[str, Path], clip: Path, args) -> dict:
-    """Spawn this file as a fresh process measuring one `kind`; returns its JSON report."""
+def run_child(kind: str, graph: dict[str, Path], clip: Path, packages: dict[str, Path],
+              args) -> dict:
+    """Spawn this file as a fresh process measuring one `kind`; returns its JSON report.
+
+    torch runs in this interpreter with coughlab; the onnx kinds in the runtime's CPython with
+    only their package's task root on its path, writing no bytecode (as on Lambda).
+    """
     env = {**os.environ, "MODEL_DIR": str(graph["model_dir"]), "ORT_THREADS": str(args.threads),
-           "OMP_NUM_THREADS": str(args.threads),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"),
-                                                       os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--clip", str(clip),
-           "--torch-model", str(graph["model"]), "--warm", str(args.warm), "--threads",
-           str(args.threads), "--profile", str(args.profile), "--spawned-at", repr(time.time())]
+           "OMP_NUM_THREADS": str(args.threads)}
+    if kind == "torch":
+        python, task_root = sys.executable, Path()
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"),
+                                                          os.environ.get("PYTHONPATH")]))
+    else:
+        python, task_root = packages["python"], packages[kind]
+        env.pop("PYTHONPATH", None)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    arguments = {"kind": kind, "clip": str(clip), "task_root": str(task_root),
+                 "model": str(graph["model"]), "threads": args.threads,
+                 "warm": args.warm if kind != "onnx-no-bytecode" else 0,
+                 "profile": args.profile if kind == "onnx" else 0, "spawned_at": time.time()}
+    cmd = [str(python), str(CHILD), json.dumps(arguments)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} child process failed:\n{proc.stderr[-3000:]}")
@@ -283,25 +165,36 @@ def make_clip(dataset: Path, dest: Path, seconds: float, sample_rate: int) -> Pa
     return dest
 
 
-def package_size() -> dict:
-    """Build the real deployment zip in a temp dir; its size zipped, unzipped, and by part."""
-    from coughlab.aws.deploy.package import build_zip, ensure_dependencies
+def build_packages(out: Path) -> tuple[dict[str, Path], dict]:
+    """The deployment zip, with and without its bytecode, each unpacked into a task root under
+    `out`; the runtime's CPython; and the shipped zip's size, zipped, unzipped and by part."""
+    import zipfile
+
+    from coughlab.aws.deploy.package import build_zip, ensure_dependencies, runtime_python
 
     deps = ensure_dependencies(REQUIREMENTS, DEPS_CACHE)
-    with tempfile.TemporaryDirectory() as tmp:
-        package = build_zip(deps, HANDLER, LAMBDA_MODEL, Path(tmp) / "function.zip")
-    parts: dict[str, int] = {"handler.py + model/": HANDLER.stat().st_size + sum(
-        p.stat().st_size for p in LAMBDA_MODEL.iterdir() if p.is_file())}
-    for path in deps.rglob("*"):
-        if path.is_file() and "__pycache__" not in path.parts:
-            top = re.split(r"[.-]", path.relative_to(deps).parts[0])[0]  # numpy.libs -> numpy
-            parts[top] = parts.get(top, 0) + path.stat().st_size
+    packages: dict[str, Path] = {"python": runtime_python()}
+    for kind, python in (("onnx", packages["python"]), ("onnx-no-bytecode", None)):
+        package = build_zip(deps, HANDLER, LAMBDA_MODEL, out / f"{kind}.zip", python=python)
+        with zipfile.ZipFile(package.path) as zf:
+            zf.extractall(out / kind)
+            if python is not None:
+                shipped, files = package, [(i.filename, i.file_size) for i in zf.infolist()]
+        package.path.unlink()
+        packages[kind] = out / kind
+    parts: dict[str, int] = {}
+    for name, size in files:
+        top = name.split("/")[0]
+        top = "handler + model/" if top in ("handler.py", "page.html", "model") else top
+        top = re.split(r"[.-]", top)[0]  # numpy.libs -> numpy
+        parts[top] = parts.get(top, 0) + size
     pins = [line.strip() for line in REQUIREMENTS.read_text().splitlines()
             if line.strip() and not line.startswith("#")]
-    return {"requirements": pins,
-            "zipped_mb": package.zipped_bytes / MB, "unzipped_mb": package.unzipped_bytes / MB,
-            "unzipped_mb_by_part": {k: round(v / MB, 2) for k, v in
-                                    sorted(parts.items(), key=lambda kv: -kv[1]) if v >= MB / 10}}
+    return packages, {
+        "requirements": pins, "bytecode_files": sum(name.endswith(".pyc") for name, _ in files),
+        "zipped_mb": shipped.zipped_bytes / MB, "unzipped_mb": shipped.unzipped_bytes / MB,
+        "unzipped_mb_by_part": {k: round(v / MB, 2) for k, v in
+                                sorted(parts.items(), key=lambda kv: -kv[1]) if v >= MB / 10}}
 
 
 def latency_stats(values: list[float]) -> dict:
@@ -325,14 +218,18 @@ def summarize(reports: list[dict]) -> dict:
 
 
 def graph_summary(reports: dict[str, list[dict]]) -> dict:
-    """One graph's two paths, their ratios, its answers and where its graph time goes."""
-    paths = {kind: summarize(r) for kind, r in reports.items()}
+    """One graph's two paths, their ratios, its answers and where its graph time goes; and the
+    cold start of its package without bytecode."""
+    paths = {kind: summarize(reports[kind]) for kind in ("onnx", "torch")}
+    no_bytecode = latency_stats([r["cold_s"] for r in reports["onnx-no-bytecode"]])
     onnx = paths["onnx"]["warm_phases_median_s"]
     per_decode = {clock: p["graph"] / (p["decode"] + p["resample"]) for clock, p in onnx.items()}
     kernels = [r["graph_kernels"] for r in reports["onnx"]]
     return {
         "paths": paths,
         "cold_speedup": paths["torch"]["cold"]["median_s"] / paths["onnx"]["cold"]["median_s"],
+        "onnx_no_bytecode_cold": no_bytecode,
+        "bytecode_cold_speedup": no_bytecode["median_s"] / paths["onnx"]["cold"]["median_s"],
         "warm_speedup": paths["torch"]["warm"]["median_s"] / paths["onnx"]["warm"]["median_s"],
         "graph_per_decode_resample": per_decode,
         "p_positive_abs_diff": abs(paths["onnx"]["p_positive"] - paths["torch"]["p_positive"]),
@@ -346,14 +243,15 @@ def graph_summary(reports: dict[str, list[dict]]) -> dict:
     }
 
 
-def measure(graphs: dict[str, dict[str, Path]], clip: Path, args) -> dict:
-    """All four kinds of process, alternating, `args.cold` times."""
-    reports = {name: {"onnx": [], "torch": []} for name in graphs}
+def measure(graphs: dict[str, dict[str, Path]], clip: Path, packages: dict[str, Path],
+            args) -> dict:
+    """All six kinds of process, alternating, `args.cold` times."""
+    reports = {name: {"onnx": [], "torch": [], "onnx-no-bytecode": []} for name in graphs}
     for i in range(args.cold):
         print(f"cold start {i + 1}/{args.cold} ...", file=sys.stderr)
         for name, graph in graphs.items():
             for kind in reports[name]:
-                reports[name][kind].append(run_child(kind, graph, clip, args))
+                reports[name][kind].append(run_child(kind, graph, clip, packages, args))
     return {name: graph_summary(r) for name, r in reports.items()}
 
 
@@ -369,15 +267,17 @@ def target_checks(result: dict) -> dict[str, bool]:
     for clock, ratio in result["graphs"]["x3"]["graph_per_decode_resample"].items():
         checks[f"x3_graph_per_decode_resample_{clock}"] = (
             ratio <= TARGETS["x3_graph_per_decode_resample"])
-    if "package" in result:
-        checks["unzipped_mb"] = result["package"]["unzipped_mb"] <= TARGETS["unzipped_mb"]
+    checks["unzipped_mb"] = result["package"]["unzipped_mb"] <= TARGETS["unzipped_mb"]
     return checks
 
 
 def print_table(result: dict) -> None:
     print(f"\n10 s clip at {result['clip_sample_rate']} Hz, {result['cold_repeats']} cold "
           f"processes per path and graph, {result['warm_calls']} warm calls each, "
-          f"{result['threads']} thread(s), load average {result['load_average_before']:.2f}")
+          f"{result['threads']} thread(s), {result['windows']} windows per clip, load average "
+          f"{result['load_average_before']:.2f}; "
+          f"onnx: the package on CPython {result['onnx_python']}, torch: this venv's "
+          f"{result['python']}")
     print(f"{'graph':<6}{'path':<7}{'cold median s':>14}{'cold min s':>11}{'warm median ms':>15}"
           f"{'warm p95 ms':>12}   warm per call, median ms (CPU ms)")
     for name, g in result["graphs"].items():
@@ -396,10 +296,13 @@ def print_table(result: dict) -> None:
               f"{g['p_positive_abs_diff']:.1e}; same answer bytes: {g['answer_bytes_identical']};"
               f" graph kernels: featurizer {share['featurizer']:.0%}, network "
               f"{share['network']:.0%}")
-    if "package" in result:
-        pkg = result["package"]
-        print(f"package: {pkg['zipped_mb']:.1f} MB zipped, {pkg['unzipped_mb']:.1f} MB unzipped; "
-              f"largest parts (MB) {pkg['unzipped_mb_by_part']}")
+    for name, g in result["graphs"].items():
+        print(f"{name}: the package without its bytecode starts cold in "
+              f"{g['onnx_no_bytecode_cold']['median_s']:.3f} s (median): the bytecode makes the "
+              f"cold start {g['bytecode_cold_speedup']:.2f}x faster")
+    pkg = result["package"]
+    print(f"package: {pkg['zipped_mb']:.1f} MB zipped, {pkg['unzipped_mb']:.1f} MB unzipped "
+          f"({pkg['bytecode_files']} .pyc files); largest parts (MB) {pkg['unzipped_mb_by_part']}")
     for name, met in result["targets_met"].items():
         print(f"target {name}: {'met' if met else 'NOT met'}")
 
@@ -423,23 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads for onnxruntime and torch; a Lambda of up to "
                         "1769 MB has at most one vCPU (default: %(default)s)")
-    parser.add_argument("--no-package", action="store_true",
-                        help="skip the package size (the first run pip-downloads the wheels)")
+    parser.add_argument("--windows", type=int,
+                        help="export the graphs with this many windows per clip instead of the "
+                        "model's audio.windows: what a smaller model would cost (its answers "
+                        "are not the model's; default: the model's)")
     parser.add_argument("--out", type=Path, default=RESULT,
                         help="JSON result file (default: %(default)s)")
-    parser.add_argument("--child", choices=["onnx", "torch"], help=argparse.SUPPRESS)
-    parser.add_argument("--clip", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--torch-model", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--spawned-at", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-
-    if args.child == "onnx":
-        print(json.dumps(child_onnx(args.clip, args.spawned_at, args.warm, args.profile)))
-        return 0
-    if args.child == "torch":
-        print(json.dumps(child_torch(args.clip, args.torch_model, args.spawned_at, args.warm,
-                                     args.threads)))
-        return 0
 
     missing = [p for p in (LAMBDA_MODEL / "model.json", TORCH_MODEL) if not p.is_file()]
     if missing:
@@ -452,18 +345,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from coughlab.atomic import atomic_write_text
+    from coughlab.aws.deploy import DeployError
 
     result = {"benchmark": "lambda_latency", "dataset": repo_relative(dataset),
               "clip_sample_rate": args.clip_rate, "cold_repeats": args.cold,
               "warm_calls": args.warm, "threads": args.threads, **machine_info(),
               "load_average_before": load_average(), "targets": TARGETS}
     with tempfile.TemporaryDirectory() as tmp:
+        print("building the deployment package (the first run pip-downloads the wheels) ...",
+              file=sys.stderr)
+        try:
+            packages, result["package"] = build_packages(Path(tmp))
+        except DeployError as err:
+            print(f"skipped: {err}")
+            return 0
+        result["onnx_python"] = subprocess.run(
+            [packages["python"], "-c", "import platform; print(platform.python_version())"],
+            capture_output=True, text=True, check=True).stdout.strip()
         print("exporting the x1 and x3 graphs ...", file=sys.stderr)
-        graphs = export_graphs(TORCH_MODEL, LAMBDA_MODEL, Path(tmp))
+        graphs = export_graphs(TORCH_MODEL, LAMBDA_MODEL, Path(tmp), args.windows)
+        result["windows"] = load_windows(graphs["x1"]["model"])
         clip = make_clip(dataset, Path(tmp) / "request.wav", 10.0, args.clip_rate)
-        result["graphs"] = measure(graphs, clip, args)
-    if not args.no_package:
-        result["package"] = package_size()
+        result["graphs"] = measure(graphs, clip, packages, args)
     result["load_average_after"] = load_average()
     result["targets_met"] = target_checks(result)
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
