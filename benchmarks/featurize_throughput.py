@@ -1,7 +1,9 @@
 """Featurize throughput: coughlab's featurize stage vs a per-clip librosa baseline.
 
-Both paths turn the same audio files into the same features, run alternately in one process,
-so a busy shared CPU slows both alike and the ratio stays meaningful: `audio.windows` log-mel
+Both paths turn the same audio files into the same features, run alternately in one process
+and on one thread each (featurize's torch is pinned to one; librosa's numpy/BLAS is held to one,
+as a busy machine would otherwise starve its second thread: 3x slower at load 2 on 2 cores), so
+a busy shared CPU slows both alike and the ratio stays meaningful: `audio.windows` log-mel
 windows of 3 s at 16 kHz per clip over its centred `audio.max_seconds` (n_fft/hop/n_mels/f_min/
 f_max from params.yaml; `--windows 1` for one centred window), each window's frames from one
 transform of the frames from the first window's first to the last window's last.
@@ -33,6 +35,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from coughlab.atomic import atomic_write_text  # noqa: E402
 from coughlab.audio import load_audio, resample, to_mono  # noqa: E402
@@ -174,8 +177,8 @@ def phase_speedups(ours: dict, baseline: dict) -> dict:
 def print_table(result: dict) -> None:
     rows = result["paths"]
     print(f"\n{result['n_clips']} clips from {result['dataset']}, {result['audio']['windows']} "
-          f"window(s) each, {result['repeats']} alternating repeats, torch threads 1 (pinned, "
-          f"as featurize), load average {result['load_average_before']:.2f}")
+          f"window(s) each, {result['repeats']} alternating repeats, one thread each (torch "
+          f"pinned, as featurize), load average {result['load_average_before']:.2f}")
     print(f"{'path':<10}{'clips/s (median)':>18}{'clips/s (best)':>16}"
           f"{'decode s':>10}{'resample s':>12}{'featurize s':>13}")
     for name, r in rows.items():
@@ -219,10 +222,11 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = load_average()
     runs: dict[str, list[dict]] = {"coughlab": [], "librosa": []}
-    for i in range(args.repeats):
-        print(f"repeat {i + 1}/{args.repeats} ...", file=sys.stderr)
-        runs["coughlab"].append(run_coughlab(paths, cfg)[0])
-        runs["librosa"].append(run_librosa(paths, cfg))
+    with threadpool_limits(1):
+        for i in range(args.repeats):
+            print(f"repeat {i + 1}/{args.repeats} ...", file=sys.stderr)
+            runs["coughlab"].append(run_coughlab(paths, cfg)[0])
+            runs["librosa"].append(run_librosa(paths, cfg))
     summary = {name: summarize(r, len(paths) - r[0]["skipped"]) for name, r in runs.items()}
     result = {
         "benchmark": "featurize_throughput",
