@@ -98,16 +98,19 @@ def ensure_dependencies(requirements: Path, cache_root: Path) -> Path:
 
 
 def find_python(version: str = PYTHON_VERSION) -> Path | None:
-    """A CPython `version` that runs here: on PATH, else the newest one pyenv installed."""
+    """A CPython `version` that runs here (its interpreter itself, not a pyenv shim, which
+    needs this shell's environment): on PATH, else the newest one pyenv installed."""
     versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     installed = sorted(versions.glob(f"{version}.*/bin/python{version}"),
                        key=lambda p: [int(n) for n in p.parts[-3].split(".") if n.isdigit()])
     on_path = shutil.which(f"python{version}")
     for candidate in [*([Path(on_path)] if on_path else []), *reversed(installed)]:
-        found = subprocess.run([candidate, "-c", "import sys; print(*sys.version_info[:2])"],
-                               capture_output=True, text=True)  # a pyenv shim may refuse
-        if found.returncode == 0 and found.stdout.split() == version.split("."):
-            return candidate
+        found = subprocess.run(  # a pyenv shim may refuse
+            [candidate, "-c", "import sys; print(*sys.version_info[:2], sys.executable)"],
+            capture_output=True, text=True)
+        major, minor, executable = (found.stdout.split() + ["", "", ""])[:3]
+        if found.returncode == 0 and [major, minor] == version.split(".") and executable:
+            return Path(executable)
     return None
 
 
@@ -198,8 +201,8 @@ def build_zip(deps_dir: Path, handler: Path, model_dir: Path, out: Path, *,
     """Write the deployment zip (atomically, reproducibly); refuse one Lambda would reject.
 
     `python`: the runtime's CPython (runtime_python()), which compiles the bytecode the zip
-    carries; None ships none (only for packages never run as a Lambda). With `git_commit` (the
-    CLI always passes it, after the gate) the shipped model.json names it.
+    carries; None ships none (for fake dependencies in tests, and the benchmark's comparison).
+    With `git_commit` (the CLI always passes it, after the gate) the shipped model.json names it.
     """
     meta = read_model_meta(model_dir)
     entries = package_entries(deps_dir, handler, model_dir, meta)
