@@ -66,10 +66,11 @@ MB = 1024 * 1024  # MiB, the unit of Lambda's size limits
 PERTURBATION = 0.05  # of each weight tensor's sd: the x3 members differ, as trained ones do
 
 
-def export_graphs(model: Path, lambda_dir: Path, out: Path,
-                  windows: int | None = None) -> dict[str, dict[str, Path]]:
-    """Per graph name: its serving folder (model.onnx + model.json) and its model.pt; with
-    `windows`, graphs of that many windows per clip instead of the model's (timing only)."""
+def export_graphs(model: Path, lambda_dir: Path, out: Path, windows: int | None = None,
+                  width: int | None = None) -> dict[str, dict[str, Path]]:
+    """Per graph name: its serving folder (model.onnx + model.json) and its model.pt. With
+    `windows` or `width`, graphs of that many windows per clip or of networks that wide
+    (seeded, untrained) instead of the model's: what they would cost, not what they answer."""
     import dataclasses
     import shutil
 
@@ -84,6 +85,10 @@ def export_graphs(model: Path, lambda_dir: Path, out: Path,
     saved = torch.load(model, map_location="cpu", weights_only=True)
     params = dataclasses.replace(load_params(REPO / "params.yaml"), audio=audio,
                                  model=ModelConfig(**saved["model"]))
+    if width:
+        params = dataclasses.replace(params, model=dataclasses.replace(params.model, width=width))
+        torch.manual_seed(0)
+        net = build_net(params.model).eval()
     graphs = {}
     for name, members in GRAPHS.items():
         folder = out / name
@@ -96,10 +101,12 @@ def export_graphs(model: Path, lambda_dir: Path, out: Path,
     return graphs
 
 
-def load_windows(model: Path) -> int:
-    from coughlab.nets import load_model
+def graph_shape(model: Path) -> dict[str, int]:
+    """Windows per clip and network width of a graph's model.pt."""
+    import torch
 
-    return load_model(model)[1].windows
+    saved = torch.load(model, map_location="cpu", weights_only=True)
+    return {"windows": saved["audio"]["windows"], "width": saved["model"]["width"]}
 
 
 def perturbed(net, blank, seed: int):
@@ -274,7 +281,8 @@ def target_checks(result: dict) -> dict[str, bool]:
 def print_table(result: dict) -> None:
     print(f"\n10 s clip at {result['clip_sample_rate']} Hz, {result['cold_repeats']} cold "
           f"processes per path and graph, {result['warm_calls']} warm calls each, "
-          f"{result['threads']} thread(s), {result['windows']} windows per clip, load average "
+          f"{result['threads']} thread(s), {result['windows']} windows per clip, networks "
+          f"{result['width']} wide, load average "
           f"{result['load_average_before']:.2f}; "
           f"onnx: the package on CPython {result['onnx_python']}, torch: this venv's "
           f"{result['python']}")
@@ -330,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="export the graphs with this many windows per clip instead of the "
                         "model's audio.windows: what a smaller model would cost (its answers "
                         "are not the model's; default: the model's)")
+    parser.add_argument("--width", type=int,
+                        help="export the graphs with networks of this model.width (seeded, "
+                        "untrained) instead of the model's: what a smaller network would cost "
+                        "(default: the model's)")
     parser.add_argument("--out", type=Path, default=RESULT,
                         help="JSON result file (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -363,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             [packages["python"], "-c", "import platform; print(platform.python_version())"],
             capture_output=True, text=True, check=True).stdout.strip()
         print("exporting the x1 and x3 graphs ...", file=sys.stderr)
-        graphs = export_graphs(TORCH_MODEL, LAMBDA_MODEL, Path(tmp), args.windows)
-        result["windows"] = load_windows(graphs["x1"]["model"])
+        graphs = export_graphs(TORCH_MODEL, LAMBDA_MODEL, Path(tmp), args.windows, args.width)
+        result |= graph_shape(graphs["x1"]["model"])
         clip = make_clip(dataset, Path(tmp) / "request.wav", 10.0, args.clip_rate)
         result["graphs"] = measure(graphs, clip, packages, args)
     result["load_average_after"] = load_average()
