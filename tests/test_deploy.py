@@ -35,6 +35,7 @@ from coughlab.aws.deploy import access, gate, package, release
 from conftest import queue_lambda_results
 
 pytestmark = pytest.mark.usefixtures("deploy_compiles_no_bytecode")  # fake dependencies
+
 ROOT = Path(__file__).resolve().parents[1]
 HANDLER = ROOT / "lambda" / "handler.py"
 LAMBDA_TRUST = {"Version": "2012-10-17", "Statement": [{
