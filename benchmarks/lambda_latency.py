@@ -67,10 +67,11 @@ PERTURBATION = 0.05  # of each weight tensor's sd: the x3 members differ, as tra
 
 
 def export_graphs(model: Path, lambda_dir: Path, out: Path, windows: int | None = None,
-                  width: int | None = None) -> dict[str, dict[str, Path]]:
-    """Per graph name: its serving folder (model.onnx + model.json) and its model.pt. With
-    `windows` or `width`, graphs of that many windows per clip or of networks that wide
-    (seeded, untrained) instead of the model's: what they would cost, not what they answer."""
+                  width: int | None = None) -> tuple[dict[str, dict[str, Path]], dict[str, int]]:
+    """Per graph name: its serving folder (model.onnx + model.json) and its model.pt; and the
+    windows per clip and network width the graphs have. With `windows` or `width`, graphs of
+    that many windows per clip or of networks that wide (seeded, untrained) instead of the
+    model's: what they would cost, not what they answer."""
     import dataclasses
     import shutil
 
@@ -98,15 +99,7 @@ def export_graphs(model: Path, lambda_dir: Path, out: Path, windows: int | None 
         export_onnx(*load_model(saved_model), folder / GRAPH_FILE)
         shutil.copy(lambda_dir / "model.json", folder / "model.json")
         graphs[name] = {"model_dir": folder, "model": folder / MODEL_FILE}
-    return graphs
-
-
-def graph_shape(model: Path) -> dict[str, int]:
-    """Windows per clip and network width of a graph's model.pt."""
-    import torch
-
-    saved = torch.load(model, map_location="cpu", weights_only=True)
-    return {"windows": saved["audio"]["windows"], "width": saved["model"]["width"]}
+    return graphs, {"windows": params.audio.windows, "width": params.model.width}
 
 
 def perturbed(net, blank, seed: int):
@@ -375,8 +368,9 @@ def main(argv: list[str] | None = None) -> int:
             [packages["python"], "-c", "import platform; print(platform.python_version())"],
             capture_output=True, text=True, check=True).stdout.strip()
         print("exporting the x1 and x3 graphs ...", file=sys.stderr)
-        graphs = export_graphs(TORCH_MODEL, LAMBDA_MODEL, Path(tmp), args.windows, args.width)
-        result |= graph_shape(graphs["x1"]["model"])
+        graphs, shape = export_graphs(TORCH_MODEL, LAMBDA_MODEL, Path(tmp), args.windows,
+                                      args.width)
+        result |= shape
         clip = make_clip(dataset, Path(tmp) / "request.wav", 10.0, args.clip_rate)
         result["graphs"] = measure(graphs, clip, packages, args)
     result["load_average_after"] = load_average()
